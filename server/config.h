@@ -1,0 +1,96 @@
+/* config.h — every setting of kumaguard: environment variable, command-line flag, default.
+ *
+ * Owns: parsing and validating settings (flag wins over env, env over default), --help text,
+ * redacted dumps.  Must not: open files other than the *_FILE secrets, touch the network or the
+ * database, or keep global state — the parsed config is a plain value passed to the modules. */
+#ifndef KG_CONFIG_H
+#define KG_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "types.h"
+
+#define KG_MAX_STATIC_NODES 64
+
+typedef struct {
+    char id[KG_NODE_ID_MAX + 1];
+    char host[KG_HOST_MAX + 1];
+} kg_static_node;
+
+typedef struct {
+    /* cluster database */
+    char *db_host;       /* NULL = embedded SQLite */
+    int db_port;
+    char *db_user;
+    char *db_password;   /* secret */
+    char *db_name;
+    int db_timeout_ms;
+    char *sqlite_path;   /* NULL = <state_dir>/cluster.db (filled in by config_finish) */
+    bool init_schema;
+
+    /* local */
+    char *state_dir;
+    char *listen;        /* host:port */
+    char *api_token;     /* secret; NULL = actions only from loopback */
+    char *web_dir;
+    int http_threads;
+    char *log_level;     /* error, warn, info, debug */
+    char *instance_id;   /* NULL = hostname:pid */
+
+    /* nodes and health */
+    kg_static_node static_nodes[KG_MAX_STATIC_NODES];
+    int n_static_nodes;
+    int health_interval_ms;
+    int health_fast_interval_ms;
+    int health_timeout_ms;
+    char *health_path;
+    int health_expected_status;
+    int fall;
+    int rise;
+    double panic_share;  /* more than this share of nodes failing at once = panic */
+
+    /* assignments */
+    int monitor_limit;
+    int recovery_hold_down_ms;
+    int revert_batch_size;
+    int revert_batch_interval_ms;
+    double balance_tolerance;      /* rebalance brings every node within mean*(1±tol) */
+    double auto_rebalance_spread;  /* 0 = off; else auto rebalance when (max-min)/mean exceeds it */
+    int move_batch_size;
+    int move_batch_interval_ms;    /* pause between rebalance batches */
+    int refresh_interval_ms;       /* how often monitor counts are re-read */
+    int lease_ttl_ms;
+
+    /* nginx feed */
+    char *nginx_include;  /* NULL = no nginx feed */
+    char *nginx_template;
+    char *nginx_test_cmd;
+    char *nginx_reload_cmd;
+    int nginx_reload_min_gap_ms;
+
+    /* Kuma nodes */
+    char *kuma_api_key;   /* secret; NULL = no reconcile nudge */
+    char *reconcile_path;
+} kg_config;
+
+/* Fills defaults, then the environment, then argv.  On error returns -1 and writes a message
+ * naming the setting and what is expected into err.  Returns 1 when --help or --version was
+ * printed to `out` (caller exits 0), 0 when the config is ready. */
+int config_load(kg_config *cfg, int argc, char **argv, char **envp, FILE *out, char *err,
+                size_t errlen);
+void config_free(kg_config *cfg);
+
+/* Parses "500ms", "2s", "1m", "1h" or a plain number in legacy_unit_ms.  -1 on error. */
+long long config_parse_duration_ms(const char *s, long long legacy_unit_ms);
+/* Parses "id=host:port[,id=host:port...]" into cfg->static_nodes (appends). -1 + err. */
+int config_parse_nodes(kg_config *cfg, const char *s, char *err, size_t errlen);
+
+/* Writes the --help text (every setting, env var, flag, default). */
+void config_print_help(FILE *out);
+/* JSON object of the effective settings with secrets replaced by "(redacted)" / null.
+ * Returns a malloc'd string. */
+char *config_to_json_redacted(const kg_config *cfg);
+
+#endif

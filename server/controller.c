@@ -1,0 +1,1237 @@
+/* controller.c — the controller thread: the single owner of mutable cluster state.
+ *
+ * One loop, one thread.  It waits on the mailbox with a timeout computed from its timers, then:
+ *   1. applies what arrived (probe results through health.c, operator actions);
+ *   2. runs due timers (node/monitor refresh, leader lease, pending reverts, rebalance batches,
+ *      coalesced nginx reloads, database reconnects);
+ *   3. converges when something changed: plan (assign.c) -> apply (store) -> nudge nodes
+ *      (reconcile.c) -> record events;
+ *   4. publishes a fresh snapshot if anything visible changed, and feeds nginx from it.
+ * Deciding lives in health.c and assign.c; this file only sequences I/O around them.
+ *
+ * Must not: be called from other threads (they use mailbox.h / snapshot.h), block on HTTP
+ * clients, or probe nodes itself. */
+#include "controller.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "assign.h"
+#include "events.h"
+#include "health.h"
+#include "hostcheck.h"
+#include "log.h"
+#include "mailbox.h"
+#include "nametab.h"
+#include "nginx_feed.h"
+#include "probe.h"
+#include "reconcile.h"
+#include "snapshot.h"
+#include "store.h"
+
+/* ------------------------------------------------------------------------------------------
+ * State owned by the controller thread
+ * ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+    kg_node_view v;          /* what is published (state mirrors h.state) */
+    node_health h;
+    int64_t fail_start_ms;   /* start of the current failure streak, 0 = not failing */
+    bool in_db;              /* row seen in the node table */
+    bool status_dirty;       /* node.status must be written */
+    bool last_seen_dirty;
+    bool needs_nudge;        /* a reconcile call to this node failed: retry */
+} ctrl_node;
+
+typedef struct {
+    bool running;
+    kg_event_kind kind;      /* EV_REBALANCE or EV_FORCE_REBALANCE */
+    plan_move *moves;
+    size_t n, done, applied, skipped;
+    int64_t started_ms, next_batch_ms;
+    char actor[64];
+} rebalance_op;
+
+static struct {
+    const kg_config *cfg;
+    pthread_t thread;
+    bool started;
+    int64_t started_ms;
+
+    kg_store *store;
+    bool schema_ready;
+    bool db_ok;
+    char db_error[256];
+    int64_t db_errors_total;
+    int64_t next_db_retry_ms;
+
+    ctrl_node *nodes;        /* sorted by id */
+    int n_nodes;
+
+    kg_nametab names;        /* node ids referenced by monitors (and nodes) */
+    store_monitor_set mon;   /* last loaded monitors */
+    bool mon_loaded;
+    int64_t mon_loaded_ms;
+
+    bool leader;
+    int64_t generation;
+    int64_t next_lease_ms;
+
+    bool panic;
+    char panic_reason[192];
+
+    bool need_converge;
+    int64_t next_converge_ms;  /* periodic convergence: retries no-target, adoption, reverts */
+    int64_t next_refresh_ms;
+    int64_t next_revert_ms;    /* earliest next revert batch */
+
+    rebalance_op reb;
+    kg_rebalance_view reb_view;
+
+    kg_nginx_feed *feed;
+
+    kg_event recent[KG_RECENT_EVENTS];
+    int n_recent;
+
+    int64_t failovers_total, reverts_total, rebalances_total, adoptions_total;
+    int64_t moved_total, reconcile_calls, reconcile_failures;
+    int64_t lat_buckets[11];
+    double lat_sum;
+    int64_t lat_count;
+
+    bool dirty;              /* something visible changed: publish */
+} C;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Events
+ * ------------------------------------------------------------------------------------------ */
+
+static void db_failed(const char *what, const char *err);
+
+static void emit(kg_event_kind kind, const char *node, const char *from, const char *to,
+                 int count, int64_t duration_ms, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static void emit(kg_event_kind kind, const char *node, const char *from, const char *to,
+                 int count, int64_t duration_ms, const char *fmt, ...)
+{
+    kg_event ev = {.ts_ms = now_ms(), .kind = kind, .count = count, .duration_ms = duration_ms};
+    snprintf(ev.node, sizeof ev.node, "%s", node ? node : "");
+    snprintf(ev.from, sizeof ev.from, "%s", from ? from : "");
+    snprintf(ev.to, sizeof ev.to, "%s", to ? to : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ev.reason, sizeof ev.reason, fmt, ap);
+    va_end(ap);
+    if (events_append(&ev) != 0)
+        log_warn("could not write event %lld to the local history", (long long)ev.id);
+    if (C.store && C.db_ok) {
+        char err[256];
+        if (C.store->ops->append_event(C.store, &ev, err, sizeof err) != STORE_OK)
+            db_failed("append event", err);
+    }
+    if (C.n_recent == KG_RECENT_EVENTS) {
+        memmove(C.recent, C.recent + 1, sizeof C.recent[0] * (KG_RECENT_EVENTS - 1));
+        C.n_recent--;
+    }
+    C.recent[C.n_recent++] = ev;
+    log_info("event %s node=%s from=%s to=%s count=%d duration=%lldms: %s",
+             event_kind_name(kind), ev.node, ev.from, ev.to, count, (long long)duration_ms,
+             ev.reason);
+    C.dirty = true;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Database state
+ * ------------------------------------------------------------------------------------------ */
+
+static void db_failed(const char *what, const char *err)
+{
+    C.db_errors_total++;
+    snprintf(C.db_error, sizeof C.db_error, "%s: %s", what, err);
+    if (C.db_ok) {
+        C.db_ok = false;
+        log_error("database unavailable (%s): %s", what, err);
+        emit(EV_DB, NULL, "up", "down", 0, 0, "database unavailable during %s: %.120s", what,
+             err);
+    }
+    C.next_db_retry_ms = now_ms() + 1000;
+    C.dirty = true;
+}
+
+static void db_recovered(void)
+{
+    if (!C.db_ok) {
+        C.db_ok = true;
+        C.db_error[0] = 0;
+        log_info("database available (%s)", C.store->ops->backend);
+        emit(EV_DB, NULL, "down", "up", 0, 0, "database available (%s)", C.store->ops->backend);
+        for (int i = 0; i < C.n_nodes; i++)
+            C.nodes[i].status_dirty = true; /* write what we decided while it was away */
+        C.need_converge = true;
+    }
+}
+
+/* Opens the store and its schema if needed.  Returns true when the database is usable. */
+static bool ensure_db(void)
+{
+    char err[256];
+    int64_t now = now_ms();
+    if (C.store && C.schema_ready && C.db_ok)
+        return true;
+    if (now < C.next_db_retry_ms)
+        return false;
+    if (!C.store) {
+        C.store = store_open(C.cfg, err, sizeof err);
+        if (!C.store) {
+            db_failed("connect", err);
+            return false;
+        }
+    }
+    if (!C.schema_ready) {
+        int rc = C.store->ops->ensure_schema(C.store, C.cfg->init_schema, err, sizeof err);
+        if (rc == STORE_SCHEMA_MISSING) {
+            snprintf(C.db_error, sizeof C.db_error,
+                     "waiting for the Kuma nodes to create the node/monitor tables");
+            if (C.db_ok || C.db_errors_total == 0)
+                log_warn("%s (or start kumaguard with --init-schema)", C.db_error);
+            C.db_ok = false;
+            C.next_db_retry_ms = now + 2000;
+            C.dirty = true;
+            return false;
+        }
+        if (rc != STORE_OK) {
+            db_failed("schema", err);
+            return false;
+        }
+        C.schema_ready = true;
+        for (int i = 0; i < C.cfg->n_static_nodes; i++) {
+            const kg_static_node *sn = &C.cfg->static_nodes[i];
+            if (C.store->ops->upsert_node(C.store, sn->id, sn->host, err, sizeof err) !=
+                STORE_OK) {
+                db_failed("register static node", err);
+                return false;
+            }
+        }
+    } else if (C.store->ops->ping(C.store, err, sizeof err) != STORE_OK) {
+        db_failed("ping", err);
+        return false;
+    }
+    db_recovered();
+    return true;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Nodes
+ * ------------------------------------------------------------------------------------------ */
+
+static int node_cmp(const void *a, const void *b)
+{
+    return strcmp(((const ctrl_node *)a)->v.id, ((const ctrl_node *)b)->v.id);
+}
+
+static ctrl_node *find_node(const char *id)
+{
+    ctrl_node key;
+    snprintf(key.v.id, sizeof key.v.id, "%s", id);
+    return bsearch(&key, C.nodes, (size_t)C.n_nodes, sizeof *C.nodes, node_cmp);
+}
+
+static ctrl_node *add_node(const char *id, const char *name, const char *host,
+                           node_state persisted, int64_t now)
+{
+    ctrl_node *grown = realloc(C.nodes, (size_t)(C.n_nodes + 1) * sizeof *grown);
+    if (!grown)
+        return NULL;
+    C.nodes = grown;
+    ctrl_node *n = &C.nodes[C.n_nodes++];
+    memset(n, 0, sizeof *n);
+    snprintf(n->v.id, sizeof n->v.id, "%s", id);
+    snprintf(n->v.name, sizeof n->v.name, "%s", name && *name ? name : id);
+    snprintf(n->v.host, sizeof n->v.host, "%s", host ? host : "");
+    n->v.host_valid = hostcheck_valid(n->v.host, NULL, 0) && hostcheck_node_id_valid(id);
+    n->v.last_latency_ms = -1;
+    health_init(&n->h, persisted, now);
+    n->v.state = n->v.prev_state = n->h.state;
+    n->v.state_since_ms = now;
+    n->v.monitor_limit = C.cfg->monitor_limit;
+    qsort(C.nodes, (size_t)C.n_nodes, sizeof *C.nodes, node_cmp);
+    C.dirty = true;
+    return find_node(id);
+}
+
+static bool is_static(const char *id)
+{
+    for (int i = 0; i < C.cfg->n_static_nodes; i++)
+        if (strcmp(C.cfg->static_nodes[i].id, id) == 0)
+            return true;
+    return false;
+}
+
+/* Merges the node table into C.nodes: new rows are added, hosts follow the table, rows that
+ * vanished (and are not static) are dropped. */
+static void refresh_nodes(int64_t now)
+{
+    store_node_row *rows = NULL;
+    size_t n = 0;
+    char err[256];
+    if (C.store->ops->load_nodes(C.store, &rows, &n, err, sizeof err) != STORE_OK) {
+        db_failed("load nodes", err);
+        return;
+    }
+    for (int i = 0; i < C.n_nodes; i++)
+        C.nodes[i].in_db = false;
+    for (size_t r = 0; r < n; r++) {
+        ctrl_node *cn = find_node(rows[r].id);
+        if (!cn) {
+            cn = add_node(rows[r].id, rows[r].name, rows[r].host,
+                          node_state_parse(rows[r].status), now);
+            if (!cn)
+                continue;
+            log_info("node %s (%s) discovered, starting %s", cn->v.id, cn->v.host,
+                     node_state_name(cn->h.state));
+        }
+        cn->in_db = true;
+        cn->v.is_primary = rows[r].is_primary;
+        if (rows[r].name[0])
+            snprintf(cn->v.name, sizeof cn->v.name, "%s", rows[r].name);
+        if (strcmp(cn->v.host, rows[r].host) != 0) {
+            snprintf(cn->v.host, sizeof cn->v.host, "%s", rows[r].host);
+            C.dirty = true;
+        }
+        char herr[64] = "";
+        bool valid = hostcheck_valid(cn->v.host, herr, sizeof herr) &&
+                     hostcheck_node_id_valid(cn->v.id);
+        if (!valid && cn->v.host_valid)
+            log_warn("node %s has an invalid host value (%s); it is not probed or routed",
+                     cn->v.id, herr[0] ? herr : "bad node id");
+        cn->v.host_valid = valid;
+        /* A Kuma node that restarts writes status='online' over ours: ours is the authority. */
+        if (strcmp(rows[r].status, node_state_db_value(cn->h.state)) != 0)
+            cn->status_dirty = true;
+    }
+    free(rows);
+    int w = 0;
+    for (int i = 0; i < C.n_nodes; i++) {
+        ctrl_node *cn = &C.nodes[i];
+        cn->v.is_static = is_static(cn->v.id);
+        if (!cn->in_db && !cn->v.is_static) {
+            log_info("node %s left the node table", cn->v.id);
+            C.dirty = true;
+            C.need_converge = true;
+            continue;
+        }
+        C.nodes[w++] = *cn;
+    }
+    C.n_nodes = w;
+}
+
+static void write_node_states(int64_t now)
+{
+    store_node_state st[256];
+    size_t n = 0;
+    for (int i = 0; i < C.n_nodes; i++) {
+        ctrl_node *cn = &C.nodes[i];
+        if (!cn->status_dirty && !cn->last_seen_dirty)
+            continue;
+        if (n == sizeof st / sizeof st[0])
+            break;
+        snprintf(st[n].id, sizeof st[n].id, "%s", cn->v.id);
+        st[n].status = node_state_db_value(cn->h.state);
+        st[n].last_seen_ms = cn->last_seen_dirty ? cn->v.last_seen_ms : 0;
+        n++;
+    }
+    if (n == 0)
+        return;
+    char err[256];
+    if (C.store->ops->write_node_states(C.store, st, n, err, sizeof err) != STORE_OK) {
+        db_failed("write node states", err);
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        ctrl_node *cn = find_node(st[k].id);
+        if (cn)
+            cn->status_dirty = cn->last_seen_dirty = false;
+    }
+    (void)now;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Monitors and planning
+ * ------------------------------------------------------------------------------------------ */
+
+static bool load_monitors(int64_t now)
+{
+    store_monitor_set fresh = {0};
+    char err[256];
+    if (C.store->ops->load_monitors(C.store, &C.names, &fresh, err, sizeof err) != STORE_OK) {
+        db_failed("load monitors", err);
+        return false;
+    }
+    store_free_monitors(&C.mon);
+    C.mon = fresh;
+    C.mon_loaded = true;
+    C.mon_loaded_ms = now;
+    C.dirty = true;
+    return true;
+}
+
+/* The planner's view of the nodes, in nametab index space.  Every node we know is interned
+ * first, so plan_node[i] matches nametab index i; names only monitors mention are UNKNOWN. */
+static plan_node *build_plan_nodes(int64_t now, int *n_out)
+{
+    for (int i = 0; i < C.n_nodes; i++)
+        nametab_intern(&C.names, C.nodes[i].v.id, strlen(C.nodes[i].v.id));
+    int n = C.names.n;
+    plan_node *pn = calloc((size_t)(n ? n : 1), sizeof *pn);
+    if (!pn)
+        return NULL;
+    bool revert_window = now >= C.next_revert_ms;
+    for (int i = 0; i < n; i++) {
+        pn[i].id = nametab_name(&C.names, i);
+        pn[i].state = NODE_UNKNOWN;
+        pn[i].limit = C.cfg->monitor_limit;
+        ctrl_node *cn = find_node(pn[i].id);
+        if (!cn)
+            continue;
+        /* an unroutable host cannot run monitors we could reach: treat like unknown */
+        pn[i].state = cn->v.host_valid ? cn->h.state : NODE_UNKNOWN;
+        pn[i].revert_ok = revert_window && cn->h.state == NODE_ONLINE && cn->v.host_valid &&
+                          now - cn->h.state_since_ms >= C.cfg->recovery_hold_down_ms;
+    }
+    *n_out = n;
+    return pn;
+}
+
+static int32_t move_from(const plan_move *m)
+{
+    return m->expect_over >= 0 ? m->expect_over : m->expect_home;
+}
+
+static int32_t move_to_effective(const plan_move *m)
+{
+    switch (m->kind) {
+    case MOVE_SET_OVERRIDE: return m->to;
+    case MOVE_CLEAR_OVERRIDE: return m->expect_home;
+    default: return (m->expect_over >= 0 && !m->clear_override) ? m->expect_over : m->to;
+    }
+}
+
+/* Asks every routable node whose monitor set changed (or whose last nudge failed) to
+ * re-read its assignments now.  `changed[i]` is indexed like C.names. */
+static void nudge(const bool *changed, int n_changed)
+{
+    if (!C.cfg->kuma_api_key)
+        return;
+    reconcile_target *t = calloc((size_t)(C.n_nodes ? C.n_nodes : 1), sizeof *t);
+    if (!t)
+        return;
+    int n = 0;
+    for (int i = 0; i < C.n_nodes; i++) {
+        ctrl_node *cn = &C.nodes[i];
+        int32_t idx = nametab_find(&C.names, cn->v.id, strlen(cn->v.id));
+        bool want = cn->needs_nudge || (changed && idx >= 0 && idx < n_changed && changed[idx]);
+        if (!want || !node_state_routable(cn->h.state) || !cn->v.host_valid)
+            continue;
+        snprintf(t[n].node, sizeof t[n].node, "%s", cn->v.id);
+        snprintf(t[n].host, sizeof t[n].host, "%s", cn->v.host);
+        n++;
+    }
+    if (n > 0) {
+        reconcile_nudge(t, n, C.cfg->kuma_api_key, C.cfg->reconcile_path, 1000);
+        for (int k = 0; k < n; k++) {
+            ctrl_node *cn = find_node(t[k].node);
+            C.reconcile_calls++;
+            if (!t[k].ok) {
+                C.reconcile_failures++;
+                log_warn("reconcile nudge to %s failed: %s (will retry)", t[k].node,
+                         t[k].error);
+            }
+            if (cn)
+                cn->needs_nudge = !t[k].ok;
+        }
+        C.dirty = true;
+    }
+    free(t);
+}
+
+/* Applies moves in one transaction and handles the outcome.  Returns applied count or -1. */
+static long apply_moves(const plan_move *moves, size_t n, const char *what)
+{
+    store_apply_result res = {0};
+    char err[256];
+    C.store->fence_generation = C.generation;
+    int rc = C.store->ops->apply_moves(C.store, &C.names, moves, n, what, &res, err, sizeof err);
+    if (rc == STORE_FENCED) {
+        log_warn("lost the leader lease while applying %s: another controller leads now", what);
+        C.leader = false;
+        emit(EV_LEADER, NULL, "leader", "follower", 0, 0,
+             "fenced: generation %lld is no longer current", (long long)C.generation);
+        return -1;
+    }
+    if (rc != STORE_OK) {
+        db_failed(what, err);
+        return -1;
+    }
+    if (res.skipped)
+        log_info("%s: %zu of %zu rows changed meanwhile and were left alone", what, res.skipped,
+                 n);
+    C.moved_total += (int64_t)res.applied;
+    return (long)res.applied;
+}
+
+static node_state state_of(int32_t idx)
+{
+    const char *name = nametab_name(&C.names, idx);
+    ctrl_node *cn = name ? find_node(name) : NULL;
+    return cn ? cn->h.state : NODE_UNKNOWN;
+}
+
+/* Per-source-node summary of a converge plan, for the event log. */
+static void emit_plan_events(const plan_result *r, int64_t duration_ms)
+{
+    int nn = C.names.n;
+    int *fo = calloc((size_t)nn + 1, sizeof *fo);
+    int *rv = calloc((size_t)nn + 1, sizeof *rv);
+    int *first_to = malloc(((size_t)nn + 1) * sizeof *first_to);
+    bool *multi = calloc((size_t)nn + 1, sizeof *multi);
+    if (!fo || !rv || !first_to || !multi)
+        goto out;
+    for (int i = 0; i < nn; i++)
+        first_to[i] = -1;
+    int adopt = 0;
+    for (size_t i = 0; i < r->n_moves; i++) {
+        const plan_move *m = &r->moves[i];
+        int32_t from = move_from(m), to = move_to_effective(m);
+        if (m->kind == MOVE_SET_HOME && from < 0) {
+            adopt++;
+        } else if (m->kind == MOVE_CLEAR_OVERRIDE && node_state_placeable(state_of(from))) {
+            /* leaving a live node to go home: a revert, not a failover */
+            rv[m->expect_home]++;
+        } else if (from >= 0) {
+            fo[from]++;
+            if (first_to[from] < 0)
+                first_to[from] = to;
+            else if (first_to[from] != to)
+                multi[from] = true;
+        }
+    }
+    for (int i = 0; i < nn; i++) {
+        const char *name = nametab_name(&C.names, i);
+        if (fo[i]) {
+            ctrl_node *cn = find_node(name);
+            C.failovers_total++;
+            const char *to = multi[i] ? "several" : nametab_name(&C.names, first_to[i]);
+            emit(EV_FAILOVER, name, name, to, fo[i], duration_ms, "%s is %s%s%s", name,
+                 cn ? node_state_name(cn->h.state) : "not in the node table",
+                 cn && cn->v.last_failure_reason[0] ? ": " : "",
+                 cn ? cn->v.last_failure_reason : "");
+        }
+        if (rv[i]) {
+            C.reverts_total++;
+            emit(EV_REVERT, name, "overrides", name, rv[i], duration_ms,
+                 "%s stable for the hold-down: its monitors return home%s", name,
+                 r->reverts_truncated ? " (batch; more to follow)" : "");
+        }
+    }
+    if (adopt) {
+        C.adoptions_total++;
+        emit(EV_ADOPTION, NULL, "", "", adopt, duration_ms,
+             "%d active monitors had no node and were given a home", adopt);
+    }
+out:
+    free(fo);
+    free(rv);
+    free(first_to);
+    free(multi);
+}
+
+static void converge(int64_t now)
+{
+    C.need_converge = false;
+    C.next_converge_ms = now + C.cfg->refresh_interval_ms;
+    if (!C.leader || C.panic || !ensure_db())
+        return;
+    int64_t t0 = now_ms();
+    if (!load_monitors(now))
+        return;
+    int n_nodes = 0;
+    plan_node *pn = build_plan_nodes(now, &n_nodes);
+    if (!pn)
+        return;
+    plan_view v = {.nodes = pn, .n_nodes = n_nodes, .monitors = C.mon.monitors,
+                   .n_monitors = C.mon.n};
+    plan_options o;
+    plan_options_default(&o);
+    o.revert_batch = C.cfg->revert_batch_size;
+    o.tolerance = C.cfg->balance_tolerance;
+    plan_result r;
+    plan_result_init(&r);
+    if (plan_converge(&v, &o, &r) != 0) {
+        log_error("planner out of memory");
+        goto out;
+    }
+    if (r.n_no_target && !C.panic)
+        log_warn("%d monitors need a node but none is online; will retry", r.n_no_target);
+    if (r.n_moves == 0)
+        goto out;
+    long applied = apply_moves(r.moves, r.n_moves, "converge");
+    if (applied < 0)
+        goto out;
+    int64_t dur = now_ms() - t0;
+    bool *changed = calloc((size_t)C.names.n + 1, sizeof *changed);
+    for (size_t i = 0; changed && i < r.n_moves; i++) {
+        int32_t a = move_from(&r.moves[i]), b = move_to_effective(&r.moves[i]);
+        if (a >= 0)
+            changed[a] = true;
+        if (b >= 0)
+            changed[b] = true;
+    }
+    nudge(changed, C.names.n);
+    free(changed);
+    dur = now_ms() - t0;
+    emit_plan_events(&r, dur);
+    if (r.n_over_capacity)
+        emit(EV_CAPACITY_WARNING, NULL, "", "", r.n_over_capacity, 0,
+             "%d monitors placed on nodes already at MONITOR_LIMIT_PER_NODE=%d: running over "
+             "the limit beats not running", r.n_over_capacity, C.cfg->monitor_limit);
+    if (r.n_revert) {
+        C.next_revert_ms = now + C.cfg->revert_batch_interval_ms;
+        if (r.reverts_truncated)
+            C.next_converge_ms = C.next_revert_ms;
+    }
+    log_info("converge: %zu moves planned, %ld applied in %lld ms (failover %d, revert %d, "
+             "adopt %d)", r.n_moves, applied, (long long)dur, r.n_failover, r.n_revert,
+             r.n_adopt);
+    load_monitors(now_ms());
+out:
+    plan_result_free(&r);
+    free(pn);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Rebalancing (batched, cancellable)
+ * ------------------------------------------------------------------------------------------ */
+
+static void reb_finish(const char *phase, const char *error)
+{
+    int64_t now = now_ms();
+    snprintf(C.reb_view.phase, sizeof C.reb_view.phase, "%s", phase);
+    C.reb_view.running = false;
+    C.reb_view.finished_ms = now;
+    C.reb_view.moved = (int)C.reb.applied;
+    snprintf(C.reb_view.last_error, sizeof C.reb_view.last_error, "%s", error ? error : "");
+    C.rebalances_total++;
+    emit(C.reb.kind, NULL, "", "", (int)C.reb.applied, now - C.reb.started_ms,
+         "%s %s by %s: %zu of %zu home changes applied, %zu skipped (changed meanwhile)%s%s",
+         C.reb.kind == EV_FORCE_REBALANCE ? "force rebalance" : "rebalance", phase, C.reb.actor,
+         C.reb.applied, C.reb.n, C.reb.skipped, error ? ": " : "", error ? error : "");
+    free(C.reb.moves);
+    memset(&C.reb, 0, sizeof C.reb);
+    C.dirty = true;
+    load_monitors(now);
+}
+
+static void reb_step(int64_t now)
+{
+    if (!C.reb.running || now < C.reb.next_batch_ms)
+        return;
+    if (!C.leader || C.panic) {
+        reb_finish("cancelled", C.panic ? "panic guard engaged" : "no longer the leader");
+        return;
+    }
+    if (!ensure_db())
+        return; /* retry the batch when the database is back */
+    size_t batch = (size_t)C.cfg->move_batch_size;
+    size_t n = C.reb.n - C.reb.done < batch ? C.reb.n - C.reb.done : batch;
+    store_apply_result res = {0};
+    char err[256];
+    C.store->fence_generation = C.generation;
+    const char *what = C.reb.kind == EV_FORCE_REBALANCE ? "force-rebalance" : "rebalance";
+    int rc = C.store->ops->apply_moves(C.store, &C.names, C.reb.moves + C.reb.done, n, what,
+                                       &res, err, sizeof err);
+    if (rc == STORE_FENCED) {
+        C.leader = false;
+        reb_finish("failed", "fenced: another controller leads");
+        return;
+    }
+    if (rc != STORE_OK) {
+        db_failed(what, err);
+        return;
+    }
+    C.reb.done += n;
+    C.reb.applied += res.applied;
+    C.reb.skipped += res.skipped;
+    C.moved_total += (int64_t)res.applied;
+    /* nudge the nodes whose sets changed in this batch */
+    bool *changed = calloc((size_t)C.names.n + 1, sizeof *changed);
+    for (size_t i = C.reb.done - n; changed && i < C.reb.done; i++) {
+        const plan_move *m = &C.reb.moves[i];
+        int32_t a = move_from(m), b = move_to_effective(m);
+        if (a >= 0)
+            changed[a] = true;
+        if (b >= 0)
+            changed[b] = true;
+    }
+    nudge(changed, C.names.n);
+    free(changed);
+    C.reb_view.moved = (int)C.reb.done;
+    int64_t elapsed = now_ms() - C.reb.started_ms;
+    if (C.reb.done > 0)
+        C.reb_view.eta_ms = C.reb.started_ms +
+                            (int64_t)((double)elapsed * (double)C.reb.n / (double)C.reb.done);
+    C.reb.next_batch_ms = now_ms() + C.cfg->move_batch_interval_ms;
+    C.dirty = true;
+    if (C.reb.done >= C.reb.n)
+        reb_finish("done", NULL);
+}
+
+static void reb_start(kg_event_kind kind, const char *actor, kg_reply *reply)
+{
+    int64_t now = now_ms();
+    if (C.reb.running) {
+        reply_finish(reply, 409, "busy", "a rebalance is already running; cancel it first");
+        return;
+    }
+    if (!C.leader) {
+        reply_finish(reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        return;
+    }
+    if (C.panic) {
+        reply_finish(reply, 409, "panic", C.panic_reason);
+        return;
+    }
+    if (!ensure_db() || !load_monitors(now)) {
+        reply_finish(reply, 503, "database_unavailable", C.db_error);
+        return;
+    }
+    int n_nodes = 0;
+    plan_node *pn = build_plan_nodes(now, &n_nodes);
+    plan_view v = {.nodes = pn, .n_nodes = n_nodes, .monitors = C.mon.monitors,
+                   .n_monitors = C.mon.n};
+    plan_options o;
+    plan_options_default(&o);
+    o.tolerance = C.cfg->balance_tolerance;
+    plan_result r;
+    plan_result_init(&r);
+    int rc = pn ? (kind == EV_FORCE_REBALANCE ? plan_force_all(&v, &o, &r)
+                                              : plan_rebalance(&v, &o, &r))
+                : -1;
+    free(pn);
+    if (rc != 0) {
+        plan_result_free(&r);
+        reply_finish(reply, 500, "planner_failed", "out of memory");
+        return;
+    }
+    snprintf(C.reb_view.operation, sizeof C.reb_view.operation, "%s",
+             kind == EV_FORCE_REBALANCE ? "force-rebalance" : "rebalance");
+    C.reb_view.started_ms = now;
+    C.reb_view.total = (int)r.n_moves;
+    C.reb_view.moved = 0;
+    C.reb_view.eta_ms = 0;
+    C.reb_view.finished_ms = 0;
+    C.reb_view.last_error[0] = 0;
+    char detail[200];
+    snprintf(detail, sizeof detail, "%zu home changes planned", r.n_moves);
+    C.reb = (rebalance_op){.running = true, .kind = kind, .moves = r.moves, .n = r.n_moves,
+                           .started_ms = now, .next_batch_ms = now};
+    snprintf(C.reb.actor, sizeof C.reb.actor, "%s", actor[0] ? actor : "api");
+    r.moves = NULL; /* ownership moved to the operation */
+    plan_result_free(&r);
+    if (C.reb.n == 0) {
+        snprintf(C.reb_view.phase, sizeof C.reb_view.phase, "done");
+        reb_finish("done", NULL);
+        reply_finish(reply, 200, "", "already balanced: nothing to move");
+        return;
+    }
+    C.reb_view.running = true;
+    snprintf(C.reb_view.phase, sizeof C.reb_view.phase, "applying");
+    C.dirty = true;
+    reply_finish(reply, 202, "", detail);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Health
+ * ------------------------------------------------------------------------------------------ */
+
+static void record_latency(ctrl_node *cn, const probe_result *r)
+{
+    double v = r->outcome == PROBE_OK ? r->latency_ms : -1;
+    if (cn->v.n_latency == KG_LATENCY_HISTORY) {
+        memmove(cn->v.latency_history, cn->v.latency_history + 1,
+                sizeof(double) * (KG_LATENCY_HISTORY - 1));
+        cn->v.n_latency--;
+    }
+    cn->v.latency_history[cn->v.n_latency++] = v;
+    if (r->outcome == PROBE_OK) {
+        int b = 0;
+        while (b < 10 && r->latency_ms > kg_latency_bucket_bounds[b])
+            b++;
+        C.lat_buckets[b]++;
+        C.lat_sum += r->latency_ms;
+        C.lat_count++;
+    }
+}
+
+/* Panic guard (SPEC section 2): every probed node failing, or more than panic_share of them
+ * (and at least two) having started to fail within one detection window of each other, means
+ * the fault is more likely ours (network, resolver) than theirs: move nothing, freeze nginx. */
+static void update_panic(int64_t now)
+{
+    int total = 0, failing = 0, recent = 0;
+    int64_t window = (int64_t)C.cfg->fall * C.cfg->health_interval_ms + C.cfg->health_timeout_ms;
+    for (int i = 0; i < C.n_nodes; i++) {
+        ctrl_node *cn = &C.nodes[i];
+        if (!health_probed(&cn->h) || !cn->v.host_valid)
+            continue;
+        total++;
+        if (cn->h.consecutive_failures > 0 || cn->h.state == NODE_OFFLINE) {
+            failing++;
+            if (cn->fail_start_ms && now - cn->fail_start_ms <= window)
+                recent++;
+        }
+    }
+    bool all = total > 0 && failing == total;
+    bool many = recent >= 2 && (double)recent > C.cfg->panic_share * (double)total;
+    bool panic = all || many;
+    if (panic == C.panic)
+        return;
+    C.panic = panic;
+    C.dirty = true;
+    if (panic) {
+        snprintf(C.panic_reason, sizeof C.panic_reason,
+                 all ? "all %d probed nodes are failing (%d of %d): more likely a network or "
+                       "controller fault; no monitors are moved and nginx keeps its upstream"
+                     : "%d nodes started failing at once (%d of %d): more likely a network or "
+                       "controller fault; no monitors are moved and nginx keeps its upstream",
+                 all ? total : recent, failing, total);
+        log_error("PANIC GUARD: %s", C.panic_reason);
+        emit(EV_PANIC, NULL, "normal", "panic", failing, 0, "%s", C.panic_reason);
+    } else {
+        log_warn("panic guard released: %d of %d nodes failing", failing, total);
+        emit(EV_PANIC, NULL, "panic", "normal", failing, 0,
+             "panic guard released: %d of %d nodes failing", failing, total);
+        C.panic_reason[0] = 0;
+        C.need_converge = true;
+    }
+}
+
+static void on_probe(const kg_msg *m, int64_t now)
+{
+    ctrl_node *cn = find_node(m->node);
+    if (!cn)
+        return;
+    const probe_result *r = &m->probe;
+    bool ok = r->outcome == PROBE_OK;
+    cn->v.last_probe_ms = now;
+    cn->v.probes_total++;
+    cn->v.http_status = r->http_status;
+    cn->v.last_latency_ms = r->latency_ms;
+    record_latency(cn, r);
+    if (ok) {
+        cn->v.last_seen_ms = now;
+        cn->last_seen_dirty = true;
+        cn->fail_start_ms = 0;
+    } else {
+        cn->v.probes_failed++;
+        cn->v.last_failure_ms = now;
+        snprintf(cn->v.last_failure_reason, sizeof cn->v.last_failure_reason, "%s", r->reason);
+        if (cn->h.consecutive_failures == 0)
+            cn->fail_start_ms = now;
+    }
+    health_params p = {.fall = C.cfg->fall, .rise = C.cfg->rise};
+    health_transition t = health_apply(&cn->h, &p, ok, now);
+    cn->v.consecutive_failures = cn->h.consecutive_failures;
+    cn->v.consecutive_successes = cn->h.consecutive_successes;
+    C.dirty = true;
+    if (t.changed) {
+        cn->v.prev_state = t.from;
+        cn->v.state = t.to;
+        cn->v.state_since_ms = now;
+        cn->status_dirty = true;
+        emit(EV_STATE_CHANGE, cn->v.id, node_state_name(t.from), node_state_name(t.to), 0, 0,
+             "%s: %s -> %s (%s)", cn->v.id, node_state_name(t.from), node_state_name(t.to),
+             ok ? "probe ok" : r->reason);
+        /* suspect <-> online changes neither routing nor assignments */
+        if (node_state_placeable(t.from) != node_state_placeable(t.to) ||
+            node_state_routable(t.from) != node_state_routable(t.to))
+            C.need_converge = true;
+        if (t.to == NODE_ONLINE && t.from != NODE_SUSPECT) {
+            /* reverts become possible after the hold-down */
+            int64_t due = now + C.cfg->recovery_hold_down_ms;
+            if (C.next_converge_ms > due || C.next_converge_ms <= now)
+                C.next_converge_ms = due;
+        }
+    }
+    update_panic(now);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Operator actions
+ * ------------------------------------------------------------------------------------------ */
+
+static void on_node_action(const kg_msg *m, node_state target, int64_t now)
+{
+    ctrl_node *cn = find_node(m->node);
+    if (!cn) {
+        reply_finish(m->reply, 404, "unknown_node", "no node with that id");
+        return;
+    }
+    if (!C.leader) {
+        reply_finish(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        return;
+    }
+    node_state before = cn->h.state;
+    if (target == NODE_ONLINE && (before == NODE_ONLINE || before == NODE_SUSPECT)) {
+        reply_finish(m->reply, 200, "", "node is already enabled");
+        return;
+    }
+    health_transition t = health_set_operator(&cn->h, target, now);
+    cn->v.prev_state = before;
+    cn->v.state = cn->h.state;
+    cn->v.state_since_ms = now;
+    cn->v.consecutive_failures = cn->v.consecutive_successes = 0;
+    cn->status_dirty = true;
+    C.need_converge = true;
+    C.dirty = true;
+    emit(EV_OPERATOR, cn->v.id, node_state_name(before), node_state_name(cn->h.state), 0, 0,
+         "%s set %s to %s", m->actor[0] ? m->actor : "operator", cn->v.id,
+         target == NODE_ONLINE ? "enabled (recovering until it passes its probes)"
+                               : node_state_name(target));
+    if (t.changed && target == NODE_ONLINE)
+        prober_trigger_all();
+    char detail[128];
+    snprintf(detail, sizeof detail, "%s is now %s", cn->v.id, node_state_name(cn->h.state));
+    reply_finish(m->reply, 200, "", detail);
+}
+
+static void handle(kg_msg *m, int64_t now)
+{
+    char detail[160];
+    switch (m->kind) {
+    case MSG_PROBE_RESULT:
+        on_probe(m, now);
+        break;
+    case MSG_TRIGGER_HEALTH_CHECK:
+        prober_trigger_all();
+        emit(EV_OPERATOR, NULL, "", "", 0, 0, "%s triggered a health check of every node",
+             m->actor[0] ? m->actor : "operator");
+        reply_finish(m->reply, 202, "", "probing every node now");
+        break;
+    case MSG_UPDATE_LOADS:
+        if (!ensure_db() || !load_monitors(now)) {
+            reply_finish(m->reply, 503, "database_unavailable", C.db_error);
+            break;
+        }
+        snprintf(detail, sizeof detail, "%zu monitors re-read", C.mon.n);
+        reply_finish(m->reply, 200, "", detail);
+        break;
+    case MSG_TRIGGER_REBALANCE:
+        reb_start(EV_REBALANCE, m->actor, m->reply);
+        break;
+    case MSG_FORCE_REBALANCE_ALL:
+        reb_start(EV_FORCE_REBALANCE, m->actor, m->reply);
+        break;
+    case MSG_CANCEL_REBALANCE:
+        if (!C.reb.running) {
+            reply_finish(m->reply, 409, "not_running", "no rebalance is running");
+            break;
+        }
+        reb_finish("cancelled", "cancelled by the operator");
+        reply_finish(m->reply, 200, "", "rebalance cancelled");
+        break;
+    case MSG_NODE_DRAIN:
+        on_node_action(m, NODE_DRAINING, now);
+        break;
+    case MSG_NODE_MAINTENANCE:
+        on_node_action(m, NODE_MAINTENANCE, now);
+        break;
+    case MSG_NODE_ENABLE:
+        on_node_action(m, NODE_ONLINE, now);
+        break;
+    case MSG_SHUTDOWN:
+        reply_finish(m->reply, 200, "", "stopping");
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Leader lease
+ * ------------------------------------------------------------------------------------------ */
+
+static void renew_lease(int64_t now)
+{
+    C.next_lease_ms = now + C.cfg->lease_ttl_ms / 3;
+    if (!ensure_db())
+        return;
+    bool leader = false;
+    int64_t gen = 0;
+    char err[256];
+    if (C.store->ops->lease(C.store, C.cfg->instance_id, C.cfg->lease_ttl_ms, &leader, &gen, err,
+                            sizeof err) != STORE_OK) {
+        db_failed("leader lease", err);
+        if (C.leader) {
+            C.leader = false;
+            emit(EV_LEADER, NULL, "leader", "follower", 0, 0, "lease lost: %.120s", err);
+        }
+        return;
+    }
+    if (leader != C.leader || (leader && gen != C.generation)) {
+        emit(EV_LEADER, NULL, C.leader ? "leader" : "follower", leader ? "leader" : "follower",
+             0, 0, "%s is %s (generation %lld)", C.cfg->instance_id,
+             leader ? "the leader" : "a follower", (long long)gen);
+        if (leader)
+            C.need_converge = true;
+    }
+    C.leader = leader;
+    C.generation = gen;
+    C.dirty = true;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Snapshot
+ * ------------------------------------------------------------------------------------------ */
+
+static void count_monitors(kg_snapshot *s)
+{
+    int nn = C.names.n;
+    int *eff = calloc((size_t)nn + 1, sizeof *eff);
+    int *home = calloc((size_t)nn + 1, sizeof *home);
+    int *pinned = calloc((size_t)nn + 1, sizeof *pinned);
+    if (!eff || !home || !pinned)
+        goto out;
+    for (size_t i = 0; i < C.mon.n; i++) {
+        const plan_monitor *m = &C.mon.monitors[i];
+        s->monitors_total++;
+        if (!m->active)
+            continue;
+        s->monitors_active++;
+        int32_t e = plan_effective(m);
+        if (e < 0) {
+            s->monitors_unassigned++;
+            continue;
+        }
+        eff[e]++;
+        if (m->home >= 0)
+            home[m->home]++;
+        if (m->over >= 0 && !m->ours)
+            pinned[m->over]++;
+        ctrl_node *cn = find_node(nametab_name(&C.names, e));
+        if (!cn || !node_state_routable(cn->h.state))
+            s->monitors_stranded++;
+    }
+    for (int i = 0; i < s->n_nodes; i++) {
+        int32_t idx = nametab_find(&C.names, s->nodes[i].id, strlen(s->nodes[i].id));
+        if (idx < 0)
+            continue;
+        s->nodes[i].effective_monitors = eff[idx];
+        s->nodes[i].home_monitors = home[idx];
+        s->nodes[i].pinned_monitors = pinned[idx];
+    }
+out:
+    free(eff);
+    free(home);
+    free(pinned);
+}
+
+static void publish(int64_t now)
+{
+    kg_snapshot *s = snapshot_new(C.n_nodes);
+    if (!s) {
+        log_error("out of memory building a snapshot");
+        return;
+    }
+    s->built_ms = now;
+    s->started_ms = C.started_ms;
+    for (int i = 0; i < C.n_nodes; i++) {
+        C.nodes[i].v.state = C.nodes[i].h.state;
+        s->nodes[i] = C.nodes[i].v;
+        if (node_state_placeable(C.nodes[i].h.state))
+            s->nodes_online++;
+    }
+    count_monitors(s);
+    s->monitors_refreshed_ms = C.mon_loaded_ms;
+    s->monitor_limit = C.cfg->monitor_limit;
+    s->db_ok = C.db_ok;
+    snprintf(s->db_backend, sizeof s->db_backend, "%s", C.cfg->db_host ? "mariadb" : "sqlite");
+    snprintf(s->db_error, sizeof s->db_error, "%s", C.db_error);
+    s->db_errors_total = C.db_errors_total;
+    s->is_leader = C.leader;
+    s->leader_generation = C.generation;
+    snprintf(s->instance_id, sizeof s->instance_id, "%s", C.cfg->instance_id);
+    s->panic = C.panic;
+    snprintf(s->panic_reason, sizeof s->panic_reason, "%s", C.panic_reason);
+    s->rebalance = C.reb_view;
+    s->failovers_total = C.failovers_total;
+    s->reverts_total = C.reverts_total;
+    s->rebalances_total = C.rebalances_total;
+    s->adoptions_total = C.adoptions_total;
+    s->monitors_moved_total = C.moved_total;
+    s->reconcile_calls_total = C.reconcile_calls;
+    s->reconcile_failures_total = C.reconcile_failures;
+    memcpy(s->latency_buckets, C.lat_buckets, sizeof s->latency_buckets);
+    s->latency_sum_ms = C.lat_sum;
+    s->latency_count = C.lat_count;
+    memcpy(s->recent_events, C.recent, sizeof C.recent[0] * (size_t)C.n_recent);
+    s->n_recent_events = C.n_recent;
+
+    /* nginx follows the nodes; frozen while the panic guard is engaged */
+    nginx_feed_outcome fo = {0};
+    nginx_feed_update(C.feed, s->nodes, s->n_nodes, C.panic, now, &fo);
+    if (fo.attempted) {
+        if (fo.ok)
+            emit(EV_NGINX_RELOAD, NULL, "", "", 0, (int64_t)fo.duration_ms,
+                 "nginx reloaded with the new upstream");
+        else
+            emit(EV_NGINX_FAILED, NULL, "", "", 0, (int64_t)fo.duration_ms,
+                 "nginx validation/reload failed, kept the last good file: %.150s", fo.error);
+        /* events changed: copy them again */
+        memcpy(s->recent_events, C.recent, sizeof C.recent[0] * (size_t)C.n_recent);
+        s->n_recent_events = C.n_recent;
+    }
+    nginx_feed_status(C.feed, &s->nginx);
+    snapshot_publish(s);
+    C.dirty = false;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The loop
+ * ------------------------------------------------------------------------------------------ */
+
+static int64_t min_due(int64_t a, int64_t b) { return (b > 0 && b < a) ? b : a; }
+
+static void refresh(int64_t now)
+{
+    C.next_refresh_ms = now + C.cfg->refresh_interval_ms;
+    if (!ensure_db())
+        return;
+    refresh_nodes(now);
+    if (C.db_ok)
+        write_node_states(now);
+    if (C.db_ok)
+        load_monitors(now);
+    if (C.db_ok)
+        nudge(NULL, 0); /* retries of failed nudges */
+}
+
+static void *controller_main(void *arg)
+{
+    (void)arg;
+    int64_t now = now_ms();
+    C.started_ms = now;
+    C.next_db_retry_ms = 0;
+    refresh(now);
+    renew_lease(now);
+    C.need_converge = true;
+    publish(now);
+    bool stop = false;
+    while (!stop) {
+        now = now_ms();
+        int64_t due = now + 1000;
+        due = min_due(due, C.next_refresh_ms);
+        due = min_due(due, C.next_lease_ms);
+        due = min_due(due, C.next_converge_ms);
+        if (C.reb.running)
+            due = min_due(due, C.reb.next_batch_ms);
+        due = min_due(due, nginx_feed_due_ms(C.feed));
+        int wait = (int)(due - now);
+        kg_msg *m = mailbox_wait(wait < 0 ? 0 : wait);
+        /* take everything already queued before acting, so a burst of probe results causes
+         * one convergence and one snapshot */
+        int handled = 0;
+        while (m) {
+            now = now_ms();
+            if (m->kind == MSG_SHUTDOWN)
+                stop = true;
+            handle(m, now);
+            mailbox_free(m);
+            if (stop || ++handled >= 256)
+                break;
+            m = mailbox_wait(0);
+        }
+        if (stop)
+            break;
+        now = now_ms();
+        if (now >= C.next_refresh_ms)
+            refresh(now);
+        if (now >= C.next_lease_ms)
+            renew_lease(now);
+        if (C.db_ok && C.schema_ready) {
+            bool any_dirty = false;
+            for (int i = 0; i < C.n_nodes && !any_dirty; i++)
+                any_dirty = C.nodes[i].status_dirty;
+            if (any_dirty)
+                write_node_states(now);
+        } else if (now >= C.next_db_retry_ms && ensure_db()) {
+            refresh(now);
+        }
+        update_panic(now);
+        if (C.need_converge || now >= C.next_converge_ms)
+            converge(now);
+        if (C.reb.running)
+            reb_step(now);
+        int64_t nd = nginx_feed_due_ms(C.feed);
+        if (C.dirty || (nd > 0 && now >= nd))
+            publish(now);
+    }
+    return NULL;
+}
+
+int controller_start(const kg_config *cfg, char *err, size_t errlen)
+{
+    memset(&C, 0, sizeof C);
+    C.cfg = cfg;
+    nametab_init(&C.names);
+    if (events_open(cfg->state_dir, err, errlen) != 0)
+        return -1;
+    C.n_recent = events_load_recent(C.recent, KG_RECENT_EVENTS);
+    C.feed = nginx_feed_new(cfg, err, errlen);
+    if (!C.feed) {
+        events_close();
+        return -1;
+    }
+    int64_t now = now_ms();
+    for (int i = 0; i < cfg->n_static_nodes; i++)
+        add_node(cfg->static_nodes[i].id, cfg->static_nodes[i].id, cfg->static_nodes[i].host,
+                 NODE_ONLINE, now);
+    if (pthread_create(&C.thread, NULL, controller_main, NULL) != 0) {
+        snprintf(err, errlen, "cannot start the controller thread: %s", strerror(errno));
+        nginx_feed_free(C.feed);
+        events_close();
+        return -1;
+    }
+    C.started = true;
+    return 0;
+}
+
+void controller_stop(void)
+{
+    if (!C.started)
+        return;
+    kg_msg m = {.kind = MSG_SHUTDOWN};
+    mailbox_post(&m);
+    pthread_join(C.thread, NULL);
+    mailbox_shutdown();
+    mailbox_drain();
+    free(C.reb.moves);
+    free(C.nodes);
+    store_free_monitors(&C.mon);
+    nametab_free(&C.names);
+    if (C.store)
+        store_close(C.store);
+    nginx_feed_free(C.feed);
+    events_close();
+    memset(&C, 0, sizeof C);
+}

@@ -1,0 +1,86 @@
+/* main.c — kumaguard's entry point: parse settings, start the threads, wait for a signal,
+ * stop everything in reverse order.
+ *
+ * Threads: the controller (owner of cluster state), the prober (HTTP health checks) and the
+ * HTTP server's pool.  They share state only through snapshot.h (outward) and mailbox.h
+ * (inward).  Must not: contain product logic. */
+#include <curl/curl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "config.h"
+#include "controller.h"
+#include "log.h"
+#include "probe.h"
+#include "snapshot.h"
+
+extern char **environ;
+
+int main(int argc, char **argv)
+{
+    kg_config cfg;
+    char err[512] = "";
+    int rc = config_load(&cfg, argc, argv, environ, stdout, err, sizeof err);
+    if (rc != 0) {
+        if (rc < 0)
+            fprintf(stderr, "kumaguard: %s\n", err);
+        config_free(&cfg);
+        return rc < 0 ? 2 : 0;
+    }
+    log_set_level((kg_log_level)log_parse_level(cfg.log_level));
+
+    /* Signals are taken synchronously by this thread only; block them before any thread
+     * starts so every thread inherits the mask. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0) {
+        fprintf(stderr, "kumaguard: curl_global_init failed\n");
+        config_free(&cfg);
+        return 1;
+    }
+    int exit_code = 1;
+    kg_api *api = NULL;
+    bool prober_up = false;
+    if (controller_start(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "kumaguard: %s\n", err);
+        goto out;
+    }
+    if (prober_start(&cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "kumaguard: %s\n", err);
+        goto stop_controller;
+    }
+    prober_up = true;
+    api = api_start(&cfg, err, sizeof err);
+    if (!api) {
+        fprintf(stderr, "kumaguard: %s\n", err);
+        goto stop_controller;
+    }
+    log_info("kumaguard listening on http://%s/ (store: %s, %d static nodes)", cfg.listen,
+             cfg.db_host ? "mariadb" : cfg.sqlite_path, cfg.n_static_nodes);
+    int sig = 0;
+    do {
+        sigwait(&set, &sig);
+    } while (sig == SIGHUP); /* nothing to reload yet; HUP must not kill the daemon */
+    log_info("signal %d: stopping", sig);
+    exit_code = 0;
+    api_stop(api);
+stop_controller:
+    if (prober_up)
+        prober_stop();
+    controller_stop();
+out:
+    snapshot_shutdown();
+    snapshot_clear();
+    curl_global_cleanup();
+    config_free(&cfg);
+    return exit_code;
+}

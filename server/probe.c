@@ -1,0 +1,350 @@
+/* probe.c — the prober thread: concurrent HTTP health checks with libcurl multi.
+ *
+ * Each node has its own schedule.  The next probe is due one interval after the previous one
+ * *started* (so a slow answer does not stretch the cadence): the normal interval plus up to 10 %
+ * random jitter, so probes of many nodes do not beat in step, or the fast interval without
+ * jitter while the node is in transition — its last probe failed but it is not yet offline, or
+ * it is suspect, recovering, or not yet judged.  The prober keeps its own "last probe failed"
+ * bit because the snapshot lags one controller step behind: without it the second probe of a
+ * freshly failing node would still wait a whole normal interval.
+ *
+ * Owns: the curl multi handle, one easy handle per node, the schedule.
+ * Must not: decide node state (health.c does, in the controller) or touch the store. */
+#include "probe.h"
+
+#include <curl/curl.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "hostcheck.h"
+#include "log.h"
+#include "mailbox.h"
+#include "snapshot.h"
+
+#define BODY_MAX 65536
+
+typedef struct {
+    char id[KG_NODE_ID_MAX + 1];
+    char host[KG_HOST_MAX + 1];
+    char url[KG_HOST_MAX + 512];
+    CURL *easy;
+    bool in_flight;
+    bool last_failed;
+    bool seen;               /* still in the snapshot (mark and sweep) */
+    int64_t started_ms;
+    int64_t next_due_ms;
+    char *body;
+    size_t body_len;
+} target;
+
+static struct {
+    int interval_ms, fast_ms, timeout_ms, expected;
+    char path[256];
+    CURLM *multi;
+    target **targets;
+    int n_targets;
+    pthread_t thread;
+    bool started;
+    atomic_bool stop;
+    atomic_bool trigger_all;
+    uint64_t rng;
+} P;
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t next_rand(void)
+{
+    /* xorshift64*: only used for jitter */
+    P.rng ^= P.rng >> 12;
+    P.rng ^= P.rng << 25;
+    P.rng ^= P.rng >> 27;
+    return P.rng * 2685821657736338717ULL;
+}
+
+probe_result probe_classify(int curl_code, long http_status, const char *body, size_t body_len,
+                            int expected_status, double latency_ms)
+{
+    probe_result r = {.outcome = PROBE_OK, .http_status = (int)http_status,
+                      .latency_ms = latency_ms};
+    switch (curl_code) {
+    case CURLE_OK:
+        break;
+    case CURLE_OPERATION_TIMEDOUT:
+        r.outcome = PROBE_TIMEOUT;
+        snprintf(r.reason, sizeof r.reason, "timeout after %.0f ms", latency_ms);
+        return r;
+    case CURLE_COULDNT_CONNECT:
+        r.outcome = PROBE_CONNECT_FAILED;
+        snprintf(r.reason, sizeof r.reason, "connection refused");
+        return r;
+    case CURLE_COULDNT_RESOLVE_HOST:
+        r.outcome = PROBE_CONNECT_FAILED;
+        snprintf(r.reason, sizeof r.reason, "cannot resolve host");
+        return r;
+    default:
+        r.outcome = PROBE_ERROR;
+        snprintf(r.reason, sizeof r.reason, "%s", curl_easy_strerror((CURLcode)curl_code));
+        return r;
+    }
+    if (http_status != expected_status) {
+        r.outcome = PROBE_BAD_STATUS;
+        snprintf(r.reason, sizeof r.reason, "HTTP %ld", http_status);
+        return r;
+    }
+    if (body && body_len > 0) {
+        json_tokener *tok = json_tokener_new();
+        json_object *root = tok ? json_tokener_parse_ex(tok, body, (int)body_len) : NULL;
+        json_object *st;
+        if (root && json_object_is_type(root, json_type_object) &&
+            json_object_object_get_ex(root, "status", &st) &&
+            json_object_is_type(st, json_type_string) &&
+            strcmp(json_object_get_string(st), "healthy") != 0) {
+            r.outcome = PROBE_BAD_BODY;
+            snprintf(r.reason, sizeof r.reason, "status \"%.60s\"", json_object_get_string(st));
+        }
+        json_object_put(root);
+        if (tok)
+            json_tokener_free(tok);
+    }
+    return r;
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+    target *t = userp;
+    size_t n = size * nmemb;
+    if (t->body_len + n > BODY_MAX)
+        return 0; /* abort: a health answer is small; anything bigger is wrong */
+    char *nb = realloc(t->body, t->body_len + n + 1);
+    if (!nb)
+        return 0;
+    memcpy(nb + t->body_len, data, n);
+    t->body = nb;
+    t->body_len += n;
+    t->body[t->body_len] = 0;
+    return n;
+}
+
+static void post_result(const target *t, const probe_result *r)
+{
+    kg_msg m = {.kind = MSG_PROBE_RESULT, .probe = *r};
+    snprintf(m.node, sizeof m.node, "%s", t->id);
+    mailbox_post(&m);
+}
+
+static void target_free(target *t)
+{
+    if (t->in_flight)
+        curl_multi_remove_handle(P.multi, t->easy);
+    curl_easy_cleanup(t->easy);
+    free(t->body);
+    free(t);
+}
+
+static target *find_target(const char *id)
+{
+    for (int i = 0; i < P.n_targets; i++)
+        if (strcmp(P.targets[i]->id, id) == 0)
+            return P.targets[i];
+    return NULL;
+}
+
+/* Brings the target list in line with the snapshot: new nodes are due now, vanished nodes
+ * and nodes under maintenance are dropped (an in-flight probe of them is abandoned). */
+static void sync_targets(const kg_snapshot *s, int64_t now)
+{
+    for (int i = 0; i < P.n_targets; i++)
+        P.targets[i]->seen = false;
+    for (int i = 0; s && i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        if (n->state == NODE_MAINTENANCE)
+            continue;
+        target *t = find_target(n->id);
+        if (t && strcmp(t->host, n->host) != 0) {
+            t->seen = false; /* host changed: rebuild */
+            continue;
+        }
+        if (!t) {
+            target **grown = realloc(P.targets, (size_t)(P.n_targets + 1) * sizeof *grown);
+            if (!grown)
+                continue;
+            P.targets = grown;
+            t = calloc(1, sizeof *t);
+            if (!t || !(t->easy = curl_easy_init())) {
+                free(t);
+                continue;
+            }
+            snprintf(t->id, sizeof t->id, "%s", n->id);
+            snprintf(t->host, sizeof t->host, "%s", n->host);
+            snprintf(t->url, sizeof t->url, "http://%s%s", n->host, P.path);
+            t->next_due_ms = now;
+            P.targets[P.n_targets++] = t;
+        }
+        t->seen = true;
+    }
+    int w = 0;
+    for (int i = 0; i < P.n_targets; i++) {
+        if (P.targets[i]->seen)
+            P.targets[w++] = P.targets[i];
+        else
+            target_free(P.targets[i]);
+    }
+    P.n_targets = w;
+}
+
+static void start_probe(target *t, int64_t now)
+{
+    t->started_ms = now;
+    char err[64];
+    if (!hostcheck_valid(t->host, err, sizeof err)) {
+        probe_result r = {.outcome = PROBE_ERROR, .latency_ms = 0};
+        snprintf(r.reason, sizeof r.reason, "invalid host value: %s", err);
+        post_result(t, &r);
+        t->last_failed = true;
+        t->next_due_ms = now + P.interval_ms;
+        return;
+    }
+    free(t->body);
+    t->body = NULL;
+    t->body_len = 0;
+    CURL *e = t->easy;
+    curl_easy_reset(e);
+    curl_easy_setopt(e, CURLOPT_URL, t->url);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)P.timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)P.timeout_ms);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "kumaguard-probe/0.1");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+    /* a fresh connection per probe: a reused one would not notice a node that stopped
+     * accepting new connections */
+    curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    if (curl_multi_add_handle(P.multi, e) == CURLM_OK)
+        t->in_flight = true;
+}
+
+static void schedule_next(target *t, const kg_snapshot *s)
+{
+    const kg_node_view *n = s ? snapshot_find_node(s, t->id) : NULL;
+    node_state st = n ? n->state : NODE_UNKNOWN;
+    bool fast = st == NODE_SUSPECT || st == NODE_RECOVERING || st == NODE_UNKNOWN ||
+                (t->last_failed && st != NODE_OFFLINE) || (!t->last_failed && st == NODE_OFFLINE);
+    if (fast) {
+        t->next_due_ms = t->started_ms + P.fast_ms;
+    } else {
+        int64_t jitter = P.interval_ms >= 10 ? (int64_t)(next_rand() % (uint64_t)(P.interval_ms / 10)) : 0;
+        t->next_due_ms = t->started_ms + P.interval_ms + jitter;
+    }
+}
+
+static void finish_probe(CURLMsg *msg, const kg_snapshot *s)
+{
+    target *t = NULL;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+    if (!t)
+        return;
+    long status = 0;
+    double total = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &total);
+    curl_multi_remove_handle(P.multi, t->easy);
+    t->in_flight = false;
+    probe_result r = probe_classify(msg->data.result, status, t->body, t->body_len, P.expected,
+                                    total * 1000.0);
+    t->last_failed = r.outcome != PROBE_OK;
+    post_result(t, &r);
+    schedule_next(t, s);
+}
+
+static void *prober_main(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&P.stop)) {
+        kg_snapshot *s = snapshot_acquire();
+        int64_t now = now_ms();
+        sync_targets(s, now);
+        bool all = atomic_exchange(&P.trigger_all, false);
+        int64_t next = now + 200; /* re-read the snapshot at least 5 times a second */
+        for (int i = 0; i < P.n_targets; i++) {
+            target *t = P.targets[i];
+            if (!t->in_flight && (all || t->next_due_ms <= now))
+                start_probe(t, now);
+            if (!t->in_flight && t->next_due_ms < next)
+                next = t->next_due_ms;
+        }
+        int running = 0;
+        curl_multi_perform(P.multi, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(P.multi, &left)))
+            if (msg->msg == CURLMSG_DONE)
+                finish_probe(msg, s);
+        snapshot_release(s);
+        int64_t wait = next - now_ms();
+        if (wait > 0)
+            curl_multi_poll(P.multi, NULL, 0, (int)(wait > 200 ? 200 : wait), NULL);
+    }
+    return NULL;
+}
+
+int prober_start(const kg_config *cfg, char *err, size_t errlen)
+{
+    P.interval_ms = cfg->health_interval_ms;
+    P.fast_ms = cfg->health_fast_interval_ms;
+    P.timeout_ms = cfg->health_timeout_ms;
+    P.expected = cfg->health_expected_status;
+    snprintf(P.path, sizeof P.path, "%s", cfg->health_path);
+    P.rng = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ULL | 1;
+    atomic_store(&P.stop, false);
+    P.multi = curl_multi_init();
+    if (!P.multi) {
+        snprintf(err, errlen, "curl_multi_init failed");
+        return -1;
+    }
+    if (pthread_create(&P.thread, NULL, prober_main, NULL) != 0) {
+        curl_multi_cleanup(P.multi);
+        P.multi = NULL;
+        snprintf(err, errlen, "cannot start the prober thread");
+        return -1;
+    }
+    P.started = true;
+    return 0;
+}
+
+void prober_trigger_all(void)
+{
+    atomic_store(&P.trigger_all, true);
+    if (P.multi)
+        curl_multi_wakeup(P.multi);
+}
+
+void prober_stop(void)
+{
+    if (!P.started)
+        return;
+    atomic_store(&P.stop, true);
+    curl_multi_wakeup(P.multi);
+    pthread_join(P.thread, NULL);
+    for (int i = 0; i < P.n_targets; i++)
+        target_free(P.targets[i]);
+    free(P.targets);
+    P.targets = NULL;
+    P.n_targets = 0;
+    curl_multi_cleanup(P.multi);
+    P.multi = NULL;
+    P.started = false;
+}

@@ -1,0 +1,193 @@
+/* snapshot.h — the one way state crosses threads, outward: an immutable, reference-counted
+ * picture of the cluster that the controller thread publishes and every other thread reads.
+ *
+ * Threading contract (kumaguard has exactly two cross-thread mechanisms, both documented here
+ * and in mailbox.h):
+ *   - The controller thread owns all mutable cluster state.  After each change it builds a new
+ *     `kg_snapshot`, fills it completely, and calls snapshot_publish().  From then on the
+ *     snapshot is read-only; nobody writes to it again.
+ *   - Readers (HTTP threads, the prober, SSE streams) call snapshot_acquire(), read freely
+ *     without locks, and call snapshot_release().  The last release frees it.
+ *   - Requests flowing the other way (actions, probe results) go through mailbox.h.
+ *
+ * Owns: the current-snapshot pointer, its lock and the "newer snapshot" condition variable.
+ * Must not: contain decision logic or be written to after publish. */
+#ifndef KG_SNAPSHOT_H
+#define KG_SNAPSHOT_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "types.h"
+
+#define KG_LATENCY_HISTORY 32 /* recent probe latencies per node, for the dashboard chart */
+#define KG_RECENT_EVENTS 200  /* events carried in each snapshot (for SSE and the dashboard) */
+
+typedef struct {
+    char id[KG_NODE_ID_MAX + 1];
+    char name[KG_NODE_NAME_MAX + 1];
+    char host[KG_HOST_MAX + 1];
+    bool host_valid;           /* passed hostcheck; invalid hosts are never routed */
+    bool is_primary;
+    bool is_static;            /* came from KUMAGUARD_NODES */
+    node_state state;
+    node_state prev_state;
+    int64_t state_since_ms;    /* wall clock, ms since epoch */
+    int consecutive_failures;
+    int consecutive_successes;
+    double last_latency_ms;    /* -1 when never probed */
+    double latency_history[KG_LATENCY_HISTORY]; /* oldest first; -1 = failed probe */
+    int n_latency;
+    char last_failure_reason[KG_REASON_MAX];
+    int64_t last_failure_ms;   /* 0 = never */
+    int64_t last_seen_ms;      /* last successful probe; 0 = never */
+    int64_t last_probe_ms;
+    int64_t probes_total;
+    int64_t probes_failed;
+    int http_status;
+    int effective_monitors;    /* active monitors whose COALESCE(assigned_node,node_id) is this node */
+    int home_monitors;         /* active monitors whose node_id is this node */
+    int pinned_monitors;       /* active monitors pinned here by an operator */
+    int monitor_limit;
+} kg_node_view;
+
+typedef enum {
+    EV_STATE_CHANGE = 0,
+    EV_FAILOVER,
+    EV_REVERT,
+    EV_REBALANCE,
+    EV_FORCE_REBALANCE,
+    EV_ADOPTION,
+    EV_CAPACITY_WARNING,
+    EV_PANIC,
+    EV_NGINX_RELOAD,
+    EV_NGINX_FAILED,
+    EV_LEADER,
+    EV_DB,
+    EV_OPERATOR,     /* drain / maintenance / enable / manual trigger */
+    EV_KIND_COUNT
+} kg_event_kind;
+
+const char *event_kind_name(kg_event_kind k);
+int event_kind_parse(const char *s); /* -1 when unknown */
+
+typedef struct {
+    int64_t id;               /* monotonically increasing within this process */
+    int64_t ts_ms;            /* wall clock, ms since epoch (UTC) */
+    kg_event_kind kind;
+    char node[KG_NODE_ID_MAX + 1];      /* main node concerned, "" if none */
+    char from[KG_NODE_ID_MAX + 1];      /* for moves/state changes: from node or old state */
+    char to[KG_NODE_ID_MAX + 1];        /* to node (or "several") or new state */
+    int count;                /* monitors concerned */
+    int64_t duration_ms;
+    char reason[192];
+} kg_event;
+
+typedef struct {
+    bool running;
+    char operation[32];       /* "failover", "revert", "rebalance", "force-rebalance", "" */
+    char phase[32];           /* "planning", "applying", "done", "cancelled", "failed" */
+    int moved;
+    int total;
+    int64_t started_ms;
+    int64_t eta_ms;           /* estimated end (wall clock), 0 = unknown */
+    int64_t finished_ms;
+    char last_error[160];
+} kg_rebalance_view;
+
+typedef struct {
+    bool enabled;
+    int64_t reloads_ok;
+    int64_t reloads_failed;
+    int64_t renders;
+    int64_t writes_skipped_unchanged;
+    int64_t last_reload_ms;
+    double last_reload_duration_ms;
+    bool last_ok;
+    char last_error[256];
+    char include_path[256];
+    int routed_nodes;         /* nodes in upstream kuma_cluster */
+    bool fallback_all;        /* no node online: upstream holds every known node */
+    int rejected_nodes;       /* nodes left out of the include: invalid host/id, duplicate id */
+} kg_nginx_view;
+
+typedef struct {
+    atomic_int refs;
+    uint64_t seq;              /* increases with every publish */
+    int64_t built_ms;
+    int64_t started_ms;        /* when kumaguard started */
+
+    kg_node_view *nodes;       /* sorted by id */
+    int n_nodes;
+
+    /* cluster summary */
+    int nodes_online;          /* online + suspect */
+    int monitors_total;        /* all monitor rows */
+    int monitors_active;
+    int monitors_unassigned;   /* active with both node_id and assigned_node NULL */
+    int monitors_stranded;     /* active whose effective node is not routable (incl. pinned) */
+    int64_t monitors_refreshed_ms;
+    int monitor_limit;
+
+    bool db_ok;
+    char db_backend[16];       /* "sqlite" or "mariadb" */
+    char db_error[256];
+    int64_t db_errors_total;
+
+    bool is_leader;
+    int64_t leader_generation;
+    char instance_id[128];
+
+    bool panic;                /* panic guard engaged: no moves, nginx frozen */
+    char panic_reason[192];
+
+    kg_rebalance_view rebalance;
+    kg_nginx_view nginx;
+
+    /* counters for /metrics */
+    int64_t failovers_total;
+    int64_t reverts_total;
+    int64_t rebalances_total;
+    int64_t adoptions_total;
+    int64_t monitors_moved_total;
+    int64_t reconcile_calls_total;
+    int64_t reconcile_failures_total;
+
+    /* probe latency histogram over all probes since start (buckets in ms, cumulative counts
+     * are computed by the reader): le 5,10,25,50,100,250,500,1000,2500,5000,+Inf */
+    int64_t latency_buckets[11];
+    double latency_sum_ms;
+    int64_t latency_count;
+
+    kg_event recent_events[KG_RECENT_EVENTS]; /* oldest first */
+    int n_recent_events;
+
+    /* Lazily rendered /api/system-status body, cached per snapshot by the API (guarded by
+     * the snapshot module's lock; see snapshot_cache_*). */
+    _Atomic(char *) cached_json;
+    size_t cached_json_len;
+} kg_snapshot;
+
+extern const double kg_latency_bucket_bounds[10];
+
+/* Allocates an empty snapshot (refs = 1, owned by the caller until published). */
+kg_snapshot *snapshot_new(int n_nodes);
+/* Makes `s` the current snapshot; takes over the caller's reference. */
+void snapshot_publish(kg_snapshot *s);
+/* Current snapshot with one more reference, or NULL before the first publish. */
+kg_snapshot *snapshot_acquire(void);
+void snapshot_release(kg_snapshot *s);
+/* Blocks until a snapshot with seq > after_seq is published or timeout_ms passes.
+ * Returns the new snapshot (acquired) or NULL on timeout / shutdown. */
+kg_snapshot *snapshot_wait_newer(uint64_t after_seq, int timeout_ms);
+/* Wakes every waiter and makes snapshot_wait_newer return NULL from now on. */
+void snapshot_shutdown(void);
+/* Releases the current snapshot (at exit). */
+void snapshot_clear(void);
+
+/* Finds a node by id in a snapshot (binary search), NULL if absent. */
+const kg_node_view *snapshot_find_node(const kg_snapshot *s, const char *id);
+
+#endif
