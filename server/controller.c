@@ -66,6 +66,7 @@ static struct {
     kg_store *store;
     bool schema_ready;
     bool db_ok;
+    bool db_was_ok;          /* connected at least once (no "back up" event on first connect) */
     char db_error[256];
     int64_t db_errors_total;
     int64_t next_db_retry_ms;
@@ -84,6 +85,7 @@ static struct {
 
     bool panic;
     char panic_reason[192];
+    int64_t panic_settle_until_ms; /* after a panic: let recovering nodes finish rising */
 
     bool need_converge;
     int64_t next_converge_ms;  /* periodic convergence: retries no-target, adoption, reverts */
@@ -177,7 +179,10 @@ static void db_recovered(void)
         C.db_ok = true;
         C.db_error[0] = 0;
         log_info("database available (%s)", C.store->ops->backend);
-        emit(EV_DB, NULL, "down", "up", 0, 0, "database available (%s)", C.store->ops->backend);
+        if (C.db_was_ok)
+            emit(EV_DB, NULL, "down", "up", 0, 0, "database available again (%s)",
+                 C.store->ops->backend);
+        C.db_was_ok = true;
         for (int i = 0; i < C.n_nodes; i++)
             C.nodes[i].status_dirty = true; /* write what we decided while it was away */
         C.need_converge = true;
@@ -562,6 +567,10 @@ static void converge(int64_t now)
 {
     C.need_converge = false;
     C.next_converge_ms = now + C.cfg->refresh_interval_ms;
+    if (now < C.panic_settle_until_ms) {
+        C.next_converge_ms = C.panic_settle_until_ms;
+        return;
+    }
     if (!C.leader || C.panic || !ensure_db())
         return;
     int64_t t0 = now_ms();
@@ -824,7 +833,12 @@ static void update_panic(int64_t now)
         emit(EV_PANIC, NULL, "panic", "normal", failing, 0,
              "panic guard released: %d of %d nodes failing", failing, total);
         C.panic_reason[0] = 0;
-        C.need_converge = true;
+        /* Nodes come back from a shared outage one probe at a time.  Moving the monitors of
+         * the ones still rising would only send them back after the hold-down: give every
+         * node the time to pass `rise` probes first. */
+        C.panic_settle_until_ms = now + (int64_t)(C.cfg->rise + 1) * C.cfg->health_interval_ms +
+                                  C.cfg->health_timeout_ms;
+        C.next_converge_ms = C.panic_settle_until_ms;
     }
 }
 

@@ -1,0 +1,169 @@
+"""Issue 2 end to end, on both stores: real kumaguard, real simulated Kuma nodes, real SQLite
+file or real MariaDB server.  A node that dies (killed, 503, hanging past the timeout) goes
+offline after `fall` probes and its monitors move, balanced and within capacity; when it comes
+back and stays healthy for the hold-down its monitors return; manual pins never move; no
+monitor is lost or doubled at any point; the nodes that got monitors are told to reconcile."""
+
+import collections
+import json
+
+from kg_harness import (Kumaguard, effective_counts, monitors, node_status, seed_monitors,
+                        wait_until)
+from kumasim_ctl import Kumasim
+
+API_KEY = "test-cluster-key"
+FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--health-timeout",
+        "300ms", "--fall", "3", "--rise", "3", "--recovery-hold-down", "1s",
+        "--recovery-batch-interval", "100ms"]
+
+
+def start_cluster(tmp_path, cluster, procs, n=3, extra=()):
+    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in range(1, n + 1)]
+    procs.extend(nodes)
+    kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST + list(extra))
+    procs.append(kg)
+    wait_until(cluster.schema_ready, what="cluster schema")
+    wait_until(lambda: node_status(cluster) == {nd.node_id: "online" for nd in nodes},
+               what="all nodes registered online")
+    return nodes, kg
+
+
+def check_invariants(before_ids, cluster):
+    rows = monitors(cluster)
+    assert sorted(rows) == sorted(before_ids), "a monitor was lost or doubled"
+    return rows
+
+
+def api_node(kg, node_id):
+    doc = kg.get_json("/api/node-status")
+    nodes = doc["nodes"] if isinstance(doc, dict) else doc
+    for n in nodes:
+        if n.get("id", n.get("node_id")) == node_id:
+            return n
+    raise AssertionError("%s missing from /api/node-status: %s" % (node_id, json.dumps(doc)[:500]))
+
+
+def test_kill_and_revive_moves_monitors_and_brings_them_home(tmp_path, cluster, procs):
+    nodes, kg = start_cluster(tmp_path, cluster, procs)
+    node1, node2, node3 = nodes
+    homes = ["node%d" % ((i % 3) + 1) for i in range(300)]
+    ids = seed_monitors(cluster, homes)
+    ids += seed_monitors(cluster, ["node2"] * 10, start_id=1001, active=0)  # inactive
+    # manual pins (kumaguard did not write them): one away from node2, one onto node2
+    # (monitor k is homed on node((k-1) % 3 + 1))
+    cluster.execute("UPDATE monitor SET assigned_node='node3' WHERE id=2")   # home node2
+    cluster.execute("UPDATE monitor SET assigned_node='node2' WHERE id=3")   # home node3
+    assert kg.post("/api/update-loads")[0] == 200
+    before = monitors(cluster)
+    on_node2 = {i for i, (a, home, over) in before.items() if a and (over or home) == "node2"}
+    assert len(on_node2) == 100  # 100 homed there, minus pin 1, plus pin 2
+
+    node2.kill()
+    wait_until(lambda: node_status(cluster)["node2"] == "offline", timeout=10,
+               what="node2 offline")
+
+    def moved():
+        rows = monitors(cluster)
+        stuck = [i for i in on_node2 if i != 3 and (rows[i][2] or rows[i][1]) == "node2"]
+        return not stuck and rows
+    rows = wait_until(moved, timeout=10, what="node2's monitors moved")
+    check_invariants(ids, cluster)
+    eff = effective_counts(cluster)
+    # only the manual pin stays on the dead node
+    assert eff.get("node2") == 1 and rows[3][2] == "node2", "manual pin onto node2 was moved"
+    assert rows[2][2] == "node3", "manual pin was overwritten"
+    # balanced: each live node ends within 10% of the mean load (bounded-load placement)
+    live = [eff["node1"], eff["node3"]]
+    mean = sum(live) / 2
+    assert all(abs(x - mean) <= 0.1 * mean + 1 for x in live), eff
+    assert max(live) <= 1000
+    # only monitors that had to move moved
+    for i, (a, home, over) in rows.items():
+        if i not in on_node2:
+            assert (a, home, over) == before[i], "monitor %d moved needlessly" % i
+    # inactive monitors are not load and are not moved
+    assert all(rows[i][2] is None for i in range(1001, 1011))
+    # the nodes that received monitors are told to reconcile (right after the commit)
+    wait_until(lambda: node1.stats()["reconcile_calls"] >= 1 and
+               node3.stats()["reconcile_calls"] >= 1, timeout=5, what="reconcile nudges")
+
+    n2 = api_node(kg, "node2")
+    assert n2["state"] == "offline"
+
+    node2.restart()
+    wait_until(lambda: node_status(cluster)["node2"] == "online", timeout=10, what="node2 back")
+
+    def home_again():
+        r = monitors(cluster)
+        back = all((r[i][2] or r[i][1]) == "node2" for i in on_node2)
+        return back and r
+    rows = wait_until(home_again, timeout=15, what="monitors back on node2 after hold-down")
+    check_invariants(ids, cluster)
+    assert rows[2][2] == "node3" and rows[3][2] == "node2", "pins changed on revert"
+    assert effective_counts(cluster) == {"node1": 100, "node2": 100, "node3": 100}
+    wait_until(lambda: node2.stats()["reconcile_calls"] >= 1, timeout=5,
+               what="recovered node nudged")
+    # kumaguard's own override records are gone once the monitors are home
+    assert cluster.query("SELECT COUNT(*) FROM kumaguard_override")[0][0] == 0
+
+    kinds = collections.Counter(e["kind"] for e in history(kg))
+    assert kinds["failover"] >= 1 and kinds["revert"] >= 1, kinds
+    kg.stop()
+
+
+def history(kg):
+    doc = kg.get_json("/api/failover-history?limit=1000")
+    return doc["events"] if isinstance(doc, dict) else doc
+
+
+def test_503_and_hang_count_as_failing(tmp_path, cluster, procs):
+    nodes, kg = start_cluster(tmp_path, cluster, procs)
+    seed_monitors(cluster, ["node1", "node2", "node3"] * 20)
+    nodes[0].set_mode("503")
+    nodes[2].set_mode("hang")
+    wait_until(lambda: node_status(cluster)["node1"] == "offline"
+               and node_status(cluster)["node3"] == "offline", timeout=10,
+               what="503 and hanging nodes offline")
+    assert "503" in api_node(kg, "node1")["last_failure_reason"]
+    assert "timeout" in api_node(kg, "node3")["last_failure_reason"]
+    nodes[0].set_mode("healthy")
+    nodes[2].set_mode("healthy")
+    wait_until(lambda: set(node_status(cluster).values()) == {"online"}, timeout=10,
+               what="nodes back online")
+    kg.stop()
+
+
+def test_panic_guard_moves_nothing_when_every_node_fails(tmp_path, cluster, procs):
+    nodes, kg = start_cluster(tmp_path, cluster, procs)
+    ids = seed_monitors(cluster, ["node1", "node2", "node3"] * 30)
+    assert kg.post("/api/update-loads")[0] == 200
+    before = monitors(cluster)
+    for n in nodes:
+        n.set_mode("503")
+    wait_until(lambda: kg.get_json("/api/fault-detection-status").get("panic") is True,
+               timeout=10, what="panic guard engaged")
+    wait_until(lambda: set(node_status(cluster).values()) == {"offline"}, timeout=10,
+               what="all offline")
+    assert monitors(cluster) == before, "monitors moved during a total outage"
+    check_invariants(ids, cluster)
+    for n in nodes:
+        n.set_mode("healthy")
+    wait_until(lambda: set(node_status(cluster).values()) == {"online"}, timeout=10,
+               what="recovered")
+    assert monitors(cluster) == before
+    kg.stop()
+
+
+def test_adoption_gives_homeless_monitors_a_home(tmp_path, cluster, procs):
+    nodes, kg = start_cluster(tmp_path, cluster, procs)
+    ids = seed_monitors(cluster, [None] * 30)
+    seed_monitors(cluster, [None] * 5, start_id=100, active=0)
+
+    def adopted():
+        r = monitors(cluster)
+        return all(r[i][1] for i in ids) and r
+    rows = wait_until(adopted, timeout=10, what="homeless monitors adopted")
+    counts = collections.Counter(rows[i][1] for i in ids)
+    assert set(counts) == {"node1", "node2", "node3"} and max(counts.values()) == 10, counts
+    assert all(rows[i][1] is None for i in range(100, 105)), "inactive monitors were adopted"
+    kg.stop()
