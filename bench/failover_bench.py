@@ -11,6 +11,7 @@ divided by the detection floor (fall - 1) x fast interval = 0.5 s (goal <= 1.2).
   /usr/bin/python3 bench/failover_bench.py [--runs N]     (KG_BUILD_DIR defaults to ./build)
 """
 import argparse
+import datetime
 import os
 import statistics
 import subprocess
@@ -36,7 +37,7 @@ def one_run(tmp, server, run):
     nodes = [Kumasim("node%d" % i, api_key=KEY) for i in (1, 2, 3)]
     kg = Kumaguard(tmp, cluster, nodes=nodes, api_key=KEY, name="kg%d" % run, extra=[
         "--health-interval", "1s", "--health-fast-interval", "250ms", "--health-timeout",
-        "500ms", "--fall", "3", "--log-level", "info"])
+        "500ms", "--fall", "3", "--log-level", "debug"])
     try:
         wait_until(cluster.schema_ready, what="schema")
         rows = [(i, "m%d" % i, 1, 1, "node%d" % ((i % 3) + 1)) for i in range(1, 3001)]
@@ -63,7 +64,12 @@ def one_run(tmp, server, run):
         events = kg.get_json("/api/failover-history?limit=100")["events"]
         suspect = [e for e in events if e["kind"] == "state_change" and e.get("node") == "node2"
                    and e.get("to") == "suspect"]
-        t_first_fail = min(e["ts_ms"] for e in suspect) / 1000.0
+        t_first_fail = min(datetime.datetime.fromisoformat(e["time"]).timestamp() for e in suspect)
+        if os.environ.get("KG_BENCH_VERBOSE"):
+            for e in reversed(events):
+                t = datetime.datetime.fromisoformat(e["time"]).timestamp()
+                print("   %+.3f s  %s %s->%s count=%s" % (t - t_first_fail, e["kind"], e["from"], e["to"], e["count"]))
+            print("   %+.3f s  nudged" % (t_nudged - t_first_fail))
         return t_nudged - t_kill, t_nudged - t_first_fail
     finally:
         kg.stop(check=False)

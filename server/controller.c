@@ -596,10 +596,11 @@ static void converge(int64_t now)
         log_warn("%d monitors need a node but none is online; will retry", r.n_no_target);
     if (r.n_moves == 0)
         goto out;
+    int64_t t_planned = now_ms();
     long applied = apply_moves(r.moves, r.n_moves, "converge");
     if (applied < 0)
         goto out;
-    int64_t dur = now_ms() - t0;
+    int64_t t_applied = now_ms();
     bool *changed = calloc((size_t)C.names.n + 1, sizeof *changed);
     for (size_t i = 0; changed && i < r.n_moves; i++) {
         int32_t a = move_from(&r.moves[i]), b = move_to_effective(&r.moves[i]);
@@ -610,7 +611,10 @@ static void converge(int64_t now)
     }
     nudge(changed, C.names.n);
     free(changed);
-    dur = now_ms() - t0;
+    int64_t dur = now_ms() - t0;
+    log_debug("converge timing: load+plan %lld ms, apply %lld ms, nudge %lld ms",
+              (long long)(t_planned - t0), (long long)(t_applied - t_planned),
+              (long long)(t0 + dur - t_applied));
     emit_plan_events(&r, dur);
     if (r.n_over_capacity)
         emit(EV_CAPACITY_WARNING, NULL, "", "", r.n_over_capacity, 0,

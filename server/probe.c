@@ -278,13 +278,10 @@ static void *prober_main(void *arg)
         int64_t now = now_ms();
         sync_targets(s, now);
         bool all = atomic_exchange(&P.trigger_all, false);
-        int64_t next = now + 200; /* re-read the snapshot at least 5 times a second */
         for (int i = 0; i < P.n_targets; i++) {
             target *t = P.targets[i];
             if (!t->in_flight && (all || t->next_due_ms <= now))
                 start_probe(t, now);
-            if (!t->in_flight && t->next_due_ms < next)
-                next = t->next_due_ms;
         }
         int running = 0;
         curl_multi_perform(P.multi, &running);
@@ -294,6 +291,11 @@ static void *prober_main(void *arg)
             if (msg->msg == CURLMSG_DONE)
                 finish_probe(msg, s);
         snapshot_release(s);
+        /* computed after finishing, so a probe rescheduled just now is not overslept */
+        int64_t next = now + 200; /* re-read the snapshot at least 5 times a second */
+        for (int i = 0; i < P.n_targets; i++)
+            if (!P.targets[i]->in_flight && P.targets[i]->next_due_ms < next)
+                next = P.targets[i]->next_due_ms;
         int64_t wait = next - now_ms();
         if (wait > 0)
             curl_multi_poll(P.multi, NULL, 0, (int)(wait > 200 ? 200 : wait), NULL);
