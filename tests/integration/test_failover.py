@@ -38,7 +38,7 @@ def api_node(kg, node_id):
     doc = kg.get_json("/api/node-status")
     nodes = doc["nodes"] if isinstance(doc, dict) else doc
     for n in nodes:
-        if n.get("id", n.get("node_id")) == node_id:
+        if n["node_id"] == node_id:
             return n
     raise AssertionError("%s missing from /api/node-status: %s" % (node_id, json.dumps(doc)[:500]))
 
