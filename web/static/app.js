@@ -1,0 +1,929 @@
+/* kumaguard dashboard (app.js).
+ *
+ * Owns: everything the page shows and does.  It reads GET /api/system-status (one document with
+ * the cluster summary, every node, nginx, rebalancing and recent events) and GET
+ * /api/failover-history (paged, filtered), listens to the /api/events stream (SSE: one frame per
+ * history event, plus an `event: snapshot` notice whenever the controller publishes a new
+ * picture) and refreshes the status document when told to, and POSTs the actions.
+ *
+ * Must not: load anything from another host, use inline script/style or innerHTML with data
+ * from the server (node names and failure reasons come from the cluster database), or poll
+ * fast while the stream works.  The API token, when the server wants one, is asked for once
+ * and kept in sessionStorage (this tab only). */
+(function () {
+  'use strict';
+
+  const TOKEN_KEY = 'kumaguard.apiToken';
+  const HISTORY_PAGE = 50;
+  const HISTORY_MAX_ROWS = 500;       /* a tab left open for weeks keeps only the newest rows */
+  const MIN_REFRESH_GAP_MS = 700;     /* snapshots can arrive several times a second */
+  const POLL_WHEN_DOWN_MS = 5000;     /* while the stream is down */
+  const SAFETY_POLL_MS = 15000;       /* even with a live stream: notices can be missed, and a
+                                       * frozen controller keeps its stream open but silent */
+  const FETCH_TIMEOUT_MS = 8000;
+  const STREAM_RETRY_MS = 3000;
+
+  const STATES = {
+    online: { label: 'Online', icon: '●', note: 'Healthy: routed and running its monitors' },
+    suspect: { label: 'Suspect', icon: '▲', note: 'Failing probes, below the fall threshold; still routed' },
+    offline: { label: 'Offline', icon: '✕', note: 'Failed its probes: not routed, monitors moved away' },
+    recovering: { label: 'Recovering', icon: '↻', note: 'Passing probes again; not routed until stable' },
+    draining: { label: 'Draining', icon: '⇥', note: 'Operator drain: monitors moved away, still routed for sticky sessions' },
+    maintenance: { label: 'Maintenance', icon: '⏸', note: 'Operator maintenance: not routed and not probed' },
+    unknown: { label: 'Unknown', icon: '?', note: 'Not probed yet' },
+  };
+
+  const KINDS = {
+    failover: 'Failover',
+    revert: 'Revert',
+    rebalance: 'Rebalance',
+    force_rebalance: 'Force rebalance',
+    adoption: 'Adoption',
+    state_change: 'State change',
+    operator: 'Operator action',
+    panic: 'Panic guard',
+    capacity_warning: 'Capacity warning',
+    nginx_reload: 'nginx reload',
+    nginx_failed: 'nginx reload failed',
+    leader: 'Leader',
+    database: 'Database',
+  };
+  const MOVE_KINDS = new Set(['failover', 'revert', 'rebalance', 'force_rebalance', 'adoption']);
+
+  /* ------------------------------------------------------------------ small helpers */
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    if (attrs) {
+      for (const [k, v] of Object.entries(attrs)) {
+        if (v === undefined || v === null || v === false) continue;
+        if (k === 'class') e.className = v;
+        else if (k === 'text') e.textContent = v;
+        else if (k === 'dataset') Object.assign(e.dataset, v);
+        else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+        else e.setAttribute(k, v === true ? '' : v);
+      }
+    }
+    for (const c of children) {
+      if (c === null || c === undefined || c === false) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  function setText(node, text) {
+    const t = text === null || text === undefined ? '' : String(text);
+    if (node.textContent !== t) node.textContent = t;
+  }
+
+  function parseTime(iso) {
+    if (!iso) return null;
+    const t = Date.parse(iso);
+    return Number.isFinite(t) ? t : null;
+  }
+
+  function fmtAgo(ms) {
+    if (ms === null) return 'never';
+    let s = Math.round((Date.now() - ms) / 1000);
+    if (s < 0) s = 0;
+    if (s < 5) return 'just now';
+    if (s < 60) return s + ' s ago';
+    const m = Math.floor(s / 60);
+    if (m < 60) return m + ' min ago';
+    const h = Math.floor(m / 60);
+    if (h < 48) return h + ' h ' + (m % 60) + ' min ago';
+    return Math.floor(h / 24) + ' days ago';
+  }
+
+  function fmtClock(ms) {
+    if (ms === null) return '—';
+    const d = new Date(ms);
+    const now = new Date();
+    const time = d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });
+    if (d.toDateString() === now.toDateString()) return time;
+    return d.toLocaleDateString(undefined, { month: 'short', day: 'numeric' }) + ' ' + time;
+  }
+
+  function fmtLatency(v) {
+    if (v === null || v === undefined || !Number.isFinite(v)) return '—';
+    if (v < 1) return v.toFixed(2) + ' ms';
+    if (v < 10) return v.toFixed(1) + ' ms';
+    return Math.round(v) + ' ms';
+  }
+
+  function fmtDuration(ms) {
+    if (!ms || ms <= 0) return '';
+    if (ms < 1000) return ms + ' ms';
+    const s = ms / 1000;
+    if (s < 60) return (s < 10 ? s.toFixed(1) : Math.round(s)) + ' s';
+    const m = Math.floor(s / 60);
+    return m + ' min ' + Math.round(s % 60) + ' s';
+  }
+
+  function fmtInt(n) {
+    return Number.isFinite(n) ? n.toLocaleString() : '—';
+  }
+
+  function stateInfo(st) {
+    return STATES[st] || { label: st || 'Unknown', icon: '?', note: '' };
+  }
+
+  /* An element whose text is "N ago" and is refreshed by the clock tick. */
+  function agoSpan(iso, cls) {
+    const t = parseTime(iso);
+    const s = el('span', { class: cls, title: iso || '' });
+    if (t !== null) s.dataset.ago = String(t);
+    s.textContent = fmtAgo(t);
+    return s;
+  }
+
+  function tickAgo() {
+    for (const s of document.querySelectorAll('[data-ago]')) {
+      setText(s, fmtAgo(Number(s.dataset.ago)));
+    }
+  }
+
+  /* ------------------------------------------------------------------ HTTP */
+
+  async function fetchJSON(url, opts) {
+    const ctl = new AbortController();
+    const timer = setTimeout(() => ctl.abort(), FETCH_TIMEOUT_MS);
+    try {
+      const r = await fetch(url, Object.assign({ cache: 'no-store', signal: ctl.signal }, opts || {}));
+      let body = null;
+      const text = await r.text();
+      if (text) {
+        try { body = JSON.parse(text); } catch (_) { body = { detail: text.slice(0, 200) }; }
+      }
+      return { status: r.status, ok: r.ok, body };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /* ------------------------------------------------------------------ state */
+
+  const S = {
+    status: null,            /* last /api/system-status document */
+    statusError: null,       /* message when the last fetch failed */
+    statusHttp: false,       /* that failure was an HTTP answer, not a lost connection */
+    lastOkAt: null,          /* Date.now() of the last good fetch */
+    stream: 'connecting',    /* connecting | live | down */
+    streamEverOpen: false,
+    history: new Map(),      /* id -> event, for the current filters */
+    historyNext: null,       /* next_before of the last page, null = no more */
+    historyLoaded: false,
+    freshIds: new Set(),     /* rows that arrived live, highlighted once */
+    cards: new Map(),        /* node_id -> card record */
+    bannerKey: '',
+  };
+
+  /* ------------------------------------------------------------------ status refresh */
+
+  let refreshTimer = null;
+  let refreshInFlight = false;
+  let refreshAgain = false;
+  let lastRefreshAt = 0;
+
+  function scheduleRefresh(soon) {
+    if (refreshInFlight) { refreshAgain = true; return; }
+    if (refreshTimer) return;
+    const wait = soon ? 0 : Math.max(0, lastRefreshAt + MIN_REFRESH_GAP_MS - Date.now());
+    refreshTimer = setTimeout(() => { refreshTimer = null; refreshStatus(); }, wait);
+  }
+
+  async function refreshStatus() {
+    refreshInFlight = true;
+    lastRefreshAt = Date.now();
+    try {
+      const r = await fetchJSON('/api/system-status', { headers: { Accept: 'application/json' } });
+      if (!r.ok || !r.body || !Array.isArray(r.body.nodes)) {
+        const err = new Error((r.body && (r.body.detail || r.body.error)) || ('HTTP ' + r.status));
+        err.httpStatus = r.status;
+        throw err;
+      }
+      S.status = r.body;
+      S.statusError = null;
+      S.statusHttp = false;
+      S.lastOkAt = Date.now();
+      if (!S.historyLoaded) mergeRecentEvents(r.body.recent_events);
+    } catch (e) {
+      S.statusHttp = !!(e && e.httpStatus);
+      S.statusError = e && e.name === 'AbortError' ? 'no answer within ' + FETCH_TIMEOUT_MS / 1000 + ' s'
+        : e && e.name === 'TypeError' ? 'cannot connect (' + e.message + ')' : String(e && e.message || e);
+    } finally {
+      refreshInFlight = false;
+      render();
+      if (refreshAgain) { refreshAgain = false; scheduleRefresh(false); }
+    }
+  }
+
+  /* ------------------------------------------------------------------ rendering */
+
+  function render() {
+    renderLive();
+    renderBanners();
+    const s = S.status;
+    if (!s) return;
+    renderHeader(s);
+    renderSummary(s);
+    renderRebalance(s.rebalancing || {});
+    renderCards(s);
+    renderNodeFilter(s.nodes);
+    tickAgo();
+  }
+
+  function renderHeader(s) {
+    const st = (s.cluster && s.cluster.status) || 'unknown';
+    const pill = $('cluster-status');
+    const icon = { healthy: '✓', degraded: '▲', critical: '✕' }[st] || '?';
+    setText(pill, icon + ' Cluster ' + st);
+    pill.className = 'pill pill-' + (['healthy', 'degraded', 'critical'].includes(st) ? st : 'unknown');
+    const c = s.controller || {};
+    setText($('footer-instance'), c.instance_id ? 'Controller ' + c.instance_id + (c.uptime_seconds ? ', up ' + fmtDuration(c.uptime_seconds * 1000) : '') : '');
+    document.title = (st === 'healthy' ? '' : '(' + st + ') ') + 'kumaguard';
+  }
+
+  function setTile(id, tone, value, sub) {
+    const t = $(id);
+    t.className = 'tile tone-' + tone;
+    const v = t.querySelector('[data-field="value"]');
+    if (value instanceof Node) { v.replaceChildren(value); } else { setText(v, value); }
+    const sb = t.querySelector('[data-field="sub"]');
+    if (sub instanceof Node) { sb.replaceChildren(sub); } else { setText(sb, sub); }
+  }
+
+  function renderSummary(s) {
+    const cl = s.cluster || {};
+    const by = cl.nodes_by_state || {};
+    const total = cl.nodes_total || 0;
+    const online = cl.nodes_online || 0;
+    const others = Object.keys(STATES).filter((k) => k !== 'online' && by[k] > 0)
+      .map((k) => by[k] + ' ' + STATES[k].label.toLowerCase());
+    const nodesTone = total === 0 ? 'muted' : (cl.nodes_routable === 0 ? 'bad' : (online >= total - (by.maintenance || 0) ? 'ok' : 'warn'));
+    setTile('tile-nodes', nodesTone,
+      el('span', null, String(online), el('span', { class: 'of' }, ' / ' + total)),
+      others.length ? others.join(' · ') : (total ? 'all nodes online' : 'no nodes registered'));
+
+    const active = cl.monitors_active || 0;
+    const stranded = cl.monitors_stranded || 0;
+    const unassigned = cl.monitors_unassigned || 0;
+    const running = Math.max(0, active - stranded - unassigned);
+    setTile('tile-running', running === active ? 'ok' : 'warn', fmtInt(running),
+      'of ' + fmtInt(active) + ' active' + (cl.monitors_total > active ? ' (' + fmtInt(cl.monitors_total - active) + ' paused)' : ''));
+
+    const nowhere = stranded + unassigned;
+    setTile('tile-nowhere', nowhere > 0 ? 'bad' : 'ok', fmtInt(nowhere),
+      nowhere ? stranded + ' on unroutable nodes · ' + unassigned + ' with no node' : 'every active monitor has a live node');
+
+    const c = s.controller || {};
+    setTile('tile-leader', c.is_leader ? 'info' : 'muted', c.is_leader ? 'Leader' : 'Standby',
+      (c.is_leader ? 'acts on the cluster' : 'another instance acts') + (c.leader_generation ? ' · generation ' + c.leader_generation : ''));
+
+    const db = s.database || {};
+    setTile('tile-db', db.ok ? 'ok' : 'bad', db.ok ? 'OK' : 'Down',
+      (db.backend || 'database') + (db.ok ? (db.errors_total ? ' · ' + db.errors_total + ' errors since start' : ' · connected') : (db.error ? ': ' + db.error : '')));
+
+    const lb = s.load_balancer || {};
+    if (!lb.enabled) {
+      setTile('tile-nginx', 'muted', 'Off', 'no nginx include configured');
+    } else if (!lb.last_reload) {
+      setTile('tile-nginx', lb.reloads_failed ? 'bad' : 'muted', 'None yet',
+        lb.routed_nodes + ' node' + (lb.routed_nodes === 1 ? '' : 's') + ' in the upstream');
+    } else {
+      const sub = el('span', null);
+      sub.append(agoSpan(lb.last_reload));
+      if (lb.last_ok) sub.append(' · ' + lb.routed_nodes + ' routed' + (lb.fallback_all ? ' (fallback: all nodes)' : ''));
+      else sub.append(' · ' + (lb.last_error || 'failed'));
+      setTile('tile-nginx', lb.last_ok ? 'ok' : 'bad', lb.last_ok ? 'OK' : 'Failed', sub);
+    }
+  }
+
+  function renderRebalance(r) {
+    const box = $('rebalance');
+    if (!r.running) { box.hidden = true; return; }
+    box.hidden = false;
+    const pct = Number.isFinite(r.progress_percent) ? r.progress_percent : 0;
+    setText($('rebalance-text'), (r.operation === 'force-rebalance' ? 'Force rebalance' : (r.operation || 'Rebalance')) +
+      ' ' + (r.phase || 'running') + ': ' + fmtInt(r.moved) + ' of ' + fmtInt(r.total) + ' moves');
+    const bar = $('rebalance-bar');
+    bar.setAttribute('aria-valuenow', String(Math.round(pct)));
+    bar.querySelector('.bar-fill').style.width = Math.min(100, Math.max(0, pct)) + '%';
+  }
+
+  /* ---- banners: one list rebuilt when its content changes, so screen readers hear changes once */
+
+  function currentBanners() {
+    const out = [];
+    if (S.statusError) {
+      out.push({ tone: 'bad', icon: '!', title: S.statusHttp ? 'Cluster status unavailable' : 'kumaguard is not answering',
+        text: S.statusError + (S.lastOkAt ? ' — showing the picture from ' + fmtClock(S.lastOkAt) + '; it may be out of date.' : '') });
+    }
+    if (S.stream === 'down') {
+      out.push({ tone: 'warn', icon: '!', title: 'Live updates interrupted',
+        text: 'The event stream is disconnected; reconnecting automatically. Meanwhile the page re-reads the status every ' + POLL_WHEN_DOWN_MS / 1000 + ' s.' });
+    }
+    const s = S.status;
+    if (s) {
+      const db = s.database || {};
+      if (db.ok === false) {
+        out.push({ tone: 'bad', icon: '!', title: 'Database unavailable',
+          text: (db.backend ? db.backend + ': ' : '') + (db.error || 'no connection') + '. No monitors are moved until it is back; node health is still probed.' });
+      }
+      const cl = s.cluster || {};
+      if (cl.panic) {
+        out.push({ tone: 'bad', icon: '!', title: 'Panic guard engaged',
+          text: (cl.panic_reason ? cl.panic_reason + '. ' : '') + 'With this many nodes failing together, the fault is more likely the controller\'s network or the database, so kumaguard moves no monitors and keeps the nginx upstream as it was.' });
+      }
+      if (s.controller && s.controller.is_leader === false) {
+        out.push({ tone: 'info', icon: 'i', title: 'Standby controller',
+          text: 'Another kumaguard instance holds the leader lease; it makes the moves. Actions here that move monitors will be refused.' });
+      }
+      const lb = s.load_balancer || {};
+      if (lb.enabled && lb.last_reload && lb.last_ok === false) {
+        out.push({ tone: 'warn', icon: '!', title: 'nginx reload failed',
+          text: (lb.last_error || 'the reload command failed') + '. nginx keeps its last good configuration.' });
+      }
+    }
+    return out;
+  }
+
+  function renderBanners() {
+    const list = currentBanners();
+    const key = JSON.stringify(list);
+    if (key === S.bannerKey) return;
+    S.bannerKey = key;
+    const box = $('banners');
+    box.replaceChildren(...list.map((b) => el('div', {
+      class: 'banner banner-' + b.tone,
+      role: b.tone === 'info' ? 'status' : 'alert',
+      dataset: { banner: b.title },
+    }, el('span', { class: 'banner-icon', 'aria-hidden': 'true', text: b.icon }),
+    el('div', null, el('strong', { text: b.title }), el('span', { text: b.text })))));
+  }
+
+  /* ---- node cards */
+
+  function renderCards(s) {
+    const cards = $('cards');
+    const seen = new Set();
+    const empty = $('cards-empty');
+    if (s.nodes.length === 0) {
+      empty.textContent = 'No nodes yet: nodes register themselves in the node table, or are given with --node.';
+      empty.hidden = false;
+    } else {
+      empty.hidden = true;
+    }
+    let prev = null;
+    for (const n of s.nodes) {
+      seen.add(n.node_id);
+      let rec = S.cards.get(n.node_id);
+      if (!rec) {
+        rec = buildCard(n);
+        S.cards.set(n.node_id, rec);
+      }
+      /* keep the snapshot's order (sorted by id) */
+      const want = prev ? prev.nextSibling : cards.firstChild;
+      if (want !== rec.root) cards.insertBefore(rec.root, want);
+      updateCard(rec, n, s);
+      prev = rec.root;
+    }
+    for (const [id, rec] of S.cards) {
+      if (!seen.has(id)) {
+        if (rec.chart) rec.chart.destroy();
+        if (rec.ro) rec.ro.disconnect();
+        rec.root.remove();
+        S.cards.delete(id);
+      }
+    }
+    const note = $('nodes-note');
+    const limit = s.cluster && s.cluster.monitor_limit;
+    setText(note, limit ? 'limit ' + fmtInt(limit) + ' monitors per node' : '');
+  }
+
+  function fact(label, field, wide) {
+    const dd = el('dd', { dataset: { f: field } });
+    return { wrap: el('div', { class: wide ? 'wide' : null }, el('dt', { text: label }), dd), dd };
+  }
+
+  function buildCard(n) {
+    const id = n.node_id;
+    const titleId = 'card-title-' + id;
+    const r = { id, f: {} };
+    r.badgeIcon = el('span', { class: 'badge-icon', 'aria-hidden': 'true' });
+    r.badgeText = el('span', { class: 'badge-text' });
+    r.badge = el('span', { class: 'badge', dataset: { field: 'state' } }, r.badgeIcon, r.badgeText);
+    r.tags = el('span', { class: 'card-tags' });
+    r.title = el('h3', { id: titleId }, el('span', { class: 'card-name' }), r.tags);
+    r.host = el('div', { class: 'card-host' });
+    r.note = el('div', { class: 'card-state-note' });
+    const facts = [
+      fact('Latency', 'latency'), fact('Failures', 'fails'), fact('Last seen', 'seen'),
+      fact('Last failure', 'failure', true),
+    ];
+    for (const fa of facts) r.f[fa.dd.dataset.f] = fa.dd;
+    r.chartEl = el('div', { class: 'chart', role: 'img' });
+    r.chartRange = el('span');
+    r.capNum = el('span', { class: 'cap-num' });
+    r.capDetail = el('span', { class: 'cap-detail' });
+    r.capFill = el('span', { class: 'bar-fill' });
+    r.capBar = el('div', { class: 'bar', role: 'meter', 'aria-valuemin': '0', 'aria-label': 'Monitors on ' + id + ' against the limit' }, r.capFill);
+    r.btn = {
+      drain: el('button', { type: 'button', class: 'btn btn-small', 'aria-label': 'Drain ' + id, text: 'Drain',
+        onclick: () => nodeAction(id, 'drain') }),
+      maintenance: el('button', { type: 'button', class: 'btn btn-small', 'aria-label': 'Maintenance for ' + id, text: 'Maintenance',
+        onclick: () => nodeAction(id, 'maintenance') }),
+      enable: el('button', { type: 'button', class: 'btn btn-small', 'aria-label': 'Enable ' + id, text: 'Enable',
+        onclick: () => nodeAction(id, 'enable') }),
+    };
+    r.root = el('article', { class: 'card', 'aria-labelledby': titleId, dataset: { node: id } },
+      el('div', { class: 'card-head' }, el('div', { class: 'card-title' }, r.title, r.host), r.badge),
+      r.note,
+      el('dl', { class: 'facts' }, ...facts.map((fa) => fa.wrap)),
+      el('div', { class: 'chart-box' },
+        el('div', { class: 'chart-caption' }, el('span', { text: 'Probe latency' }), r.chartRange),
+        r.chartEl),
+      el('div', { class: 'capacity' },
+        el('div', { class: 'capacity-line' }, el('span', null, 'Monitors ', r.capNum), r.capDetail),
+        r.capBar),
+      el('div', { class: 'card-actions', role: 'group', 'aria-label': 'Actions for ' + id },
+        r.btn.drain, r.btn.maintenance, r.btn.enable));
+    return r;
+  }
+
+  function updateCard(r, n, s) {
+    const st = n.state || 'unknown';
+    const info = stateInfo(st);
+    r.root.className = 'card st-' + (STATES[st] ? st : 'unknown');
+    r.root.dataset.state = st;
+    setText(r.badgeIcon, info.icon);
+    setText(r.badgeText, info.label);
+    r.badge.title = info.note;
+    setText(r.title.querySelector('.card-name'), n.name && n.name !== n.node_id ? n.node_id + ' · ' + n.name : n.node_id);
+    const tags = [];
+    if (n.is_primary) tags.push(el('span', { class: 'tag', text: 'primary' }));
+    if (!n.host_valid) tags.push(el('span', { class: 'tag tag-warn', title: 'This host is not a valid host:port and is never routed', text: 'invalid host' }));
+    r.tags.replaceChildren(...tags);
+    setText(r.host, n.host || 'no host');
+
+    const since = parseTime(n.state_since);
+    r.note.replaceChildren(info.note + (since ? ' · since ' + fmtClock(since) + ' (' : ''),
+      ...(since ? [agoSpan(n.state_since), ')'] : []));
+
+    const fails = n.consecutive_failures || 0;
+    /* the last latency of a node that stopped answering would look like good news */
+    setText(r.f.latency, fails > 0 ? 'no answer' : (n.last_latency_ms === null || n.last_latency_ms === undefined ? '—' : fmtLatency(n.last_latency_ms)));
+    r.f.latency.classList.toggle('is-bad', fails > 0);
+    setText(r.f.fails, fails > 0 ? fails + ' in a row' : 'none');
+    r.f.fails.title = fails > 0 ? fails + ' consecutive failed probes' : 'the last probe succeeded';
+    r.f.fails.classList.toggle('is-bad', fails > 0);
+    r.f.seen.replaceChildren(agoSpan(n.last_seen));
+    if (n.last_failure_reason || n.last_failure) {
+      r.f.failure.className = 'reason';
+      r.f.failure.replaceChildren(n.last_failure_reason || 'failed', el('span', { class: 'when' }, ' · ', agoSpan(n.last_failure)));
+    } else {
+      r.f.failure.className = 'reason';
+      r.f.failure.replaceChildren('none recorded');
+    }
+
+    updateChart(r, n);
+
+    const eff = n.monitors_effective || 0;
+    const limit = n.monitor_limit || (s.cluster && s.cluster.monitor_limit) || 0;
+    const pct = limit > 0 ? (100 * eff) / limit : 0;
+    setText(r.capNum, fmtInt(eff) + ' / ' + fmtInt(limit));
+    setText(r.capDetail, (limit ? (pct < 1 && eff > 0 ? '<1' : Math.round(pct)) + '% · ' : '') + 'home ' + fmtInt(n.monitors_home || 0) +
+      (n.monitors_pinned ? ' · pinned ' + fmtInt(n.monitors_pinned) : ''));
+    r.capBar.setAttribute('aria-valuemax', String(limit));
+    r.capBar.setAttribute('aria-valuenow', String(eff));
+    r.capBar.setAttribute('aria-valuetext', eff + ' of ' + limit + ' monitors');
+    r.capFill.style.width = Math.min(100, pct) + '%';
+    r.capFill.className = 'bar-fill ' + (pct >= 90 ? 'fill-bad' : pct >= 75 ? 'fill-warn' : 'fill-ok');
+
+    r.btn.drain.disabled = st === 'draining' || st === 'maintenance';
+    r.btn.maintenance.disabled = st === 'maintenance';
+    r.btn.enable.disabled = !(st === 'draining' || st === 'maintenance');
+  }
+
+  /* ---- latency chart (uPlot): the node's last probes, oldest left; failed probes as red dots
+   * on the baseline, gaps in the line. */
+
+  function cssVar(name) {
+    return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+  }
+
+  function chartData(hist) {
+    const n = hist.length;
+    const xs = new Array(n), lat = new Array(n), fail = new Array(n);
+    for (let i = 0; i < n; i++) {
+      xs[i] = i - (n - 1);
+      const v = hist[i];
+      lat[i] = v === null || v === undefined ? null : v;
+      fail[i] = v === null || v === undefined ? 0 : null;
+    }
+    return [xs, lat, fail];
+  }
+
+  function chartOptions(width) {
+    const line = cssVar('--chart-line') || '#1f6feb';
+    const fill = cssVar('--chart-fill') || 'rgba(31,111,235,0.12)';
+    const bad = cssVar('--bad') || '#c42b2b';
+    const muted = cssVar('--muted') || '#667';
+    const grid = cssVar('--border') || '#ddd';
+    return {
+      width: Math.max(120, width),
+      height: 70,
+      legend: { show: false },
+      cursor: { show: false },
+      select: { show: false },
+      padding: [6, 4, 2, 0],
+      scales: {
+        x: { time: false },
+        y: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.15)] },
+      },
+      axes: [
+        { show: false },
+        {
+          size: 46, space: 22, gap: 3, font: '11px system-ui, sans-serif', stroke: muted,
+          grid: { stroke: grid, width: 1 }, ticks: { show: false },
+          values: (u, vals) => vals.map((v) => (v >= 10 ? Math.round(v) : +v.toFixed(1)) + ' ms'),
+        },
+      ],
+      series: [
+        {},
+        { label: 'latency', stroke: line, width: 1.6, fill, spanGaps: false, points: { show: false } },
+        { label: 'failed', stroke: bad, width: 0, paths: () => null, points: { show: true, size: 7, fill: bad, stroke: bad } },
+      ],
+    };
+  }
+
+  function updateChart(r, n) {
+    const hist = Array.isArray(n.latency_history) ? n.latency_history : [];
+    const ok = hist.filter((v) => v !== null && v !== undefined);
+    const failed = hist.length - ok.length;
+    const max = ok.length ? Math.max(...ok) : null;
+    const avg = ok.length ? ok.reduce((a, b) => a + b, 0) / ok.length : null;
+    setText(r.chartRange, hist.length ? 'last ' + hist.length + ' probes' + (max !== null ? ' · max ' + fmtLatency(max) : '') + (failed ? ' · ' + failed + ' failed' : '') : '');
+    r.chartEl.setAttribute('aria-label', hist.length
+      ? 'Probe latency of ' + n.node_id + ' over the last ' + hist.length + ' probes: average ' + fmtLatency(avg) + ', maximum ' + fmtLatency(max) + ', ' + failed + ' failed'
+      : 'No probes yet for ' + n.node_id);
+    if (hist.length === 0 || typeof window.uPlot !== 'function') {
+      if (r.chart) { r.chart.destroy(); r.chart = null; }
+      if (!r.chartEl.querySelector('.chart-empty')) {
+        r.chartEl.replaceChildren(el('div', { class: 'chart-empty', text: typeof window.uPlot === 'function' ? 'no probes yet' : 'chart unavailable' }));
+      }
+      return;
+    }
+    const key = hist.join(',');
+    if (r.chart && r.chartKey === key) return;
+    r.chartKey = key;
+    const data = chartData(hist);
+    if (!r.chart) {
+      r.chartEl.replaceChildren();
+      r.chart = new window.uPlot(chartOptions(r.chartEl.clientWidth || 300), data, r.chartEl);
+      if (typeof ResizeObserver === 'function') {
+        r.ro = new ResizeObserver(() => {
+          const w = r.chartEl.clientWidth;
+          if (r.chart && w > 0 && Math.abs(w - r.chart.width) > 1) r.chart.setSize({ width: w, height: 70 });
+        });
+        r.ro.observe(r.chartEl);
+      }
+    } else {
+      r.chart.setData(data);
+    }
+  }
+
+  function rebuildCharts() {
+    for (const r of S.cards.values()) {
+      if (r.chart) { r.chart.destroy(); r.chart = null; r.chartKey = null; }
+    }
+    render();
+  }
+
+  /* ------------------------------------------------------------------ history */
+
+  function renderNodeFilter(nodes) {
+    const sel = $('filter-node');
+    const cur = sel.value;
+    const ids = nodes.map((n) => n.node_id);
+    /* a filter on a node that left the cluster stays selectable */
+    if (cur && !ids.includes(cur)) ids.push(cur);
+    const have = [...sel.options].map((o) => o.value);
+    if (['', ...ids].join('\n') === have.join('\n')) return;
+    sel.replaceChildren(el('option', { value: '', text: 'All nodes' }),
+      ...ids.map((id) => el('option', { value: id, text: id })));
+    sel.value = cur;
+  }
+
+  function initKindFilter() {
+    const sel = $('filter-kind');
+    for (const [k, label] of Object.entries(KINDS)) sel.append(el('option', { value: k, text: label }));
+  }
+
+  function filters() {
+    return { node: $('filter-node').value, kind: $('filter-kind').value };
+  }
+
+  function matchesFilters(ev) {
+    const f = filters();
+    return (!f.node || ev.node === f.node) && (!f.kind || ev.kind === f.kind);
+  }
+
+  function addEvent(ev, fresh) {
+    if (!ev || typeof ev.id !== 'number' || !matchesFilters(ev)) return false;
+    if (S.history.has(ev.id)) return false;
+    S.history.set(ev.id, ev);
+    if (fresh) S.freshIds.add(ev.id);
+    if (fresh && S.history.size > HISTORY_MAX_ROWS) {
+      const ids = [...S.history.keys()].sort((a, b) => a - b);
+      for (const id of ids.slice(0, ids.length - HISTORY_MAX_ROWS)) S.history.delete(id);
+      S.historyNext = ids[ids.length - HISTORY_MAX_ROWS]; /* "Load older" continues from here */
+    }
+    return true;
+  }
+
+  /* Before the history endpoint answered, the status document's recent events stand in. */
+  function mergeRecentEvents(list) {
+    if (!Array.isArray(list)) return;
+    let changed = false;
+    for (const ev of list) changed = addEvent(ev, false) || changed;
+    if (changed) renderHistory();
+  }
+
+  let historyGen = 0;
+
+  async function loadHistory(more) {
+    const gen = more ? historyGen : ++historyGen;
+    const f = filters();
+    const q = new URLSearchParams({ limit: String(HISTORY_PAGE) });
+    if (f.node) q.set('node', f.node);
+    if (f.kind) q.set('kind', f.kind);
+    if (more && S.historyNext) q.set('before', String(S.historyNext));
+    const btn = $('history-more');
+    btn.setAttribute('aria-busy', 'true');
+    try {
+      const r = await fetchJSON('/api/failover-history?' + q.toString(), { headers: { Accept: 'application/json' } });
+      if (gen !== historyGen) return; /* the filters changed meanwhile */
+      if (!r.ok || !r.body || !Array.isArray(r.body.events)) throw new Error((r.body && (r.body.detail || r.body.error)) || 'HTTP ' + r.status);
+      if (!more) { S.history.clear(); S.freshIds.clear(); }
+      for (const ev of r.body.events) addEvent(ev, false);
+      S.historyNext = r.body.next_before === null || r.body.next_before === undefined ? null : r.body.next_before;
+      S.historyLoaded = true;
+    } catch (e) {
+      if (gen === historyGen) toast('Could not load the history: ' + (e.message || e), 'bad');
+    } finally {
+      btn.removeAttribute('aria-busy');
+      if (gen === historyGen) renderHistory();
+    }
+  }
+
+  /* Explicit table roles: the phone layout turns rows into blocks, which would otherwise drop
+   * the table semantics screen readers rely on. */
+  function cell(cls, ...content) {
+    const empty = content.length === 0 || content.every((c) => c === '' || c === null || c === undefined);
+    return el('td', { role: 'cell', class: [cls, empty ? 'is-empty' : ''].filter(Boolean).join(' ') || null }, ...content);
+  }
+
+  function historyRow(ev) {
+    const t = parseTime(ev.time);
+    const timeEl = el('time', { datetime: ev.time || '', title: ev.time || '' }, fmtClock(t));
+    const kind = el('span', { class: 'kind k-' + ev.kind, text: KINDS[ev.kind] || ev.kind });
+    const fromTo = ev.from || ev.to ? (ev.from || '?') + ' → ' + (ev.to || '?') : '';
+    const count = MOVE_KINDS.has(ev.kind) ? fmtInt(ev.count || 0) : (ev.count ? fmtInt(ev.count) : '');
+    const row = el('tr', { role: 'row', dataset: { eventId: String(ev.id), kind: ev.kind } },
+      cell('time', timeEl),
+      cell('kind-cell', kind),
+      cell('node', ev.node || ''),
+      cell('fromto', fromTo),
+      cell('num count', count),
+      cell('num duration', fmtDuration(ev.duration_ms)),
+      cell('details', ev.reason || ''));
+    if (S.freshIds.has(ev.id)) row.classList.add('is-new');
+    return row;
+  }
+
+  function renderHistory() {
+    const evs = [...S.history.values()].sort((a, b) => b.id - a.id);
+    $('history-body').replaceChildren(...evs.map(historyRow));
+    S.freshIds.clear();
+    $('history-empty').hidden = evs.length > 0;
+    $('history-more').hidden = !S.historyNext;
+  }
+
+  /* ------------------------------------------------------------------ live stream */
+
+  let es = null;
+  let streamRetry = null;
+
+  function setStream(state) {
+    S.stream = state;
+    renderLive();
+    renderBanners();
+  }
+
+  /* The indicator says "Live" only when the stream is open and the last status read worked. */
+  function renderLive() {
+    const state = S.stream;
+    const stale = state === 'live' && S.statusError;
+    const live = $('live');
+    live.classList.toggle('is-live', state === 'live' && !stale);
+    live.classList.toggle('is-down', state === 'down' || !!stale);
+    setText($('live-text'), stale ? 'Not answering' : state === 'live' ? 'Live' : state === 'down' ? 'Reconnecting…' : 'Connecting…');
+  }
+
+  function openStream() {
+    if (typeof EventSource !== 'function') { setStream('down'); return; }
+    if (es) es.close();
+    es = new EventSource('/api/events');
+    es.onopen = () => {
+      const wasDown = S.stream === 'down';
+      setStream('live');
+      S.streamEverOpen = true;
+      scheduleRefresh(true);
+      /* Last-Event-ID replays what was missed on a browser reconnect; a fresh stream after a
+       * hard failure does not, so re-read the history then. */
+      if (wasDown) loadHistory(false);
+    };
+    es.onmessage = (m) => {
+      let ev;
+      try { ev = JSON.parse(m.data); } catch (_) { return; }
+      if (addEvent(ev, true)) renderHistory();
+      scheduleRefresh(false);
+    };
+    es.addEventListener('snapshot', () => scheduleRefresh(false));
+    es.onerror = () => {
+      setStream(S.streamEverOpen || es.readyState === EventSource.CLOSED ? 'down' : 'connecting');
+      if (es.readyState === EventSource.CLOSED && !streamRetry) {
+        /* the server refused the stream (e.g. 503, too many streams): retry ourselves */
+        streamRetry = setTimeout(() => { streamRetry = null; openStream(); }, STREAM_RETRY_MS);
+      }
+    };
+  }
+
+  /* ------------------------------------------------------------------ toasts and dialogs */
+
+  function toast(text, tone) {
+    const t = el('div', { class: 'toast', text });
+    t.style.setProperty('--tone', tone === 'bad' ? 'var(--bad)' : tone === 'ok' ? 'var(--ok)' : 'var(--accent)');
+    $('toasts').append(t);
+    setTimeout(() => t.remove(), tone === 'bad' ? 10000 : 6000);
+  }
+
+  /* Resolves true when the operator confirms. */
+  function confirmDialog(title, body, okLabel, danger) {
+    const d = $('confirm-dialog');
+    setText($('confirm-title'), title);
+    $('confirm-body').replaceChildren(...body.map((p) => el('p', { text: p })));
+    const ok = $('confirm-ok');
+    setText(ok, okLabel);
+    ok.className = 'btn ' + (danger ? 'btn-danger-solid' : 'btn-primary');
+    d.returnValue = '';
+    return new Promise((resolve) => {
+      d.addEventListener('close', () => resolve(d.returnValue === 'ok'), { once: true });
+      d.showModal();
+      $('confirm-cancel').focus(); /* the safe choice has the focus */
+    });
+  }
+
+  /* Resolves the token typed, or null when cancelled. */
+  function askToken(message) {
+    const d = $('token-dialog');
+    const input = $('token-input');
+    const err = $('token-error');
+    input.value = '';
+    err.hidden = !message;
+    setText(err, message || '');
+    d.returnValue = '';
+    return new Promise((resolve) => {
+      d.addEventListener('close', () => {
+        const v = input.value.trim();
+        input.value = '';
+        resolve(d.returnValue === 'ok' && v ? v : null);
+      }, { once: true });
+      d.showModal();
+      input.focus();
+    });
+  }
+
+  function getToken() {
+    try { return sessionStorage.getItem(TOKEN_KEY); } catch (_) { return null; }
+  }
+
+  function setToken(t) {
+    try {
+      if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY);
+    } catch (_) { /* storage disabled: the token lives for this request only */ }
+    $('forget-token').hidden = !t;
+  }
+
+  /* ------------------------------------------------------------------ actions */
+
+  /* POSTs an action; on 401 (or 403 with a token that was rejected) asks for the token and
+   * tries again.  Returns the reply body on success, null otherwise. */
+  async function postAction(path, body, label, button) {
+    if (button) { button.disabled = true; button.setAttribute('aria-busy', 'true'); }
+    try {
+      let rejected = '';
+      for (let attempt = 0; attempt < 3; attempt++) {
+        let token = getToken();
+        if (rejected) {
+          token = await askToken(rejected === 'missing' ? '' : 'That token was not accepted. Try again.');
+          if (!token) { toast(label + ': cancelled (no token)', 'info'); return null; }
+          setToken(token);
+        }
+        const headers = { Accept: 'application/json' };
+        if (body) headers['Content-Type'] = 'application/json';
+        if (token) headers.Authorization = 'Bearer ' + token;
+        let r;
+        try {
+          r = await fetchJSON(path, { method: 'POST', headers, body: body ? JSON.stringify(body) : undefined });
+        } catch (e) {
+          toast(label + ' failed: kumaguard did not answer (' + (e.name === 'AbortError' ? 'timeout' : e.message) + ')', 'bad');
+          return null;
+        }
+        if (r.status === 401 || (r.status === 403 && token)) {
+          if (token) setToken(null);
+          rejected = token ? 'wrong' : 'missing';
+          continue;
+        }
+        const b = r.body || {};
+        if (!r.ok) {
+          toast(label + ' refused (' + r.status + '): ' + (b.detail || b.error || 'error'), 'bad');
+          return null;
+        }
+        toast(label + ': ' + (b.detail || b.message || b.status || 'done'), 'ok');
+        scheduleRefresh(true);
+        return b;
+      }
+      toast(label + ': the token was not accepted', 'bad');
+      return null;
+    } finally {
+      if (button) { button.disabled = false; button.removeAttribute('aria-busy'); }
+      if (S.status) renderCards(S.status); /* restores the per-state disabled buttons */
+    }
+  }
+
+  function nodeById(id) {
+    return S.status ? S.status.nodes.find((n) => n.node_id === id) : null;
+  }
+
+  async function nodeAction(id, what) {
+    const n = nodeById(id);
+    const count = n ? n.monitors_effective || 0 : 0;
+    const rec = S.cards.get(id);
+    const button = rec ? rec.btn[what] : null;
+    if (what === 'drain' || what === 'maintenance') {
+      const text = what === 'drain'
+        ? ['Drain ' + id + '?', 'Its ' + count + ' monitors move to the other online nodes. It stays in the nginx upstream for sticky sessions but gets no new work.']
+        : ['Put ' + id + ' into maintenance?', 'Its ' + count + ' monitors move to the other online nodes, it leaves the nginx upstream and is no longer probed.'];
+      const ok = await confirmDialog(what === 'drain' ? 'Drain node' : 'Maintenance', text, what === 'drain' ? 'Drain ' + id : 'Start maintenance', false);
+      if (!ok) return;
+    }
+    const label = { drain: 'Drain ', maintenance: 'Maintenance for ', enable: 'Enable ' }[what] + id;
+    await postAction('/api/nodes/' + encodeURIComponent(id) + '/' + what, null, label, button);
+  }
+
+  async function forceRebalance() {
+    const active = S.status && S.status.cluster ? S.status.cluster.monitors_active : null;
+    const ok = await confirmDialog('Force rebalance all monitors?', [
+      'This recomputes the home node of every unpinned active monitor' + (active !== null ? ' (' + fmtInt(active) + ' monitors)' : '') + ' from scratch.',
+      'Many monitors may move at once; each node picks up its new set within about a minute. Operator pins are kept.',
+    ], 'Force rebalance all', true);
+    if (!ok) return;
+    await postAction('/api/force-rebalance-all', { confirm: 'force-rebalance-all' }, 'Force rebalance all', $('act-force'));
+  }
+
+  /* ------------------------------------------------------------------ start */
+
+  function start() {
+    initKindFilter();
+    setToken(getToken());
+    $('act-health-check').addEventListener('click', (e) => postAction('/api/trigger-health-check', null, 'Health check', e.currentTarget));
+    $('act-rebalance').addEventListener('click', (e) => postAction('/api/trigger-rebalancing', null, 'Rebalance', e.currentTarget));
+    $('act-force').addEventListener('click', forceRebalance);
+    $('act-cancel').addEventListener('click', (e) => postAction('/api/cancel-rebalancing', null, 'Cancel rebalance', e.currentTarget));
+    $('forget-token').addEventListener('click', () => { setToken(null); toast('Token forgotten for this tab', 'info'); });
+    $('history-more').addEventListener('click', () => loadHistory(true));
+    $('filter-node').addEventListener('change', () => loadHistory(false));
+    $('filter-kind').addEventListener('change', () => loadHistory(false));
+    $('history-filters').addEventListener('submit', (e) => e.preventDefault());
+    /* Cancel is a plain button so that Enter in a field submits the OK button, not Cancel. */
+    $('confirm-cancel').addEventListener('click', () => $('confirm-dialog').close('cancel'));
+    $('token-cancel').addEventListener('click', () => $('token-dialog').close('cancel'));
+
+    const mq = window.matchMedia ? window.matchMedia('(prefers-color-scheme: dark)') : null;
+    if (mq && mq.addEventListener) mq.addEventListener('change', rebuildCharts);
+
+    openStream();
+    refreshStatus();
+    loadHistory(false);
+    setInterval(tickAgo, 1000);
+    setInterval(() => { if (S.stream !== 'live') scheduleRefresh(true); }, POLL_WHEN_DOWN_MS);
+    setInterval(() => scheduleRefresh(false), SAFETY_POLL_MS);
+  }
+
+  if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
+  else start();
+})();
