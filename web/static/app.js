@@ -198,7 +198,7 @@
     refreshInFlight = true;
     lastRefreshAt = Date.now();
     try {
-      const r = await fetchJSON('/api/system-status', { headers: { Accept: 'application/json' } });
+      const r = await fetchJSON('api/system-status', { headers: { Accept: 'application/json' } });
       if (!r.ok || !r.body || !Array.isArray(r.body.nodes)) {
         const err = new Error((r.body && (r.body.detail || r.body.error)) || ('HTTP ' + r.status));
         err.httpStatus = r.status;
@@ -664,7 +664,7 @@
     const btn = $('history-more');
     btn.setAttribute('aria-busy', 'true');
     try {
-      const r = await fetchJSON('/api/failover-history?' + q.toString(), { headers: { Accept: 'application/json' } });
+      const r = await fetchJSON('api/failover-history?' + q.toString(), { headers: { Accept: 'application/json' } });
       if (gen !== historyGen) return; /* the filters changed meanwhile */
       if (!r.ok || !r.body || !Array.isArray(r.body.events)) throw new Error((r.body && (r.body.detail || r.body.error)) || 'HTTP ' + r.status);
       if (!more) { S.history.clear(); S.freshIds.clear(); }
@@ -736,7 +736,7 @@
   function openStream() {
     if (typeof EventSource !== 'function') { setStream('down'); return; }
     if (es) es.close();
-    es = new EventSource('/api/events');
+    es = new EventSource('api/events');
     es.onopen = () => {
       const wasDown = S.stream === 'down';
       setStream('live');
@@ -882,7 +882,7 @@
       if (!ok) return;
     }
     const label = { drain: 'Drain ', maintenance: 'Maintenance for ', enable: 'Enable ' }[what] + id;
-    await postAction('/api/nodes/' + encodeURIComponent(id) + '/' + what, null, label, button);
+    await postAction('api/nodes/' + encodeURIComponent(id) + '/' + what, null, label, button);
   }
 
   async function forceRebalance() {
@@ -892,7 +892,7 @@
       'Many monitors may move at once; each node picks up its new set within about a minute. Operator pins are kept.',
     ], 'Force rebalance all', true);
     if (!ok) return;
-    await postAction('/api/force-rebalance-all', { confirm: 'force-rebalance-all' }, 'Force rebalance all', $('act-force'));
+    await postAction('api/force-rebalance-all', { confirm: 'force-rebalance-all' }, 'Force rebalance all', $('act-force'));
   }
 
   /* ------------------------------------------------------------------ start */
@@ -900,10 +900,10 @@
   function start() {
     initKindFilter();
     setToken(getToken());
-    $('act-health-check').addEventListener('click', (e) => postAction('/api/trigger-health-check', null, 'Health check', e.currentTarget));
-    $('act-rebalance').addEventListener('click', (e) => postAction('/api/trigger-rebalancing', null, 'Rebalance', e.currentTarget));
+    $('act-health-check').addEventListener('click', (e) => postAction('api/trigger-health-check', null, 'Health check', e.currentTarget));
+    $('act-rebalance').addEventListener('click', (e) => postAction('api/trigger-rebalancing', null, 'Rebalance', e.currentTarget));
     $('act-force').addEventListener('click', forceRebalance);
-    $('act-cancel').addEventListener('click', (e) => postAction('/api/cancel-rebalancing', null, 'Cancel rebalance', e.currentTarget));
+    $('act-cancel').addEventListener('click', (e) => postAction('api/cancel-rebalancing', null, 'Cancel rebalance', e.currentTarget));
     $('forget-token').addEventListener('click', () => { setToken(null); toast('Token forgotten for this tab', 'info'); });
     $('history-more').addEventListener('click', () => loadHistory(true));
     $('filter-node').addEventListener('change', () => loadHistory(false));
