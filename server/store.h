@@ -93,6 +93,8 @@ struct kg_store {
 /* Opens the backend the configuration names (DB_HOST set = MariaDB, else SQLite). */
 kg_store *store_open(const kg_config *cfg, char *err, size_t errlen);
 kg_store *store_sqlite_open(const char *path, char *err, size_t errlen);
+/* Connects lazily: NULL only on out of memory; an unreachable or misconfigured database is
+ * reported (STORE_ERROR + err) by every operation until it answers, then it just works. */
 kg_store *store_mariadb_open(const kg_config *cfg, char *err, size_t errlen);
 void store_close(kg_store *s);
 void store_free_monitors(store_monitor_set *m);
