@@ -121,6 +121,7 @@ static int64_t now_ms(void)
  * ------------------------------------------------------------------------------------------ */
 
 static void db_failed(const char *what, const char *err);
+static void fenced(const char *what);
 
 static void emit(kg_event_kind kind, const char *node, const char *from, const char *to,
                  int count, int64_t duration_ms, const char *fmt, ...)
@@ -139,9 +140,12 @@ static void emit(kg_event_kind kind, const char *node, const char *from, const c
     va_end(ap);
     if (events_append(&ev) != 0)
         log_warn("could not write event %lld to the local history", (long long)ev.id);
-    if (C.store && C.db_ok) {
+    if (C.store && C.db_ok && C.leader) { /* followers keep history locally only */
         char err[256];
-        if (C.store->ops->append_event(C.store, &ev, err, sizeof err) != STORE_OK)
+        int rc = C.store->ops->append_event(C.store, &ev, err, sizeof err);
+        if (rc == STORE_FENCED)
+            fenced("append event");
+        else if (rc != STORE_OK)
             db_failed("append event", err);
     }
     if (C.n_recent == KG_RECENT_EVENTS) {
@@ -189,6 +193,31 @@ static void db_recovered(void)
     }
 }
 
+/* Leadership.  Only the leader writes to the cluster database (moves, node.status, events);
+ * every write it makes carries its generation, so a leader that lost the lease without
+ * noticing cannot clobber the new leader's work (the store aborts with STORE_FENCED). */
+static void set_role(bool leader, int64_t generation)
+{
+    C.leader = leader;
+    C.generation = generation;
+    if (C.store)
+        C.store->fence_generation = leader ? generation : 0;
+    C.dirty = true;
+}
+
+static void fenced(const char *what)
+{
+    if (!C.leader)
+        return;
+    log_warn("fenced during %s: generation %lld is no longer current, another controller "
+             "leads", what, (long long)C.generation);
+    set_role(false, C.generation);
+    C.next_lease_ms = now_ms(); /* find out who leads now */
+    emit(EV_LEADER, NULL, "leader", "follower", 0, 0,
+         "fenced during %s: generation %lld is no longer current", what,
+         (long long)C.generation);
+}
+
 /* Opens the store and its schema if needed.  Returns true when the database is usable. */
 static bool ensure_db(void)
 {
@@ -204,6 +233,7 @@ static bool ensure_db(void)
             db_failed("connect", err);
             return false;
         }
+        C.store->fence_generation = C.leader ? C.generation : 0;
     }
     if (!C.schema_ready) {
         int rc = C.store->ops->ensure_schema(C.store, C.cfg->init_schema, err, sizeof err);
@@ -345,6 +375,8 @@ static void refresh_nodes(int64_t now)
 
 static void write_node_states(int64_t now)
 {
+    if (!C.leader)
+        return;
     store_node_state st[256];
     size_t n = 0;
     for (int i = 0; i < C.n_nodes; i++) {
@@ -361,7 +393,12 @@ static void write_node_states(int64_t now)
     if (n == 0)
         return;
     char err[256];
-    if (C.store->ops->write_node_states(C.store, st, n, err, sizeof err) != STORE_OK) {
+    int rc = C.store->ops->write_node_states(C.store, st, n, err, sizeof err);
+    if (rc == STORE_FENCED) {
+        fenced("write node states");
+        return;
+    }
+    if (rc != STORE_OK) {
         db_failed("write node states", err);
         return;
     }
@@ -477,13 +514,9 @@ static long apply_moves(const plan_move *moves, size_t n, const char *what)
 {
     store_apply_result res = {0};
     char err[256];
-    C.store->fence_generation = C.generation;
     int rc = C.store->ops->apply_moves(C.store, &C.names, moves, n, what, &res, err, sizeof err);
     if (rc == STORE_FENCED) {
-        log_warn("lost the leader lease while applying %s: another controller leads now", what);
-        C.leader = false;
-        emit(EV_LEADER, NULL, "leader", "follower", 0, 0,
-             "fenced: generation %lld is no longer current", (long long)C.generation);
+        fenced(what);
         return -1;
     }
     if (rc != STORE_OK) {
@@ -671,12 +704,11 @@ static void reb_step(int64_t now)
     size_t n = C.reb.n - C.reb.done < batch ? C.reb.n - C.reb.done : batch;
     store_apply_result res = {0};
     char err[256];
-    C.store->fence_generation = C.generation;
     const char *what = C.reb.kind == EV_FORCE_REBALANCE ? "force-rebalance" : "rebalance";
     int rc = C.store->ops->apply_moves(C.store, &C.names, C.reb.moves + C.reb.done, n, what,
                                        &res, err, sizeof err);
     if (rc == STORE_FENCED) {
-        C.leader = false;
+        fenced(what);
         reb_finish("failed", "fenced: another controller leads");
         return;
     }
@@ -1001,7 +1033,7 @@ static void renew_lease(int64_t now)
                             sizeof err) != STORE_OK) {
         db_failed("leader lease", err);
         if (C.leader) {
-            C.leader = false;
+            set_role(false, C.generation);
             emit(EV_LEADER, NULL, "leader", "follower", 0, 0, "lease lost: %.120s", err);
         }
         return;
@@ -1013,9 +1045,7 @@ static void renew_lease(int64_t now)
         if (leader)
             C.need_converge = true;
     }
-    C.leader = leader;
-    C.generation = gen;
-    C.dirty = true;
+    set_role(leader, gen);
 }
 
 /* ------------------------------------------------------------------------------------------
