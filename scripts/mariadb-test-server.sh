@@ -15,6 +15,9 @@
 #       file is gone.  Does nothing when no server runs there.  Does NOT delete DIR: the caller
 #       removes it (rm -rf DIR) when done.
 #
+# KG_MARIADB_OPTS adds server options at start (benchmarks use it for production-like InnoDB
+# sizes, e.g. "--innodb-log-file-size=256M --innodb-buffer-pool-size=512M").
+#
 # The first start builds a template data directory (mariadb-install-db, about 1 s) under
 # ${TMPDIR:-/tmp}/kumaguard-mariadb-template and later starts copy it (about 0.2 s).  The
 # template is rebuilt when the mariadbd version changes.
@@ -98,7 +101,8 @@ cmd_start() {
     rm -f "$dir/pid" "$dir/sock"
     (cd "$dir" && exec mariadbd --no-defaults --user=root --datadir="$dir/data" \
         --socket="$dir/sock" --port="$port" --bind-address=127.0.0.1 --skip-name-resolve \
-        --pid-file="$dir/pid" --log-error="$dir/err.log" "${INNODB_OPTS[@]}") \
+        --pid-file="$dir/pid" --log-error="$dir/err.log" "${INNODB_OPTS[@]}" \
+        ${KG_MARIADB_OPTS:-}) \
         </dev/null >/dev/null 2>&1 &
     local server=$!
     # Bounded wait: 300 polls of 0.1 s.

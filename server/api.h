@@ -12,7 +12,10 @@
 
 typedef struct kg_api kg_api;
 
+/* cfg is kept by reference: it must stay valid until api_stop(). */
 kg_api *api_start(const kg_config *cfg, char *err, size_t errlen);
 void api_stop(kg_api *a);
+/* The TCP port actually bound (useful with a listen port of 0, as the tests use). */
+int api_bound_port(const kg_api *a);
 
 #endif

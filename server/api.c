@@ -1,0 +1,966 @@
+/* api.c — the HTTP server: libmicrohttpd daemon, request routing, authentication, errors,
+ * actions and the dashboard files (endpoints: docs/API.md; contract: SPEC section 5).
+ *
+ * Threading: MHD runs a pool of cfg->http_threads epoll threads.  Reads are answered from the
+ * current snapshot without any lock beyond snapshot_acquire (/api/system-status is rendered
+ * once per snapshot and cached in it, so a repeated GET costs no JSON work).  Actions are the
+ * one slow thing — mailbox_call waits up to ACTION_TIMEOUT_MS for the controller — so an action
+ * suspends its connection and a short-lived worker thread waits instead, keeping the pool
+ * free for reads.  /api/events streams are parked the same way (api_sse.c).
+ *
+ * Owns: the MHD daemon, the per-request state, auth decisions.  Must not: change cluster state
+ * (actions go to the controller through the mailbox) or query a database per request. */
+#include "api.h"
+
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "api_internal.h"
+#include "api_json.h"
+#include "api_metrics.h"
+#include "api_route.h"
+#include "api_sse.h"
+#include "events.h"
+#include "log.h"
+#include "mailbox.h"
+#include "snapshot.h"
+
+#define ACTION_TIMEOUT_MS 10000
+#define ACTION_MAX_IN_FLIGHT 8
+#define CONNECTION_LIMIT 512
+#define CONNECTION_TIMEOUT_S 30
+/* Per-connection pool for request and response headers (bodies are ours).  MHD zeroes it on
+ * every request, so its size is a per-request cost (about 3 % of a cached GET at 16 KiB); 32 KiB
+ * keeps room for request headers of about 16 KiB (many cookies on a shared domain). */
+#define CONNECTION_MEMORY (32 * 1024)
+#define DEBUG_LOGS_DEFAULT 100
+#define STATIC_FILE_MAX (64LL * 1024 * 1024)
+#define FORCE_CONFIRM "force-rebalance-all"
+#define API_DISCARD_MAX (1024 * 1024) /* over-limit chunked bytes read before closing */
+
+struct kg_api {
+    struct MHD_Daemon *daemon;
+    const kg_config *cfg;      /* owned by the caller; must outlive the API */
+    api_sse_hub *sse;
+    char web_dir[PATH_MAX];
+    char static_root[PATH_MAX]; /* realpath of <web_dir>/static, "" when absent */
+    int quiesced_fd;
+
+    /* The /api/system-status response of the newest snapshot seen, queued as is on every
+     * GET until a newer snapshot appears (MHD responses are reference counted and may be
+     * queued on many connections).  It borrows its body from snapshot->cached_json and holds
+     * a snapshot reference, released when MHD frees the response. */
+    pthread_mutex_t status_lock;
+    struct MHD_Response *status_resp;
+    uint64_t status_seq;
+
+    pthread_mutex_t act_lock;   /* guards the fields below and api_req.act_* */
+    pthread_cond_t act_cond;
+    int actions_in_flight;
+    bool stopping;
+};
+
+enum { ACT_NONE = 0, ACT_RUNNING, ACT_DONE };
+
+/* One HTTP request, from the first call of the access handler to the completion callback. */
+typedef struct {
+    kg_api *api;
+    struct MHD_Connection *conn;
+    api_match m;
+    char *body;
+    size_t body_len, body_cap;
+    bool responded;          /* a response was queued early (413) */
+    bool too_large;          /* a chunked body went over API_BODY_MAX; being dropped */
+    size_t discarded;
+
+    /* action state, under api->act_lock */
+    int act_state;
+    kg_msg_kind act_kind;
+    char actor[64];
+    int act_status;
+    char act_error[128];
+    char act_detail[256];
+} api_req;
+
+/* ------------------------------------------------------------------------------------------
+ * Response helpers
+ * ------------------------------------------------------------------------------------------ */
+
+void api_add_common_headers(struct MHD_Response *resp)
+{
+    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+}
+
+static enum MHD_Result queue_buffer(struct MHD_Connection *c, unsigned status, char *body,
+                                    size_t len, const char *ctype, const char *set_cookie,
+                                    const char *allow)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    api_add_common_headers(resp);
+    MHD_add_response_header(resp, "Content-Type", ctype);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    if (set_cookie)
+        MHD_add_response_header(resp, "Set-Cookie", set_cookie);
+    if (allow)
+        MHD_add_response_header(resp, "Allow", allow);
+    if (status == MHD_HTTP_UNAUTHORIZED)
+        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"kumaguard\"");
+    enum MHD_Result ret = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result queue_json_ex(struct MHD_Connection *c, unsigned status, json_object *o,
+                                     const char *set_cookie, const char *allow)
+{
+    size_t len = 0;
+    char *body = o ? api_json_dump(o, &len) : NULL;
+    json_object_put(o);
+    if (!body)
+        return MHD_NO;
+    return queue_buffer(c, status, body, len, "application/json", set_cookie, allow);
+}
+
+enum MHD_Result api_queue_json(struct MHD_Connection *c, unsigned status, json_object *o,
+                               const char *set_cookie)
+{
+    return queue_json_ex(c, status, o, set_cookie, NULL);
+}
+
+enum MHD_Result api_queue_error(struct MHD_Connection *c, unsigned status, const char *error,
+                                const char *detail)
+{
+    return queue_json_ex(c, status, api_doc_error(error, detail), NULL, NULL);
+}
+
+static enum MHD_Result no_snapshot(struct MHD_Connection *c)
+{
+    return api_queue_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "starting",
+                           "kumaguard has not built its first cluster picture yet");
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Peers and authentication
+ * ------------------------------------------------------------------------------------------ */
+
+static const struct sockaddr *peer_addr(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    return ci ? ci->client_addr : NULL;
+}
+
+static bool sockaddr_is_loopback(const struct sockaddr *sa)
+{
+    if (!sa)
+        return false;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)(const void *)sa;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)sa;
+        if (IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr))
+            return true;
+        return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
+    }
+    return false;
+}
+
+static void peer_string(struct MHD_Connection *c, char *out, size_t len)
+{
+    const struct sockaddr *sa = peer_addr(c);
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, host,
+                  sizeof host);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, host,
+                  sizeof host);
+    snprintf(out, len, "%s", host);
+}
+
+/* A request relayed by a local reverse proxy arrives from loopback too; the proxy headers tell
+ * it apart from a local curl, so "loopback only" cannot be bypassed through nginx. */
+static bool is_proxied(struct MHD_Connection *c)
+{
+    static const char *const hdrs[] = {"Forwarded", "X-Forwarded-For", "X-Real-IP"};
+    for (size_t i = 0; i < sizeof hdrs / sizeof hdrs[0]; i++)
+        if (MHD_lookup_connection_value(c, MHD_HEADER_KIND, hdrs[i]))
+            return true;
+    return false;
+}
+
+/* 0 when allowed, else the HTTP status to answer (401/403) with error and detail. */
+static unsigned check_auth(const kg_api *a, struct MHD_Connection *c, const char **error,
+                           const char **detail)
+{
+    const char *token = a->cfg->api_token;
+    if (token && *token) {
+        const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                    MHD_HTTP_HEADER_AUTHORIZATION);
+        int rc = api_bearer_check(h, token);
+        if (rc == 0)
+            return 0;
+        *error = rc == 1 ? "unauthorized" : "forbidden";
+        *detail = rc == 1 ? "send Authorization: Bearer <KUMAGUARD_API_TOKEN>"
+                          : "wrong token";
+        return rc == 1 ? MHD_HTTP_UNAUTHORIZED : MHD_HTTP_FORBIDDEN;
+    }
+    if (sockaddr_is_loopback(peer_addr(c)) && !is_proxied(c))
+        return 0;
+    *error = "forbidden";
+    *detail = "without KUMAGUARD_API_TOKEN, actions are accepted only from loopback clients "
+              "that are not relayed by a proxy";
+    return MHD_HTTP_FORBIDDEN;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Reads
+ * ------------------------------------------------------------------------------------------ */
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void release_snapshot_cb(void *cls)
+{
+    snapshot_release(cls);
+}
+
+/* The body of /api/system-status for s: rendered once per snapshot and kept in
+ * s->cached_json (freed by snapshot.c with the snapshot).  NULL on allocation failure. */
+static const char *system_status_body(kg_api *a, kg_snapshot *s)
+{
+    char *body = atomic_load_explicit(&s->cached_json, memory_order_acquire);
+    if (body)
+        return body;
+    json_object *o = api_doc_system_status(s, a->cfg);
+    char *fresh = o ? api_json_dump(o, NULL) : NULL;
+    json_object_put(o);
+    if (!fresh)
+        return NULL;
+    char *expected = NULL;
+    /* Two threads may render the same snapshot at once; the first to publish wins. */
+    if (atomic_compare_exchange_strong_explicit(&s->cached_json, &expected, fresh,
+                                                memory_order_acq_rel, memory_order_acquire))
+        return fresh;
+    free(fresh);
+    return expected;
+}
+
+/* /api/system-status.  The hot path is one mutex and MHD_queue_response of a ready response:
+ * no JSON work, no allocation, no copy of the body. */
+static enum MHD_Result serve_system_status(kg_api *a, struct MHD_Connection *c)
+{
+    kg_snapshot *s = snapshot_acquire();
+    if (!s)
+        return no_snapshot(c);
+    enum MHD_Result ret = MHD_NO;
+    pthread_mutex_lock(&a->status_lock);
+    if (a->status_resp && a->status_seq >= s->seq) {
+        /* queued under the lock so a concurrent swap cannot free it first */
+        ret = MHD_queue_response(c, MHD_HTTP_OK, a->status_resp);
+        pthread_mutex_unlock(&a->status_lock);
+        snapshot_release(s);
+        return ret;
+    }
+    pthread_mutex_unlock(&a->status_lock);
+
+    const char *body = system_status_body(a, s);
+    if (!body) {
+        snapshot_release(s);
+        return MHD_NO;
+    }
+    uint64_t seq = s->seq;
+    /* the response keeps s alive (and with it the body) until MHD frees the response */
+    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
+        strlen(body), (void *)body, release_snapshot_cb, s);
+    if (!resp) {
+        snapshot_release(s);
+        return MHD_NO;
+    }
+    api_add_common_headers(resp);
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+    struct MHD_Response *old = NULL;
+    pthread_mutex_lock(&a->status_lock);
+    if (!a->status_resp || a->status_seq < seq) {
+        old = a->status_resp;
+        a->status_resp = resp; /* the cache takes over our reference */
+        a->status_seq = seq;
+        resp = NULL;
+    }
+    pthread_mutex_unlock(&a->status_lock);
+    if (old)
+        MHD_destroy_response(old); /* in-flight sends keep their own references */
+    if (resp)
+        MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result serve_doc(kg_api *a, struct MHD_Connection *c, api_route_id id)
+{
+    kg_snapshot *s = snapshot_acquire();
+    if (id == API_R_HEALTH) {
+        int st = 200;
+        json_object *o = api_doc_health(s, now_ms(), &st);
+        snapshot_release(s);
+        return api_queue_json(c, (unsigned)st, o, NULL);
+    }
+    if (!s)
+        return no_snapshot(c);
+    json_object *o = NULL;
+    int st = 200;
+    switch (id) {
+    case API_R_NODE_STATUS: o = api_doc_node_status(s); break;
+    case API_R_LB_STATUS: o = api_doc_load_balancer_status(s); break;
+    case API_R_HEALTH_CHECK_STATUS: o = api_doc_health_check_status(s, a->cfg); break;
+    case API_R_FAULT_STATUS: o = api_doc_fault_detection_status(s, a->cfg); break;
+    case API_R_REBALANCING_STATUS: o = api_doc_rebalancing_status(s, a->cfg); break;
+    case API_R_HEALTH_STATUS: o = api_doc_health_status(s); break;
+    case API_R_LB_HEALTH: o = api_doc_lb_health(s, &st); break;
+    case API_R_CAPACITY: o = api_doc_capacity(s); break;
+    case API_R_AVAILABLE_NODES: o = api_doc_available_nodes(s); break;
+    default: break;
+    }
+    snapshot_release(s);
+    if (!o)
+        return api_queue_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "no document");
+    return api_queue_json(c, (unsigned)st, o, NULL);
+}
+
+static enum MHD_Result serve_ping(struct MHD_Connection *c)
+{
+    char t[40];
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "status", json_object_new_string("ok"));
+    json_object_object_add(o, "pong", json_object_new_boolean(true));
+    json_object_object_add(o, "time", json_object_new_string(api_format_time(now_ms(), t,
+                                                                             sizeof t)));
+    return api_queue_json(c, MHD_HTTP_OK, o, NULL);
+}
+
+static enum MHD_Result serve_metrics(struct MHD_Connection *c)
+{
+    kg_snapshot *s = snapshot_acquire();
+    if (!s)
+        return no_snapshot(c);
+    size_t len = 0;
+    char *text = api_metrics_render(s, &len);
+    snapshot_release(s);
+    if (!text)
+        return api_queue_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "out of memory");
+    return queue_buffer(c, MHD_HTTP_OK, text, len, API_METRICS_CONTENT_TYPE, NULL, NULL);
+}
+
+static const char *arg(struct MHD_Connection *c, const char *key)
+{
+    return MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, key);
+}
+
+static enum MHD_Result serve_history(struct MHD_Connection *c)
+{
+    api_history_params p = {arg(c, "node"),  arg(c, "kind"),  arg(c, "since"),
+                            arg(c, "until"), arg(c, "limit"), arg(c, "before")};
+    events_query q;
+    char node[KG_NODE_ID_MAX + 1];
+    char err[256];
+    if (api_parse_history_params(&p, &q, node, err, sizeof err) != 0)
+        return api_queue_error(c, MHD_HTTP_BAD_REQUEST, "bad_request", err);
+    kg_event *ev = NULL;
+    int n = 0;
+    if (events_query_run(&q, &ev, &n, err, sizeof err) != 0)
+        return api_queue_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "history_unavailable", err);
+    json_object *o = api_doc_history(ev, n, q.limit);
+    free(ev);
+    return api_queue_json(c, MHD_HTTP_OK, o, NULL);
+}
+
+static enum MHD_Result serve_debug_config(kg_api *a, struct MHD_Connection *c)
+{
+    char *js = config_to_json_redacted(a->cfg);
+    if (!js)
+        return api_queue_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "out of memory");
+    return queue_buffer(c, MHD_HTTP_OK, js, strlen(js), "application/json", NULL, NULL);
+}
+
+static enum MHD_Result serve_debug_logs(struct MHD_Connection *c)
+{
+    int64_t want = DEBUG_LOGS_DEFAULT;
+    const char *v = arg(c, "lines");
+    if (v && api_parse_int64(v, 1, KG_LOG_RING_LINES, &want) != 0) {
+        char detail[96];
+        snprintf(detail, sizeof detail, "lines: expected an integer 1..%d", KG_LOG_RING_LINES);
+        return api_queue_error(c, MHD_HTTP_BAD_REQUEST, "bad_request", detail);
+    }
+    char **lines = NULL;
+    int n = log_ring_copy((int)want, &lines);
+    json_object *o = api_doc_logs(lines, n);
+    log_ring_free(lines, n);
+    return api_queue_json(c, MHD_HTTP_OK, o, NULL);
+}
+
+static enum MHD_Result serve_events(kg_api *a, struct MHD_Connection *c)
+{
+    int st = 503;
+    const char *last = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
+    struct MHD_Response *resp = api_sse_open(a->sse, c, last, &st);
+    if (!resp)
+        return api_queue_error(c, (unsigned)st, "unavailable",
+                               "too many event streams open, or kumaguard is stopping");
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Dashboard files
+ * ------------------------------------------------------------------------------------------ */
+
+static enum MHD_Result file_not_found(struct MHD_Connection *c, const char *what)
+{
+    return api_queue_error(c, MHD_HTTP_NOT_FOUND, "not_found", what);
+}
+
+/* Serves an already validated path.  ETag from size and mtime; If-None-Match gives 304. */
+static enum MHD_Result serve_file(struct MHD_Connection *c, const char *path,
+                                  const char *cache_control)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return file_not_found(c, "no such file");
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > STATIC_FILE_MAX) {
+        close(fd);
+        return file_not_found(c, "no such file");
+    }
+    char etag[64];
+    snprintf(etag, sizeof etag, "\"%llx-%llx\"", (unsigned long long)st.st_size,
+             (unsigned long long)st.st_mtime);
+    const char *inm = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                  MHD_HTTP_HEADER_IF_NONE_MATCH);
+    struct MHD_Response *resp;
+    unsigned status;
+    if (inm && strstr(inm, etag)) {
+        close(fd);
+        resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+        status = MHD_HTTP_NOT_MODIFIED;
+    } else {
+        resp = MHD_create_response_from_fd64((uint64_t)st.st_size, fd); /* MHD closes fd */
+        status = MHD_HTTP_OK;
+        if (!resp)
+            close(fd);
+    }
+    if (!resp)
+        return MHD_NO;
+    api_add_common_headers(resp);
+    MHD_add_response_header(resp, "Content-Type", api_content_type_for(path));
+    MHD_add_response_header(resp, "Cache-Control", cache_control);
+    MHD_add_response_header(resp, "ETag", etag);
+    MHD_add_response_header(resp, "Referrer-Policy", "same-origin");
+    enum MHD_Result ret = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
+static enum MHD_Result serve_static(kg_api *a, struct MHD_Connection *c, const char *rel)
+{
+    if (!a->static_root[0])
+        return file_not_found(c, "no static directory");
+    char want[PATH_MAX], real[PATH_MAX];
+    int n = snprintf(want, sizeof want, "%s/%s", a->static_root, rel);
+    if (n < 0 || (size_t)n >= sizeof want || !realpath(want, real))
+        return file_not_found(c, "no such file");
+    /* rel was already checked (no "..", no hidden segments); this also catches symlinks that
+     * point out of the static directory. */
+    size_t rl = strlen(a->static_root);
+    if (strncmp(real, a->static_root, rl) != 0 || real[rl] != '/')
+        return file_not_found(c, "no such file");
+    return serve_file(c, real, "public, max-age=300");
+}
+
+static enum MHD_Result serve_index(kg_api *a, struct MHD_Connection *c)
+{
+    static const char *const candidates[] = {"templates/dashboard.html", "static/index.html"};
+    for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++) {
+        char path[PATH_MAX];
+        int n = snprintf(path, sizeof path, "%s/%s", a->web_dir, candidates[i]);
+        struct stat st;
+        if (n > 0 && (size_t)n < sizeof path && stat(path, &st) == 0 && S_ISREG(st.st_mode))
+            return serve_file(c, path, "no-cache");
+    }
+    return file_not_found(c, "the dashboard is not installed (web/templates/dashboard.html)");
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Actions
+ * ------------------------------------------------------------------------------------------ */
+
+static kg_msg_kind action_kind(api_route_id id)
+{
+    switch (id) {
+    case API_R_UPDATE_LOADS: return MSG_UPDATE_LOADS;
+    case API_R_TRIGGER_HEALTH_CHECK: return MSG_TRIGGER_HEALTH_CHECK;
+    case API_R_TRIGGER_REBALANCING: return MSG_TRIGGER_REBALANCE;
+    case API_R_FORCE_REBALANCE_ALL: return MSG_FORCE_REBALANCE_ALL;
+    case API_R_CANCEL_REBALANCING: return MSG_CANCEL_REBALANCE;
+    case API_R_NODE_DRAIN: return MSG_NODE_DRAIN;
+    case API_R_NODE_MAINTENANCE: return MSG_NODE_MAINTENANCE;
+    case API_R_NODE_ENABLE: return MSG_NODE_ENABLE;
+    default: return MSG_SHUTDOWN; /* never reached: callers pass action routes only */
+    }
+}
+
+static void *action_main(void *arg)
+{
+    api_req *r = arg;
+    kg_api *a = r->api;
+    int status = 0;
+    char error[128], detail[256];
+    mailbox_call(r->act_kind, r->m.node[0] ? r->m.node : NULL, r->actor, ACTION_TIMEOUT_MS,
+                 &status, error, sizeof error, detail, sizeof detail);
+    pthread_mutex_lock(&a->act_lock);
+    r->act_status = status;
+    snprintf(r->act_error, sizeof r->act_error, "%s", error);
+    snprintf(r->act_detail, sizeof r->act_detail, "%s", detail);
+    r->act_state = ACT_DONE;
+    pthread_mutex_unlock(&a->act_lock);
+    /* The access handler runs again and answers.  Counted down only after the resume, so
+     * api_stop never stops the daemon with this connection still suspended. */
+    MHD_resume_connection(r->conn);
+    pthread_mutex_lock(&a->act_lock);
+    a->actions_in_flight--;
+    pthread_cond_broadcast(&a->act_cond);
+    pthread_mutex_unlock(&a->act_lock);
+    return NULL;
+}
+
+static enum MHD_Result answer_action(api_req *r, struct MHD_Connection *c)
+{
+    int status = r->act_status;
+    if (status < 100 || status > 599)
+        status = 500;
+    if (status >= 400)
+        return api_queue_error(c, (unsigned)status, r->act_error[0] ? r->act_error : "failed",
+                               r->act_detail);
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "ok", json_object_new_boolean(true));
+    json_object_object_add(o, "action", json_object_new_string(api_route_name(r->m.id)));
+    if (r->m.node[0])
+        json_object_object_add(o, "node", json_object_new_string(r->m.node));
+    json_object_object_add(o, "status", json_object_new_int(status));
+    json_object_object_add(o, "detail", json_object_new_string(r->act_detail));
+    return api_queue_json(c, (unsigned)status, o, NULL);
+}
+
+static enum MHD_Result start_action(kg_api *a, api_req *r, struct MHD_Connection *c)
+{
+    pthread_mutex_lock(&a->act_lock);
+    int state = r->act_state;
+    pthread_mutex_unlock(&a->act_lock);
+    if (state == ACT_DONE)
+        return answer_action(r, c);
+    if (state == ACT_RUNNING)
+        return MHD_YES; /* not expected: the connection is suspended while running */
+
+    if (r->m.id == API_R_FORCE_REBALANCE_ALL &&
+        !api_parse_confirm_body(r->body, r->body_len, FORCE_CONFIRM))
+        return api_queue_error(c, MHD_HTTP_BAD_REQUEST, "confirmation_required",
+                               "send the JSON body {\"confirm\":\"" FORCE_CONFIRM "\"}");
+    if (r->m.node[0]) {
+        kg_snapshot *s = snapshot_acquire();
+        bool unknown = s && !snapshot_find_node(s, r->m.node);
+        snapshot_release(s);
+        if (unknown)
+            return api_queue_error(c, MHD_HTTP_NOT_FOUND, "unknown_node", r->m.node);
+    }
+    r->act_kind = action_kind(r->m.id);
+    peer_string(c, r->actor, sizeof r->actor);
+
+    pthread_mutex_lock(&a->act_lock);
+    bool refuse = a->stopping || a->actions_in_flight >= ACTION_MAX_IN_FLIGHT;
+    if (!refuse) {
+        a->actions_in_flight++;
+        r->act_state = ACT_RUNNING;
+    }
+    pthread_mutex_unlock(&a->act_lock);
+    if (refuse)
+        return api_queue_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "busy",
+                               "too many actions in progress; retry shortly");
+
+    MHD_suspend_connection(c);
+    pthread_attr_t attr;
+    pthread_t t;
+    int rc = pthread_attr_init(&attr);
+    if (rc == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        rc = pthread_create(&t, &attr, action_main, r);
+        pthread_attr_destroy(&attr);
+    }
+    if (rc != 0) {
+        MHD_resume_connection(c);
+        pthread_mutex_lock(&a->act_lock);
+        a->actions_in_flight--;
+        r->act_state = ACT_NONE;
+        pthread_cond_broadcast(&a->act_cond);
+        pthread_mutex_unlock(&a->act_lock);
+        return api_queue_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "busy", "cannot start a worker");
+    }
+    return MHD_YES;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Dispatch
+ * ------------------------------------------------------------------------------------------ */
+
+static enum MHD_Result dispatch(kg_api *a, api_req *r, struct MHD_Connection *c,
+                                const char *url)
+{
+    const api_match *m = &r->m;
+    if (m->status == 404) {
+        char detail[200];
+        snprintf(detail, sizeof detail, "no such endpoint: %.120s", url);
+        return api_queue_error(c, MHD_HTTP_NOT_FOUND, "not_found", detail);
+    }
+    if (m->status == 405) {
+        char allow[32];
+        api_allow_header(m->allowed, allow, sizeof allow);
+        char detail[96];
+        snprintf(detail, sizeof detail, "this endpoint accepts %s", allow);
+        return queue_json_ex(c, MHD_HTTP_METHOD_NOT_ALLOWED,
+                             api_doc_error("method_not_allowed", detail), NULL, allow);
+    }
+    if (m->status == 400)
+        return api_queue_error(c, MHD_HTTP_BAD_REQUEST, "bad_request",
+                               "node ids match [A-Za-z0-9_.-]{1,50}");
+    if (m->needs_auth) {
+        const char *error = NULL, *detail = NULL;
+        unsigned st = check_auth(a, c, &error, &detail);
+        if (st)
+            return api_queue_error(c, st, error, detail);
+    }
+    if (api_route_is_action(m->id))
+        return start_action(a, r, c);
+
+    switch (m->id) {
+    case API_R_SYSTEM_STATUS: return serve_system_status(a, c);
+    case API_R_HEALTH:
+    case API_R_NODE_STATUS:
+    case API_R_LB_STATUS:
+    case API_R_HEALTH_CHECK_STATUS:
+    case API_R_FAULT_STATUS:
+    case API_R_REBALANCING_STATUS:
+    case API_R_HEALTH_STATUS:
+    case API_R_LB_HEALTH:
+    case API_R_CAPACITY:
+    case API_R_AVAILABLE_NODES: return serve_doc(a, c, m->id);
+    case API_R_PING: return serve_ping(c);
+    case API_R_METRICS: return serve_metrics(c);
+    case API_R_FAILOVER_HISTORY: return serve_history(c);
+    case API_R_EVENTS: return serve_events(a, c);
+    case API_R_DEBUG_CONFIG: return serve_debug_config(a, c);
+    case API_R_DEBUG_LOGS: return serve_debug_logs(c);
+    case API_R_FIXED_NODE_STATUS: return api_fixed_node_status(c);
+    case API_R_SET_FIXED_NODE: return api_fixed_node_set(c, r->body, r->body_len);
+    case API_R_CLEAR_FIXED_NODE: return api_fixed_node_clear(c);
+    case API_R_FIXED_NODE_PAGE: return api_fixed_node_page(c, m->node);
+    case API_R_INDEX: return serve_index(a, c);
+    case API_R_STATIC: return serve_static(a, c, m->static_rel);
+    default: break;
+    }
+    return api_queue_error(c, MHD_HTTP_NOT_FOUND, "not_found", "no handler");
+}
+
+static void drop_body(api_req *r)
+{
+    free(r->body);
+    r->body = NULL;
+    r->body_len = r->body_cap = 0;
+}
+
+static enum MHD_Result too_large(api_req *r, struct MHD_Connection *c)
+{
+    drop_body(r);
+    r->responded = true;
+    char detail[64];
+    snprintf(detail, sizeof detail, "request bodies are limited to %d bytes", API_BODY_MAX);
+    return api_queue_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", detail);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
+                                 const char *method, const char *version,
+                                 const char *upload_data, size_t *upload_data_size,
+                                 void **req_cls)
+{
+    (void)version;
+    kg_api *a = cls;
+    api_req *r = *req_cls;
+    if (!r) {
+        /* First call: headers only.  Answering now would cost keep-alive (NOTES.md), so only
+         * a body announced as too large is refused this early. */
+        r = calloc(1, sizeof *r);
+        if (!r)
+            return MHD_NO;
+        r->api = a;
+        r->conn = c;
+        api_route_match(method, url, &r->m);
+        *req_cls = r;
+        const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        int64_t n;
+        if (cl && api_parse_int64(cl, 0, INT64_MAX, &n) == 0 && n > API_BODY_MAX)
+            return too_large(r, c);
+        return MHD_YES;
+    }
+    if (*upload_data_size > 0) {
+        size_t n = *upload_data_size;
+        *upload_data_size = 0;
+        if (r->responded)
+            return MHD_YES;
+        if (r->too_large || r->body_len + n > API_BODY_MAX) {
+            /* A body of unannounced length (chunked) went over the limit.  MHD cannot answer
+             * in the middle of an upload, so the rest is read and dropped, up to a bound past
+             * which the connection is simply closed. */
+            drop_body(r);
+            r->too_large = true;
+            r->discarded += n;
+            return r->discarded > API_DISCARD_MAX ? MHD_NO : MHD_YES;
+        }
+        if (r->body_len + n + 1 > r->body_cap) {
+            size_t cap = r->body_cap ? r->body_cap : 1024;
+            while (cap < r->body_len + n + 1)
+                cap *= 2;
+            char *nb = realloc(r->body, cap);
+            if (!nb)
+                return MHD_NO;
+            r->body = nb;
+            r->body_cap = cap;
+        }
+        memcpy(r->body + r->body_len, upload_data, n);
+        r->body_len += n;
+        r->body[r->body_len] = '\0';
+        return MHD_YES;
+    }
+    if (r->responded)
+        return MHD_YES;
+    if (r->too_large)
+        return too_large(r, c);
+    return dispatch(a, r, c, url);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)cls;
+    (void)c;
+    (void)toe;
+    api_req *r = *req_cls;
+    if (!r)
+        return;
+    free(r->body);
+    free(r);
+    *req_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = '\0';
+    /* A client that goes away mid-answer (a closed dashboard tab ending its event stream) is
+     * normal traffic, not a warning. */
+    if (strstr(msg, "no longer available") || strstr(msg, "reset by peer") ||
+        strstr(msg, "Broken pipe"))
+        log_debug("http: %s", msg);
+    else
+        log_warn("http: %s", msg);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Start and stop
+ * ------------------------------------------------------------------------------------------ */
+
+/* "host:port", "[v6]:port", ":port" or "*:port" (all IPv4 interfaces).  Port 0 = any free. */
+static int parse_listen(const char *spec, struct sockaddr_storage *ss, char *err, size_t errlen)
+{
+    memset(ss, 0, sizeof *ss);
+    char host[256];
+    const char *port_s;
+    if (spec[0] == '[') {
+        const char *close_b = strchr(spec, ']');
+        if (!close_b || close_b[1] != ':' || (size_t)(close_b - spec - 1) >= sizeof host)
+            goto bad;
+        memcpy(host, spec + 1, (size_t)(close_b - spec - 1));
+        host[close_b - spec - 1] = '\0';
+        port_s = close_b + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (!colon || (size_t)(colon - spec) >= sizeof host)
+            goto bad;
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = '\0';
+        port_s = colon + 1;
+    }
+    int64_t port;
+    if (api_parse_int64(port_s, 0, 65535, &port) != 0)
+        goto bad;
+
+    struct sockaddr_in *in4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+    if (host[0] == '\0' || strcmp(host, "*") == 0) {
+        in4->sin_family = AF_INET;
+        in4->sin_addr.s_addr = htonl(INADDR_ANY);
+        in4->sin_port = htons((uint16_t)port);
+        return 0;
+    }
+    if (inet_pton(AF_INET, host, &in4->sin_addr) == 1) {
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        return 0;
+    }
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC};
+    struct addrinfo *res = NULL;
+    if (getaddrinfo(host, NULL, &hints, &res) != 0 || !res) {
+        snprintf(err, errlen, "KUMAGUARD_LISTEN: cannot resolve host '%s'", host);
+        return -1;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    if (ss->ss_family == AF_INET)
+        in4->sin_port = htons((uint16_t)port);
+    else
+        in6->sin6_port = htons((uint16_t)port);
+    freeaddrinfo(res);
+    return 0;
+bad:
+    snprintf(err, errlen,
+             "KUMAGUARD_LISTEN / --listen: invalid value '%s' (expected host:port or [ipv6]:port)",
+             spec);
+    return -1;
+}
+
+kg_api *api_start(const kg_config *cfg, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    if (parse_listen(cfg->listen ? cfg->listen : "127.0.0.1:8080", &ss, err, errlen) != 0)
+        return NULL;
+    kg_api *a = calloc(1, sizeof *a);
+    if (!a) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    a->cfg = cfg;
+    a->quiesced_fd = -1;
+    pthread_mutex_init(&a->act_lock, NULL);
+    pthread_cond_init(&a->act_cond, NULL);
+    pthread_mutex_init(&a->status_lock, NULL);
+    snprintf(a->web_dir, sizeof a->web_dir, "%s",
+             cfg->web_dir && *cfg->web_dir ? cfg->web_dir : KG_DEFAULT_WEB_DIR);
+    char st_dir[PATH_MAX + 16];
+    snprintf(st_dir, sizeof st_dir, "%s/static", a->web_dir);
+    if (!realpath(st_dir, a->static_root))
+        a->static_root[0] = '\0';
+
+    a->sse = api_sse_start(API_SSE_MAX_STREAMS, err, errlen);
+    if (!a->sse)
+        goto fail;
+
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    if (ss.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    unsigned threads = cfg->http_threads > 0 ? (unsigned)cfg->http_threads : 2;
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_SOCK_ADDR, 0, &ss},
+        {MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT, NULL},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, CONNECTION_TIMEOUT_S, NULL},
+        {MHD_OPTION_LISTEN_BACKLOG_SIZE, 256, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    a->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_access, a,
+                                 MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: see MHD */
+                                 MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+    if (!a->daemon) {
+        snprintf(err, errlen, "cannot listen on %s (address in use or not available?)",
+                 cfg->listen);
+        goto fail;
+    }
+    log_info("http: listening on %s (port %d, %u threads)", cfg->listen, api_bound_port(a),
+             threads);
+    return a;
+fail:
+    api_sse_stop(a->sse);
+    api_sse_free(a->sse);
+    pthread_mutex_destroy(&a->status_lock);
+    pthread_mutex_destroy(&a->act_lock);
+    pthread_cond_destroy(&a->act_cond);
+    free(a);
+    return NULL;
+}
+
+int api_bound_port(const kg_api *a)
+{
+    if (!a || !a->daemon)
+        return -1;
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(a->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    return di ? (int)di->port : -1;
+}
+
+void api_stop(kg_api *a)
+{
+    if (!a)
+        return;
+    /* Order matters: no new connections, then end every parked connection (SSE streams and
+     * running actions), then stop the daemon — MHD must not be stopped with suspended ones. */
+    a->quiesced_fd = (int)MHD_quiesce_daemon(a->daemon);
+    api_sse_stop(a->sse);
+    pthread_mutex_lock(&a->act_lock);
+    a->stopping = true;
+    while (a->actions_in_flight > 0)
+        pthread_cond_wait(&a->act_cond, &a->act_lock);
+    pthread_mutex_unlock(&a->act_lock);
+    MHD_stop_daemon(a->daemon);
+    if (a->quiesced_fd >= 0)
+        close(a->quiesced_fd);
+    api_sse_free(a->sse);
+    if (a->status_resp)
+        MHD_destroy_response(a->status_resp); /* releases its snapshot */
+    pthread_mutex_destroy(&a->status_lock);
+    pthread_mutex_destroy(&a->act_lock);
+    pthread_cond_destroy(&a->act_cond);
+    free(a);
+}

@@ -1,0 +1,794 @@
+/* api_json.c — snapshot -> JSON documents of the HTTP API (see api_json.h and docs/API.md).
+ *
+ * Owns: the shape of every JSON document kumaguard serves.  Must not: do I/O, read the clock
+ * (times come from the snapshot or a `now_ms` argument) or change the snapshot.  Numbers with
+ * decimals are serialised with a fixed precision (json_object_new_double_s) so the output is
+ * stable and free of binary-float noise like 0.30000000000000004. */
+#include "api_json.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api_route.h"
+
+#define RECENT_IN_SYSTEM_STATUS 50 /* newest events carried in /api/system-status */
+
+/* ------------------------------------------------------------------------------------------
+ * Value helpers
+ * ------------------------------------------------------------------------------------------ */
+
+const char *api_format_time(int64_t ms, char *buf, size_t len)
+{
+    if (len == 0)
+        return buf;
+    buf[0] = '\0';
+    if (ms <= 0)
+        return buf;
+    time_t sec = (time_t)(ms / 1000);
+    struct tm tm;
+    if (!gmtime_r(&sec, &tm))
+        return buf;
+    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    return buf;
+}
+
+static json_object *jtime(int64_t ms)
+{
+    char buf[40];
+    if (ms <= 0)
+        return NULL; /* json-c serialises a NULL member as null */
+    return json_object_new_string(api_format_time(ms, buf, sizeof buf));
+}
+
+/* Non-empty string, or null. */
+static json_object *jstr_or_null(const char *s)
+{
+    return (s && *s) ? json_object_new_string(s) : NULL;
+}
+
+static json_object *jstr(const char *s)
+{
+    return json_object_new_string(s ? s : "");
+}
+
+/* A number with at most `prec` decimals, trailing zeros dropped; null for NaN/Inf. */
+static json_object *jnum(double v, int prec)
+{
+    if (!isfinite(v))
+        return NULL;
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.*f", prec, v);
+    if (strchr(buf, '.')) {
+        size_t n = strlen(buf);
+        while (n > 0 && buf[n - 1] == '0')
+            buf[--n] = '\0';
+        if (n > 0 && buf[n - 1] == '.')
+            buf[--n] = '\0';
+    }
+    if (strcmp(buf, "-0") == 0)
+        strcpy(buf, "0");
+    return json_object_new_double_s(v, buf);
+}
+
+static void add(json_object *o, const char *key, json_object *v)
+{
+    json_object_object_add(o, key, v);
+}
+
+static void add_int(json_object *o, const char *key, int64_t v)
+{
+    add(o, key, json_object_new_int64(v));
+}
+
+static void add_bool(json_object *o, const char *key, bool v)
+{
+    add(o, key, json_object_new_boolean(v));
+}
+
+char *api_json_dump(json_object *o, size_t *len)
+{
+    size_t n = 0;
+    const char *s = json_object_to_json_string_length(
+        o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &n);
+    if (!s)
+        return NULL;
+    char *out = malloc(n + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, s, n + 1);
+    if (len)
+        *len = n;
+    return out;
+}
+
+json_object *api_doc_error(const char *error, const char *detail)
+{
+    json_object *o = json_object_new_object();
+    add(o, "error", jstr(error && *error ? error : "error"));
+    add(o, "detail", jstr(detail));
+    return o;
+}
+
+static int node_limit(const kg_node_view *n, int default_limit)
+{
+    return n->monitor_limit > 0 ? n->monitor_limit : default_limit;
+}
+
+static double usage_percent(int effective, int limit)
+{
+    return limit > 0 ? 100.0 * effective / limit : 0.0;
+}
+
+static json_object *latency_array(const kg_node_view *n)
+{
+    json_object *a = json_object_new_array_ext(n->n_latency > 0 ? n->n_latency : 1);
+    int count = n->n_latency < 0 ? 0 : (n->n_latency > KG_LATENCY_HISTORY ? KG_LATENCY_HISTORY
+                                                                          : n->n_latency);
+    for (int i = 0; i < count; i++) {
+        double v = n->latency_history[i];
+        json_object_array_add(a, v < 0 ? NULL : jnum(v, 3));
+    }
+    return a;
+}
+
+static json_object *last_latency(const kg_node_view *n)
+{
+    return n->last_latency_ms < 0 ? NULL : jnum(n->last_latency_ms, 3);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Shared pieces
+ * ------------------------------------------------------------------------------------------ */
+
+const char *api_cluster_status(const kg_snapshot *s)
+{
+    int considered = 0, online = 0, routable = 0;
+    for (int i = 0; i < s->n_nodes; i++) {
+        node_state st = s->nodes[i].state;
+        if (node_state_routable(st) && s->nodes[i].host_valid)
+            routable++;
+        if (st == NODE_MAINTENANCE)
+            continue;
+        considered++;
+        if (st == NODE_ONLINE)
+            online++;
+    }
+    if (s->panic || routable == 0)
+        return "critical";
+    if (online == considered && s->db_ok)
+        return "healthy";
+    return "degraded";
+}
+
+static int count_routable(const kg_snapshot *s)
+{
+    int n = 0;
+    for (int i = 0; i < s->n_nodes; i++)
+        if (node_state_routable(s->nodes[i].state) && s->nodes[i].host_valid)
+            n++;
+    return n;
+}
+
+json_object *api_json_node(const kg_node_view *n, int default_limit)
+{
+    json_object *o = json_object_new_object();
+    int limit = node_limit(n, default_limit);
+    add(o, "node_id", jstr(n->id));
+    add(o, "name", jstr(n->name));
+    add(o, "host", jstr(n->host));
+    add_bool(o, "host_valid", n->host_valid);
+    add_bool(o, "is_primary", n->is_primary);
+    add_bool(o, "is_static", n->is_static);
+    add(o, "state", jstr(node_state_name(n->state)));
+    add(o, "previous_state", jstr(node_state_name(n->prev_state)));
+    add(o, "state_since", jtime(n->state_since_ms));
+    add_bool(o, "routable", node_state_routable(n->state) && n->host_valid);
+    add_bool(o, "placeable", node_state_placeable(n->state));
+    add_int(o, "consecutive_failures", n->consecutive_failures);
+    add_int(o, "consecutive_successes", n->consecutive_successes);
+    add(o, "last_latency_ms", last_latency(n));
+    add(o, "latency_history", latency_array(n));
+    add(o, "last_probe", jtime(n->last_probe_ms));
+    add(o, "last_seen", jtime(n->last_seen_ms));
+    add(o, "last_failure", jtime(n->last_failure_ms));
+    add(o, "last_failure_reason", jstr_or_null(n->last_failure_reason));
+    add_int(o, "http_status", n->http_status);
+    add_int(o, "probes_total", n->probes_total);
+    add_int(o, "probes_failed", n->probes_failed);
+    add_int(o, "monitor_count", n->effective_monitors);
+    add_int(o, "monitors_effective", n->effective_monitors);
+    add_int(o, "monitors_home", n->home_monitors);
+    add_int(o, "monitors_pinned", n->pinned_monitors);
+    add_int(o, "monitor_limit", limit);
+    add(o, "usage_percent", jnum(usage_percent(n->effective_monitors, limit), 2));
+    return o;
+}
+
+json_object *api_json_event(const kg_event *e)
+{
+    json_object *o = json_object_new_object();
+    add_int(o, "id", e->id);
+    add(o, "time", jtime(e->ts_ms));
+    add(o, "kind", jstr(event_kind_name(e->kind)));
+    add(o, "node", jstr_or_null(e->node));
+    add(o, "from", jstr_or_null(e->from));
+    add(o, "to", jstr_or_null(e->to));
+    add_int(o, "count", e->count);
+    add_int(o, "duration_ms", e->duration_ms);
+    add(o, "reason", jstr_or_null(e->reason));
+    return o;
+}
+
+static json_object *database_obj(const kg_snapshot *s)
+{
+    json_object *o = json_object_new_object();
+    add_bool(o, "ok", s->db_ok);
+    add(o, "backend", jstr_or_null(s->db_backend));
+    add(o, "error", jstr_or_null(s->db_error));
+    add_int(o, "errors_total", s->db_errors_total);
+    return o;
+}
+
+static json_object *leader_obj(const kg_snapshot *s)
+{
+    json_object *o = json_object_new_object();
+    add_bool(o, "is_leader", s->is_leader);
+    add_int(o, "generation", s->leader_generation);
+    add(o, "instance_id", jstr_or_null(s->instance_id));
+    return o;
+}
+
+static json_object *states_obj(const kg_snapshot *s)
+{
+    int counts[NODE_STATE_COUNT] = {0};
+    for (int i = 0; i < s->n_nodes; i++)
+        if (s->nodes[i].state >= 0 && s->nodes[i].state < NODE_STATE_COUNT)
+            counts[s->nodes[i].state]++;
+    json_object *o = json_object_new_object();
+    for (int st = 0; st < NODE_STATE_COUNT; st++)
+        add_int(o, node_state_name((node_state)st), counts[st]);
+    return o;
+}
+
+/* Cluster summary shared by several documents. */
+static void add_cluster_summary(json_object *o, const kg_snapshot *s)
+{
+    add(o, "status", jstr(api_cluster_status(s)));
+    add_int(o, "nodes_total", s->n_nodes);
+    add_int(o, "nodes_online", s->nodes_online);
+    add_int(o, "nodes_routable", count_routable(s));
+    add(o, "nodes_by_state", states_obj(s));
+    add_int(o, "monitors_total", s->monitors_total);
+    add_int(o, "monitors_active", s->monitors_active);
+    add_int(o, "monitors_unassigned", s->monitors_unassigned);
+    add_int(o, "monitors_stranded", s->monitors_stranded);
+    add(o, "monitors_refreshed_at", jtime(s->monitors_refreshed_ms));
+    add_int(o, "monitor_limit", s->monitor_limit);
+    add_bool(o, "panic", s->panic);
+    add(o, "panic_reason", jstr_or_null(s->panic_reason));
+}
+
+static json_object *new_doc(const kg_snapshot *s)
+{
+    json_object *o = json_object_new_object();
+    add(o, "generated_at", jtime(s->built_ms));
+    add_int(o, "snapshot_seq", (int64_t)s->seq);
+    return o;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Document bodies (shared by the standalone endpoints and /api/system-status)
+ * ------------------------------------------------------------------------------------------ */
+
+static void fill_load_balancer(json_object *o, const kg_snapshot *s, bool with_nodes)
+{
+    const kg_nginx_view *ng = &s->nginx;
+    add_bool(o, "enabled", ng->enabled);
+    add(o, "include_path", jstr_or_null(ng->include_path));
+    add(o, "upstream", jstr("kuma_cluster"));
+    add_int(o, "routed_nodes", ng->routed_nodes);
+    add_bool(o, "fallback_all", ng->fallback_all);
+    add_bool(o, "frozen_by_panic", s->panic);
+    add_int(o, "renders", ng->renders);
+    add_int(o, "writes_skipped_unchanged", ng->writes_skipped_unchanged);
+    add_int(o, "reloads_ok", ng->reloads_ok);
+    add_int(o, "reloads_failed", ng->reloads_failed);
+    add(o, "last_reload", jtime(ng->last_reload_ms));
+    add(o, "last_reload_duration_ms", jnum(ng->last_reload_duration_ms, 3));
+    add_bool(o, "last_ok", ng->last_ok);
+    add(o, "last_error", jstr_or_null(ng->last_error));
+    if (!with_nodes)
+        return;
+    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        json_object *e = json_object_new_object();
+        char up[KG_NODE_ID_MAX + 16];
+        snprintf(up, sizeof up, "kuma_node_%s", n->id);
+        add(e, "node_id", jstr(n->id));
+        add(e, "host", jstr(n->host));
+        add_bool(e, "host_valid", n->host_valid);
+        add(e, "state", jstr(node_state_name(n->state)));
+        add_bool(e, "routable", node_state_routable(n->state) && n->host_valid);
+        add(e, "upstream", jstr(up));
+        json_object_array_add(a, e);
+    }
+    add(o, "nodes", a);
+}
+
+static void fill_health_check(json_object *o, const kg_snapshot *s, const kg_config *cfg,
+                              bool with_nodes)
+{
+    if (cfg) {
+        json_object *c = json_object_new_object();
+        add_int(c, "interval_ms", cfg->health_interval_ms);
+        add_int(c, "fast_interval_ms", cfg->health_fast_interval_ms);
+        add_int(c, "timeout_ms", cfg->health_timeout_ms);
+        add(c, "path", jstr_or_null(cfg->health_path));
+        add_int(c, "expected_status", cfg->health_expected_status);
+        add_int(c, "fall", cfg->fall);
+        add_int(c, "rise", cfg->rise);
+        add(o, "config", c);
+    }
+    int64_t total = 0, failed = 0, last = 0;
+    for (int i = 0; i < s->n_nodes; i++) {
+        total += s->nodes[i].probes_total;
+        failed += s->nodes[i].probes_failed;
+        if (s->nodes[i].last_probe_ms > last)
+            last = s->nodes[i].last_probe_ms;
+    }
+    add_int(o, "probes_total", total);
+    add_int(o, "probes_failed", failed);
+    add(o, "last_check", jtime(last));
+
+    json_object *h = json_object_new_object();
+    json_object *b = json_object_new_array_ext(11);
+    int64_t cum = 0;
+    for (int i = 0; i < 11; i++) {
+        cum += s->latency_buckets[i];
+        json_object *e = json_object_new_object();
+        add(e, "le_ms", i < 10 ? jnum(kg_latency_bucket_bounds[i], 3) : jstr("+Inf"));
+        add_int(e, "count", cum);
+        json_object_array_add(b, e);
+    }
+    add(h, "buckets", b);
+    add(h, "sum_ms", jnum(s->latency_sum_ms, 3));
+    add_int(h, "count", s->latency_count);
+    add(o, "latency_histogram", h);
+
+    if (!with_nodes)
+        return;
+    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        json_object *e = json_object_new_object();
+        add(e, "node_id", jstr(n->id));
+        add(e, "state", jstr(node_state_name(n->state)));
+        add_int(e, "consecutive_failures", n->consecutive_failures);
+        add_int(e, "consecutive_successes", n->consecutive_successes);
+        add(e, "last_latency_ms", last_latency(n));
+        add(e, "last_probe", jtime(n->last_probe_ms));
+        add(e, "last_seen", jtime(n->last_seen_ms));
+        add(e, "last_failure", jtime(n->last_failure_ms));
+        add(e, "last_failure_reason", jstr_or_null(n->last_failure_reason));
+        add_int(e, "http_status", n->http_status);
+        add_int(e, "probes_total", n->probes_total);
+        add_int(e, "probes_failed", n->probes_failed);
+        add(e, "latency_history", latency_array(n));
+        json_object_array_add(a, e);
+    }
+    add(o, "nodes", a);
+}
+
+static void fill_fault_detection(json_object *o, const kg_snapshot *s, const kg_config *cfg)
+{
+    int failing = 0, considered = 0;
+    for (int i = 0; i < s->n_nodes; i++) {
+        node_state st = s->nodes[i].state;
+        if (st == NODE_MAINTENANCE)
+            continue;
+        considered++;
+        if (st == NODE_OFFLINE || st == NODE_SUSPECT)
+            failing++;
+    }
+    add_bool(o, "panic", s->panic);
+    add(o, "panic_reason", jstr_or_null(s->panic_reason));
+    if (cfg)
+        add(o, "panic_share", jnum(cfg->panic_share, 3));
+    add_int(o, "nodes_total", s->n_nodes);
+    add_int(o, "nodes_failing", failing);
+    add(o, "failing_share", jnum(considered ? (double)failing / considered : 0.0, 3));
+    add_int(o, "monitors_stranded", s->monitors_stranded);
+    add_int(o, "monitors_unassigned", s->monitors_unassigned);
+    /* Nodes that still carry monitors while nothing routes to them: what "stranded" means. */
+    json_object *a = json_object_new_array();
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        if (node_state_routable(n->state) || n->effective_monitors <= 0)
+            continue;
+        json_object *e = json_object_new_object();
+        add(e, "node_id", jstr(n->id));
+        add(e, "state", jstr(node_state_name(n->state)));
+        add_int(e, "monitors_effective", n->effective_monitors);
+        add_int(e, "monitors_pinned", n->pinned_monitors);
+        json_object_array_add(a, e);
+    }
+    add(o, "stranded_nodes", a);
+    add(o, "database", database_obj(s));
+    add(o, "leader", leader_obj(s));
+}
+
+static void fill_rebalancing(json_object *o, const kg_snapshot *s, const kg_config *cfg,
+                             bool with_nodes)
+{
+    const kg_rebalance_view *r = &s->rebalance;
+    add_bool(o, "running", r->running);
+    add(o, "operation", jstr_or_null(r->operation));
+    add(o, "phase", jstr_or_null(r->phase));
+    add_int(o, "moved", r->moved);
+    add_int(o, "total", r->total);
+    add(o, "progress_percent",
+        jnum(r->total > 0 ? 100.0 * r->moved / r->total : (r->running ? 0.0 : 100.0), 1));
+    add(o, "started", jtime(r->started_ms));
+    add(o, "eta", jtime(r->eta_ms));
+    add(o, "finished", jtime(r->finished_ms));
+    add(o, "last_error", jstr_or_null(r->last_error));
+
+    /* Balance over the nodes that can take monitors, counted by effective node. */
+    int cnt = 0;
+    long long sum = 0;
+    int mn = 0, mx = 0;
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        if (!node_state_placeable(n->state))
+            continue;
+        int e = n->effective_monitors;
+        if (cnt == 0 || e < mn)
+            mn = e;
+        if (cnt == 0 || e > mx)
+            mx = e;
+        sum += e;
+        cnt++;
+    }
+    double mean = cnt ? (double)sum / cnt : 0.0;
+    json_object *b = json_object_new_object();
+    add_int(b, "nodes", cnt);
+    add(b, "mean", jnum(mean, 2));
+    add_int(b, "min", mn);
+    add_int(b, "max", mx);
+    add(b, "spread", jnum(mean > 0 ? (mx - mn) / mean : 0.0, 3));
+    if (cfg) {
+        add(b, "tolerance", jnum(cfg->balance_tolerance, 3));
+        add(b, "auto_rebalance_spread", jnum(cfg->auto_rebalance_spread, 3));
+    }
+    add(o, "balance", b);
+
+    json_object *t = json_object_new_object();
+    add_int(t, "failovers", s->failovers_total);
+    add_int(t, "reverts", s->reverts_total);
+    add_int(t, "rebalances", s->rebalances_total);
+    add_int(t, "adoptions", s->adoptions_total);
+    add_int(t, "monitors_moved", s->monitors_moved_total);
+    add_int(t, "reconcile_calls", s->reconcile_calls_total);
+    add_int(t, "reconcile_failures", s->reconcile_failures_total);
+    add(o, "totals", t);
+
+    if (!with_nodes)
+        return;
+    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        json_object *e = json_object_new_object();
+        add(e, "node_id", jstr(n->id));
+        add(e, "state", jstr(node_state_name(n->state)));
+        add_int(e, "monitors_effective", n->effective_monitors);
+        add_int(e, "monitors_home", n->home_monitors);
+        add_int(e, "monitors_pinned", n->pinned_monitors);
+        add(e, "deviation_percent",
+            node_state_placeable(n->state) && mean > 0
+                ? jnum(100.0 * (n->effective_monitors - mean) / mean, 1)
+                : NULL);
+        json_object_array_add(a, e);
+    }
+    add(o, "nodes", a);
+}
+
+static void fill_capacity(json_object *o, const kg_snapshot *s)
+{
+    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
+    long long eff_total = 0, cap_total = 0;
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        int limit = node_limit(n, s->monitor_limit);
+        json_object *e = json_object_new_object();
+        add(e, "node_id", jstr(n->id));
+        add(e, "state", jstr(node_state_name(n->state)));
+        add_bool(e, "placeable", node_state_placeable(n->state));
+        add_int(e, "effective", n->effective_monitors);
+        add_int(e, "home", n->home_monitors);
+        add_int(e, "pinned", n->pinned_monitors);
+        add_int(e, "limit", limit);
+        add_int(e, "available", limit > n->effective_monitors ? limit - n->effective_monitors : 0);
+        add(e, "usage_percent", jnum(usage_percent(n->effective_monitors, limit), 2));
+        json_object_array_add(a, e);
+        eff_total += n->effective_monitors;
+        if (node_state_placeable(n->state))
+            cap_total += limit;
+    }
+    add_int(o, "monitor_limit", s->monitor_limit);
+    add(o, "nodes", a);
+    json_object *t = json_object_new_object();
+    add_int(t, "effective", eff_total);
+    add_int(t, "capacity", cap_total);
+    add(t, "usage_percent", jnum(cap_total > 0 ? 100.0 * (double)eff_total / (double)cap_total
+                                               : 0.0, 2));
+    add_int(t, "monitors_active", s->monitors_active);
+    add_int(t, "monitors_unassigned", s->monitors_unassigned);
+    add(o, "total", t);
+}
+
+static json_object *nodes_array(const kg_snapshot *s)
+{
+    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
+    for (int i = 0; i < s->n_nodes; i++)
+        json_object_array_add(a, api_json_node(&s->nodes[i], s->monitor_limit));
+    return a;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Documents
+ * ------------------------------------------------------------------------------------------ */
+
+json_object *api_doc_health(const kg_snapshot *s, int64_t now_ms, int *http_status)
+{
+    json_object *o = json_object_new_object();
+    if (!s) {
+        *http_status = 503;
+        add(o, "status", jstr("starting"));
+        add(o, "leader", json_object_new_boolean(false));
+        add(o, "db", NULL);
+        return o;
+    }
+    /* The controller answers; a database outage degrades it but does not make it unhealthy:
+     * reads keep working from the snapshot and restarting kumaguard would not bring MariaDB
+     * back.  See docs/API.md. */
+    *http_status = 200;
+    add(o, "status", jstr(s->db_ok ? "ok" : "degraded"));
+    add_bool(o, "leader", s->is_leader);
+    add(o, "db", jstr(s->db_ok ? "ok" : "down"));
+    add(o, "db_backend", jstr_or_null(s->db_backend));
+    add(o, "instance_id", jstr_or_null(s->instance_id));
+    add_int(o, "uptime_seconds", s->started_ms > 0 && now_ms > s->started_ms
+                                     ? (now_ms - s->started_ms) / 1000 : 0);
+    add_int(o, "snapshot_seq", (int64_t)s->seq);
+    add_int(o, "snapshot_age_ms", now_ms > s->built_ms ? now_ms - s->built_ms : 0);
+    return o;
+}
+
+json_object *api_doc_system_status(const kg_snapshot *s, const kg_config *cfg)
+{
+    json_object *o = new_doc(s);
+    json_object *c = json_object_new_object();
+    add(c, "instance_id", jstr_or_null(s->instance_id));
+    add_bool(c, "is_leader", s->is_leader);
+    add_int(c, "leader_generation", s->leader_generation);
+    add(c, "started_at", jtime(s->started_ms));
+    add_int(c, "uptime_seconds",
+            s->started_ms > 0 && s->built_ms > s->started_ms ? (s->built_ms - s->started_ms) / 1000
+                                                             : 0);
+    add(o, "controller", c);
+    add(o, "database", database_obj(s));
+
+    json_object *cl = json_object_new_object();
+    add_cluster_summary(cl, s);
+    add(o, "cluster", cl);
+    add(o, "nodes", nodes_array(s));
+
+    json_object *lb = json_object_new_object();
+    fill_load_balancer(lb, s, false);
+    add(o, "load_balancer", lb);
+    json_object *hc = json_object_new_object();
+    fill_health_check(hc, s, cfg, false);
+    add(o, "health_check", hc);
+    json_object *fd = json_object_new_object();
+    fill_fault_detection(fd, s, cfg);
+    add(o, "fault_detection", fd);
+    json_object *rb = json_object_new_object();
+    fill_rebalancing(rb, s, cfg, false);
+    add(o, "rebalancing", rb);
+    json_object *cap = json_object_new_object();
+    fill_capacity(cap, s);
+    add(o, "capacity", cap);
+
+    int n = s->n_recent_events < RECENT_IN_SYSTEM_STATUS ? s->n_recent_events
+                                                         : RECENT_IN_SYSTEM_STATUS;
+    json_object *ev = json_object_new_array_ext(n > 0 ? n : 1);
+    for (int i = 0; i < n; i++) /* newest first */
+        json_object_array_add(ev, api_json_event(&s->recent_events[s->n_recent_events - 1 - i]));
+    add(o, "recent_events", ev);
+    return o;
+}
+
+json_object *api_doc_node_status(const kg_snapshot *s)
+{
+    json_object *o = new_doc(s);
+    json_object *sum = json_object_new_object();
+    add_cluster_summary(sum, s);
+    add(o, "summary", sum);
+    add(o, "nodes", nodes_array(s));
+    return o;
+}
+
+json_object *api_doc_load_balancer_status(const kg_snapshot *s)
+{
+    json_object *o = new_doc(s);
+    fill_load_balancer(o, s, true);
+    return o;
+}
+
+json_object *api_doc_health_check_status(const kg_snapshot *s, const kg_config *cfg)
+{
+    json_object *o = new_doc(s);
+    fill_health_check(o, s, cfg, true);
+    return o;
+}
+
+json_object *api_doc_fault_detection_status(const kg_snapshot *s, const kg_config *cfg)
+{
+    json_object *o = new_doc(s);
+    fill_fault_detection(o, s, cfg);
+    return o;
+}
+
+json_object *api_doc_rebalancing_status(const kg_snapshot *s, const kg_config *cfg)
+{
+    json_object *o = new_doc(s);
+    fill_rebalancing(o, s, cfg, true);
+    return o;
+}
+
+json_object *api_doc_health_status(const kg_snapshot *s)
+{
+    json_object *o = new_doc(s);
+    add_cluster_summary(o, s);
+    int64_t last = 0, total = 0, failed = 0;
+    for (int i = 0; i < s->n_nodes; i++) {
+        if (s->nodes[i].last_probe_ms > last)
+            last = s->nodes[i].last_probe_ms;
+        total += s->nodes[i].probes_total;
+        failed += s->nodes[i].probes_failed;
+    }
+    add(o, "last_check", jtime(last));
+    add_int(o, "probes_total", total);
+    add_int(o, "probes_failed", failed);
+    add(o, "database", database_obj(s));
+    add(o, "leader", leader_obj(s));
+    return o;
+}
+
+json_object *api_doc_lb_health(const kg_snapshot *s, int *http_status)
+{
+    json_object *o = new_doc(s);
+    add(o, "status", jstr(api_cluster_status(s)));
+    add_int(o, "nodes_total", s->n_nodes);
+    add_int(o, "nodes_online", s->nodes_online);
+    int routable = count_routable(s);
+    add_int(o, "nodes_routable", routable);
+    add_bool(o, "panic", s->panic);
+    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        json_object *e = json_object_new_object();
+        add(e, "node_id", jstr(n->id));
+        add(e, "status", jstr(node_state_name(n->state)));
+        add_bool(e, "routable", node_state_routable(n->state) && n->host_valid);
+        add_int(e, "monitor_count", n->effective_monitors);
+        json_object_array_add(a, e);
+    }
+    add(o, "nodes", a);
+    /* A load balancer or uptime check in front can act on this: nothing to route to. */
+    *http_status = routable > 0 ? 200 : 503;
+    return o;
+}
+
+json_object *api_doc_capacity(const kg_snapshot *s)
+{
+    json_object *o = new_doc(s);
+    fill_capacity(o, s);
+    return o;
+}
+
+json_object *api_doc_available_nodes(const kg_snapshot *s)
+{
+    json_object *o = new_doc(s);
+    json_object *a = json_object_new_array();
+    int n = 0;
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *nv = &s->nodes[i];
+        if (!node_state_routable(nv->state) || !nv->host_valid)
+            continue;
+        char url[KG_NODE_ID_MAX + 32];
+        snprintf(url, sizeof url, "/lb/fixed-node/%s", nv->id);
+        json_object *e = json_object_new_object();
+        add(e, "node_id", jstr(nv->id));
+        add(e, "name", jstr(nv->name));
+        add(e, "status", jstr(node_state_name(nv->state)));
+        add_int(e, "monitor_count", nv->effective_monitors);
+        add(e, "set_url", jstr(url));
+        json_object_array_add(a, e);
+        n++;
+    }
+    add(o, "available_nodes", a);
+    add_int(o, "total_count", n);
+    add(o, "clear_url", jstr("/lb/clear-fixed-node"));
+    return o;
+}
+
+const char *api_fixed_node_refusal(const kg_snapshot *s, const char *node, int *http_status)
+{
+    const kg_node_view *n = snapshot_find_node(s, node);
+    if (!n) {
+        *http_status = 404;
+        return "unknown node";
+    }
+    if (!node_state_routable(n->state)) {
+        *http_status = 409;
+        return "node is not routable (offline, recovering or in maintenance)";
+    }
+    if (!n->host_valid) {
+        *http_status = 409;
+        return "node has an invalid host and is never routed";
+    }
+    *http_status = 200;
+    return NULL;
+}
+
+json_object *api_doc_fixed_node_status(const kg_snapshot *s, const char *cookie)
+{
+    json_object *o = new_doc(s);
+    add(o, "cookie_name", jstr("KUMA_FIXED_NODE"));
+    bool has = cookie && *cookie;
+    add_bool(o, "has_fixed_node", has);
+    /* Only a well-formed id is echoed; anything else in the cookie is reported as invalid. */
+    bool well_formed = has && api_node_id_valid(cookie);
+    add(o, "current_node", has && well_formed ? jstr(cookie) : NULL);
+    const char *reason = NULL;
+    if (has && !well_formed) {
+        reason = "malformed node id";
+    } else if (has) {
+        int st;
+        reason = api_fixed_node_refusal(s, cookie, &st);
+    }
+    add_bool(o, "is_valid", has && !reason);
+    add(o, "invalid_reason", has ? jstr_or_null(reason) : NULL);
+    return o;
+}
+
+json_object *api_doc_history(const kg_event *ev, int n, int limit)
+{
+    json_object *o = json_object_new_object();
+    json_object *a = json_object_new_array_ext(n > 0 ? n : 1);
+    for (int i = 0; i < n; i++)
+        json_object_array_add(a, api_json_event(&ev[i]));
+    add(o, "events", a);
+    add_int(o, "count", n);
+    add_int(o, "limit", limit);
+    /* A full page may have more behind it: pass next_before as ?before= for the next page. */
+    add(o, "next_before", n > 0 && n >= limit ? json_object_new_int64(ev[n - 1].id) : NULL);
+    return o;
+}
+
+json_object *api_doc_logs(char **lines, int n)
+{
+    json_object *o = json_object_new_object();
+    json_object *a = json_object_new_array_ext(n > 0 ? n : 1);
+    for (int i = 0; i < n; i++)
+        json_object_array_add(a, jstr(lines[i]));
+    add(o, "lines", a);
+    add_int(o, "count", n);
+    return o;
+}

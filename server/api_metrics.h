@@ -1,0 +1,18 @@
+/* api_metrics.h — snapshot -> Prometheus text exposition format (version 0.0.4) for /metrics.
+ *
+ * Pure: no I/O, no clock.  Every family has HELP and TYPE lines, the `kumaguard_` prefix,
+ * `_total` on counters and base units (`_seconds`).  Owns: metric names (docs/API.md lists
+ * them).  Must not: read anything but its arguments. */
+#ifndef KG_API_METRICS_H
+#define KG_API_METRICS_H
+
+#include <stddef.h>
+
+#include "snapshot.h"
+
+#define API_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+/* Malloc'd NUL-terminated text; *len gets its length.  NULL on allocation failure. */
+char *api_metrics_render(const kg_snapshot *s, size_t *len);
+
+#endif

@@ -1,0 +1,632 @@
+/* api_route.c — route table and request-input parsing for the HTTP API (see api_route.h).
+ *
+ * Owns: the mapping (method, path) -> handler and the validation of everything a client
+ * controls (path parameters, JSON bodies, query parameters, the Authorization header).
+ * Must not: touch sockets, the snapshot, the mailbox or any global state — it is fuzzed. */
+#include "api_route.h"
+
+#include <ctype.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "snapshot.h"
+
+/* ------------------------------------------------------------------------------------------
+ * Route table
+ * ------------------------------------------------------------------------------------------ */
+
+#define M_READ (API_M_GET | API_M_HEAD)
+
+enum { F_AUTH = 1, F_LB_ALIAS = 2 };
+
+typedef struct {
+    const char *path;
+    api_route_id id;
+    unsigned methods;
+    unsigned flags;
+} route_def;
+
+/* Exact paths.  F_LB_ALIAS: "/api/x" also answers as "/lb/x" (the Lua version's prefix). */
+static const route_def routes[] = {
+    {"/health", API_R_HEALTH, M_READ, 0},
+    {"/metrics", API_R_METRICS, M_READ, 0},
+    {"/", API_R_INDEX, M_READ, 0},
+    {"/api/system-status", API_R_SYSTEM_STATUS, M_READ, F_LB_ALIAS},
+    {"/api/node-status", API_R_NODE_STATUS, M_READ, F_LB_ALIAS},
+    {"/api/load-balancer-status", API_R_LB_STATUS, M_READ, F_LB_ALIAS},
+    {"/api/health-check-status", API_R_HEALTH_CHECK_STATUS, M_READ, F_LB_ALIAS},
+    {"/api/fault-detection-status", API_R_FAULT_STATUS, M_READ, F_LB_ALIAS},
+    {"/api/rebalancing-status", API_R_REBALANCING_STATUS, M_READ, F_LB_ALIAS},
+    {"/api/health-status", API_R_HEALTH_STATUS, M_READ, F_LB_ALIAS},
+    {"/api/failover-history", API_R_FAILOVER_HISTORY, M_READ, F_LB_ALIAS},
+    {"/api/events", API_R_EVENTS, M_READ, F_LB_ALIAS},
+    {"/api/debug-config", API_R_DEBUG_CONFIG, M_READ, F_LB_ALIAS},
+    {"/api/debug-logs", API_R_DEBUG_LOGS, M_READ, F_LB_ALIAS | F_AUTH},
+    {"/api/update-loads", API_R_UPDATE_LOADS, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/api/trigger-health-check", API_R_TRIGGER_HEALTH_CHECK, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/api/trigger-rebalancing", API_R_TRIGGER_REBALANCING, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/api/force-rebalance-all", API_R_FORCE_REBALANCE_ALL, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/api/cancel-rebalancing", API_R_CANCEL_REBALANCING, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/lb/health", API_R_LB_HEALTH, M_READ, 0},
+    {"/lb/capacity", API_R_CAPACITY, M_READ, 0},
+    {"/lb/ping", API_R_PING, M_READ, 0},
+    {"/lb/available-nodes", API_R_AVAILABLE_NODES, M_READ, 0},
+    {"/lb/fixed-node-status", API_R_FIXED_NODE_STATUS, M_READ, 0},
+    {"/lb/set-fixed-node", API_R_SET_FIXED_NODE, API_M_POST, 0},
+    {"/lb/clear-fixed-node", API_R_CLEAR_FIXED_NODE, M_READ | API_M_POST, 0},
+};
+
+static const struct {
+    const char *suffix;
+    api_route_id id;
+} node_actions[] = {
+    {"drain", API_R_NODE_DRAIN},
+    {"maintenance", API_R_NODE_MAINTENANCE},
+    {"enable", API_R_NODE_ENABLE},
+};
+
+static const char *const route_names[API_R_COUNT] = {
+    [API_R_NONE] = "none",
+    [API_R_HEALTH] = "health",
+    [API_R_SYSTEM_STATUS] = "system-status",
+    [API_R_NODE_STATUS] = "node-status",
+    [API_R_LB_STATUS] = "load-balancer-status",
+    [API_R_HEALTH_CHECK_STATUS] = "health-check-status",
+    [API_R_FAULT_STATUS] = "fault-detection-status",
+    [API_R_REBALANCING_STATUS] = "rebalancing-status",
+    [API_R_HEALTH_STATUS] = "health-status",
+    [API_R_LB_HEALTH] = "lb-health",
+    [API_R_CAPACITY] = "capacity",
+    [API_R_PING] = "ping",
+    [API_R_AVAILABLE_NODES] = "available-nodes",
+    [API_R_FIXED_NODE_STATUS] = "fixed-node-status",
+    [API_R_FAILOVER_HISTORY] = "failover-history",
+    [API_R_METRICS] = "metrics",
+    [API_R_EVENTS] = "events",
+    [API_R_DEBUG_CONFIG] = "debug-config",
+    [API_R_DEBUG_LOGS] = "debug-logs",
+    [API_R_UPDATE_LOADS] = "update-loads",
+    [API_R_TRIGGER_HEALTH_CHECK] = "trigger-health-check",
+    [API_R_TRIGGER_REBALANCING] = "trigger-rebalancing",
+    [API_R_FORCE_REBALANCE_ALL] = "force-rebalance-all",
+    [API_R_CANCEL_REBALANCING] = "cancel-rebalancing",
+    [API_R_NODE_DRAIN] = "drain",
+    [API_R_NODE_MAINTENANCE] = "maintenance",
+    [API_R_NODE_ENABLE] = "enable",
+    [API_R_SET_FIXED_NODE] = "set-fixed-node",
+    [API_R_CLEAR_FIXED_NODE] = "clear-fixed-node",
+    [API_R_FIXED_NODE_PAGE] = "fixed-node",
+    [API_R_INDEX] = "index",
+    [API_R_STATIC] = "static",
+};
+
+const char *api_route_name(api_route_id id)
+{
+    return (id >= 0 && id < API_R_COUNT && route_names[id]) ? route_names[id] : "none";
+}
+
+bool api_route_is_action(api_route_id id)
+{
+    return id >= API_R_UPDATE_LOADS && id <= API_R_NODE_ENABLE;
+}
+
+unsigned api_method_bit(const char *method)
+{
+    if (!method)
+        return API_M_OTHER;
+    if (strcmp(method, "GET") == 0)
+        return API_M_GET;
+    if (strcmp(method, "HEAD") == 0)
+        return API_M_HEAD;
+    if (strcmp(method, "POST") == 0)
+        return API_M_POST;
+    return API_M_OTHER;
+}
+
+const char *api_allow_header(unsigned allowed, char *buf, size_t len)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {{API_M_GET, "GET"}, {API_M_HEAD, "HEAD"}, {API_M_POST, "POST"}};
+    size_t off = 0;
+    if (len == 0)
+        return buf;
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (!(allowed & names[i].bit))
+            continue;
+        int w = snprintf(buf + off, len - off, "%s%s", off ? ", " : "", names[i].name);
+        if (w < 0 || (size_t)w >= len - off)
+            break;
+        off += (size_t)w;
+    }
+    return buf;
+}
+
+static void set_found(api_match *m, api_route_id id, unsigned methods, unsigned flags,
+                      unsigned method)
+{
+    m->id = id;
+    m->allowed = methods;
+    m->needs_auth = (flags & F_AUTH) != 0;
+    m->status = (methods & method) ? 0 : 405;
+}
+
+/* "/<prefix>nodes/<id>/<action>" where prefix is "api/" or "lb/". */
+static bool match_node_action(const char *rest, unsigned method, api_match *m)
+{
+    if (strncmp(rest, "nodes/", 6) != 0)
+        return false;
+    const char *id = rest + 6;
+    const char *slash = strchr(id, '/');
+    if (!slash)
+        return false;
+    const char *action = slash + 1;
+    for (size_t i = 0; i < sizeof node_actions / sizeof node_actions[0]; i++) {
+        if (strcmp(action, node_actions[i].suffix) != 0)
+            continue;
+        set_found(m, node_actions[i].id, API_M_POST, F_AUTH, method);
+        size_t idlen = (size_t)(slash - id);
+        if (!api_node_id_valid_n(id, idlen)) {
+            if (m->status == 0)
+                m->status = 400;
+            return true;
+        }
+        memcpy(m->node, id, idlen);
+        m->node[idlen] = '\0';
+        return true;
+    }
+    return false;
+}
+
+void api_route_match(const char *method, const char *path, api_match *m)
+{
+    memset(m, 0, sizeof *m);
+    m->status = 404;
+    if (!path || path[0] != '/')
+        return;
+    unsigned mbit = api_method_bit(method);
+
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        const route_def *r = &routes[i];
+        bool hit = strcmp(path, r->path) == 0;
+        /* "/api/x" registered with F_LB_ALIAS also matches "/lb/x". */
+        if (!hit && (r->flags & F_LB_ALIAS) && strncmp(path, "/lb/", 4) == 0)
+            hit = strcmp(path + 4, r->path + 5) == 0;
+        if (hit) {
+            set_found(m, r->id, r->methods, r->flags, mbit);
+            return;
+        }
+    }
+    if (strncmp(path, "/api/", 5) == 0 && match_node_action(path + 5, mbit, m))
+        return;
+    if (strncmp(path, "/lb/", 4) == 0 && match_node_action(path + 4, mbit, m))
+        return;
+    if (strncmp(path, "/lb/fixed-node/", 15) == 0) {
+        const char *id = path + 15;
+        set_found(m, API_R_FIXED_NODE_PAGE, M_READ, 0, mbit);
+        if (!api_node_id_valid(id)) {
+            if (m->status == 0)
+                m->status = 400;
+            return;
+        }
+        snprintf(m->node, sizeof m->node, "%s", id);
+        return;
+    }
+    if (strncmp(path, "/static/", 8) == 0 && api_static_path_ok(path + 8)) {
+        set_found(m, API_R_STATIC, M_READ, 0, mbit);
+        snprintf(m->static_rel, sizeof m->static_rel, "%s", path + 8);
+        return;
+    }
+    /* unknown path (including unsafe static paths): 404 */
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Small validators
+ * ------------------------------------------------------------------------------------------ */
+
+static bool node_id_char(unsigned char c)
+{
+    return isalnum(c) || c == '_' || c == '.' || c == '-';
+}
+
+bool api_node_id_valid_n(const char *s, size_t len)
+{
+    if (!s || len == 0 || len > KG_NODE_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!node_id_char((unsigned char)s[i]))
+            return false;
+    return true;
+}
+
+bool api_node_id_valid(const char *s)
+{
+    return s && api_node_id_valid_n(s, strnlen(s, KG_NODE_ID_MAX + 1));
+}
+
+static bool static_char(unsigned char c)
+{
+    return isalnum(c) || c == '_' || c == '.' || c == '-' || c == '~' || c == '+' || c == '@';
+}
+
+bool api_static_path_ok(const char *rel)
+{
+    if (!rel)
+        return false;
+    size_t len = strnlen(rel, API_STATIC_PATH_MAX + 1);
+    if (len == 0 || len > API_STATIC_PATH_MAX)
+        return false;
+    bool seg_start = true;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)rel[i];
+        if (c == '/') {
+            if (seg_start) /* empty segment: "//" or leading "/" */
+                return false;
+            seg_start = true;
+            continue;
+        }
+        if (seg_start && c == '.') /* ".", "..", hidden files */
+            return false;
+        if (!static_char(c))
+            return false;
+        seg_start = false;
+    }
+    return !seg_start; /* no trailing "/" */
+}
+
+const char *api_content_type_for(const char *path)
+{
+    static const struct {
+        const char *ext, *type;
+    } types[] = {
+        {"html", "text/html; charset=utf-8"},
+        {"htm", "text/html; charset=utf-8"},
+        {"css", "text/css; charset=utf-8"},
+        {"js", "text/javascript; charset=utf-8"},
+        {"mjs", "text/javascript; charset=utf-8"},
+        {"json", "application/json"},
+        {"map", "application/json"},
+        {"svg", "image/svg+xml"},
+        {"png", "image/png"},
+        {"jpg", "image/jpeg"},
+        {"jpeg", "image/jpeg"},
+        {"gif", "image/gif"},
+        {"webp", "image/webp"},
+        {"ico", "image/x-icon"},
+        {"woff", "font/woff"},
+        {"woff2", "font/woff2"},
+        {"txt", "text/plain; charset=utf-8"},
+    };
+    const char *dot = path ? strrchr(path, '.') : NULL;
+    const char *slash = path ? strrchr(path, '/') : NULL;
+    if (dot && (!slash || dot > slash)) {
+        for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+            if (strcasecmp(dot + 1, types[i].ext) == 0)
+                return types[i].type;
+    }
+    return "application/octet-stream";
+}
+
+bool api_content_type_is_json(const char *value)
+{
+    if (!value)
+        return false;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    static const char want[] = "application/json";
+    size_t n = sizeof want - 1;
+    if (strncasecmp(value, want, n) != 0)
+        return false;
+    const char *p = value + n;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return *p == '\0' || *p == ';';
+}
+
+/* ------------------------------------------------------------------------------------------
+ * JSON bodies
+ * ------------------------------------------------------------------------------------------ */
+
+/* Parses exactly one JSON object from body[0..len); NULL when not an object, malformed, nested
+ * too deep, or followed by anything but whitespace. */
+static json_object *parse_object(const char *body, size_t len)
+{
+    if (!body || len == 0 || len > (1u << 20))
+        return NULL;
+    json_tokener *tok = json_tokener_new_ex(16);
+    if (!tok)
+        return NULL;
+    json_object *o = json_tokener_parse_ex(tok, body, (int)len);
+    size_t used = (size_t)json_tokener_get_parse_end(tok);
+    bool ok = o && json_tokener_get_error(tok) == json_tokener_success &&
+              json_object_is_type(o, json_type_object);
+    for (size_t i = used; ok && i < len; i++)
+        if (!isspace((unsigned char)body[i]))
+            ok = false;
+    json_tokener_free(tok);
+    if (!ok) {
+        json_object_put(o);
+        return NULL;
+    }
+    return o;
+}
+
+int api_parse_fixed_node_body(const char *body, size_t len, char *node, size_t nodelen,
+                              char *err, size_t errlen)
+{
+    if (nodelen)
+        node[0] = '\0';
+    json_object *o = parse_object(body, len);
+    if (!o) {
+        snprintf(err, errlen, "body must be a JSON object like {\"node\":\"node1\"}");
+        return -1;
+    }
+    json_object *v = NULL;
+    int rc = -1;
+    if (!json_object_object_get_ex(o, "node", &v) || !json_object_is_type(v, json_type_string)) {
+        snprintf(err, errlen, "missing string member \"node\"");
+    } else {
+        const char *s = json_object_get_string(v);
+        int slen = json_object_get_string_len(v);
+        /* strlen check rejects embedded NULs */
+        if (slen < 0 || strlen(s) != (size_t)slen || !api_node_id_valid(s)) {
+            snprintf(err, errlen, "\"node\" must match [A-Za-z0-9_.-]{1,%d}", KG_NODE_ID_MAX);
+        } else if ((size_t)slen >= nodelen) {
+            snprintf(err, errlen, "node id too long");
+        } else {
+            memcpy(node, s, (size_t)slen + 1);
+            rc = 0;
+        }
+    }
+    json_object_put(o);
+    return rc;
+}
+
+bool api_parse_confirm_body(const char *body, size_t len, const char *expected)
+{
+    json_object *o = parse_object(body, len);
+    if (!o)
+        return false;
+    json_object *v = NULL;
+    bool ok = json_object_object_get_ex(o, "confirm", &v) &&
+              json_object_is_type(v, json_type_string) &&
+              (size_t)json_object_get_string_len(v) == strlen(expected) &&
+              strcmp(json_object_get_string(v), expected) == 0;
+    json_object_put(o);
+    return ok;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Query parameters
+ * ------------------------------------------------------------------------------------------ */
+
+int api_parse_int64(const char *s, int64_t min, int64_t max, int64_t *out)
+{
+    if (!s || !*s || strlen(s) > 20)
+        return -1;
+    const char *p = s;
+    bool neg = false;
+    if (*p == '-') {
+        neg = true;
+        p++;
+    }
+    if (!*p)
+        return -1;
+    int64_t v = 0;
+    for (; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        int d = *p - '0';
+        if (v > (INT64_MAX - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    if (neg)
+        v = -v;
+    if (v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Reads exactly n digits. */
+static bool digits(const char **p, int n, int *out)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        char c = (*p)[i];
+        if (c < '0' || c > '9')
+            return false;
+        v = v * 10 + (c - '0');
+    }
+    *p += n;
+    *out = v;
+    return true;
+}
+
+int api_parse_time_ms(const char *s, int64_t *out)
+{
+    if (!s || !*s)
+        return -1;
+    /* plain milliseconds since the epoch (up to year 9999) */
+    if (api_parse_int64(s, 0, 253402300799999LL, out) == 0)
+        return 0;
+    const char *p = s;
+    int Y, Mo, D, h, mi, sec, ms = 0;
+    if (!digits(&p, 4, &Y) || *p++ != '-' || !digits(&p, 2, &Mo) || *p++ != '-' ||
+        !digits(&p, 2, &D))
+        return -1;
+    if (*p != 'T' && *p != 't' && *p != ' ')
+        return -1;
+    p++;
+    if (!digits(&p, 2, &h) || *p++ != ':' || !digits(&p, 2, &mi) || *p++ != ':' ||
+        !digits(&p, 2, &sec))
+        return -1;
+    if (*p == '.') {
+        p++;
+        int n = 0;
+        int frac = 0;
+        while (*p >= '0' && *p <= '9') {
+            if (n < 3)
+                frac = frac * 10 + (*p - '0');
+            n++;
+            p++;
+        }
+        if (n == 0 || n > 9)
+            return -1;
+        for (int i = n; i < 3; i++)
+            frac *= 10;
+        ms = frac;
+    }
+    int offset_min = 0;
+    if (*p == 'Z' || *p == 'z') {
+        p++;
+    } else if (*p == '+' || *p == '-') {
+        int sign = *p == '-' ? -1 : 1;
+        p++;
+        int oh, om;
+        if (!digits(&p, 2, &oh) || *p++ != ':' || !digits(&p, 2, &om) || oh > 23 || om > 59)
+            return -1;
+        offset_min = sign * (oh * 60 + om);
+    } else {
+        return -1; /* a time without a zone is ambiguous: refuse it */
+    }
+    if (*p != '\0')
+        return -1;
+    if (Y < 1970 || Mo < 1 || Mo > 12 || D < 1 || D > 31 || h > 23 || mi > 59 || sec > 59)
+        return -1;
+    struct tm tm = {.tm_year = Y - 1900, .tm_mon = Mo - 1, .tm_mday = D,
+                    .tm_hour = h, .tm_min = mi, .tm_sec = sec};
+    time_t t = timegm(&tm);
+    if (t == (time_t)-1)
+        return -1;
+    /* timegm normalises 31 February into March: refuse dates that do not exist */
+    struct tm back;
+    if (!gmtime_r(&t, &back) || back.tm_mday != D || back.tm_mon != Mo - 1)
+        return -1;
+    int64_t v = (int64_t)t * 1000 + ms - (int64_t)offset_min * 60000;
+    if (v < 0)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int api_parse_history_params(const api_history_params *p, events_query *q,
+                             char node_buf[KG_NODE_ID_MAX + 1], char *err, size_t errlen)
+{
+    memset(q, 0, sizeof *q);
+    q->kind = -1;
+    q->limit = API_HISTORY_DEFAULT_LIMIT;
+    node_buf[0] = '\0';
+    if (p->node && *p->node) {
+        if (!api_node_id_valid(p->node)) {
+            snprintf(err, errlen, "node: expected a node id [A-Za-z0-9_.-]{1,%d}",
+                     KG_NODE_ID_MAX);
+            return -1;
+        }
+        snprintf(node_buf, KG_NODE_ID_MAX + 1, "%s", p->node);
+        q->node = node_buf;
+    }
+    if (p->kind && *p->kind) {
+        q->kind = event_kind_parse(p->kind);
+        if (q->kind < 0) {
+            snprintf(err, errlen, "kind: unknown event kind (e.g. failover, revert, rebalance, "
+                                  "state_change)");
+            return -1;
+        }
+    }
+    if (p->since && *p->since && api_parse_time_ms(p->since, &q->since_ms) != 0) {
+        snprintf(err, errlen, "since: expected ISO-8601 UTC time or milliseconds since epoch");
+        return -1;
+    }
+    if (p->until && *p->until && api_parse_time_ms(p->until, &q->until_ms) != 0) {
+        snprintf(err, errlen, "until: expected ISO-8601 UTC time or milliseconds since epoch");
+        return -1;
+    }
+    if (q->since_ms && q->until_ms && q->since_ms > q->until_ms) {
+        snprintf(err, errlen, "since is after until");
+        return -1;
+    }
+    int64_t v;
+    if (p->limit && *p->limit) {
+        if (api_parse_int64(p->limit, 1, API_HISTORY_MAX_LIMIT, &v) != 0) {
+            snprintf(err, errlen, "limit: expected an integer 1..%d", API_HISTORY_MAX_LIMIT);
+            return -1;
+        }
+        q->limit = (int)v;
+    }
+    if (p->before && *p->before) {
+        if (api_parse_int64(p->before, 1, INT64_MAX, &v) != 0) {
+            snprintf(err, errlen, "before: expected a positive event id");
+            return -1;
+        }
+        q->before_id = v;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Authorization and escaping
+ * ------------------------------------------------------------------------------------------ */
+
+int api_bearer_check(const char *authorization, const char *token)
+{
+    if (!authorization)
+        return 1;
+    const char *p = authorization;
+    while (*p == ' ')
+        p++;
+    if (strncasecmp(p, "Bearer ", 7) != 0)
+        return 1;
+    p += 7;
+    while (*p == ' ')
+        p++;
+    size_t given_len = strlen(p);
+    while (given_len && p[given_len - 1] == ' ')
+        given_len--;
+    if (given_len == 0)
+        return 1;
+    /* Constant time in the token's length: every byte of the token is compared whatever the
+     * given value is, and a length mismatch is folded into the same accumulator. */
+    size_t tlen = strlen(token);
+    volatile unsigned char diff = (unsigned char)(given_len != tlen);
+    for (size_t i = 0; i < tlen; i++) {
+        unsigned char g = i < given_len ? (unsigned char)p[i] : 0;
+        diff |= (unsigned char)(g ^ (unsigned char)token[i]);
+    }
+    return diff == 0 ? 0 : 2;
+}
+
+int api_html_escape(const char *s, char *out, size_t outlen)
+{
+    size_t o = 0;
+    if (outlen == 0)
+        return -1;
+    for (; *s; s++) {
+        const char *rep = NULL;
+        char one[2] = {*s, '\0'};
+        switch (*s) {
+        case '&': rep = "&amp;"; break;
+        case '<': rep = "&lt;"; break;
+        case '>': rep = "&gt;"; break;
+        case '"': rep = "&quot;"; break;
+        case '\'': rep = "&#39;"; break;
+        default: rep = one; break;
+        }
+        size_t n = strlen(rep);
+        if (o + n >= outlen) {
+            out[0] = '\0';
+            return -1;
+        }
+        memcpy(out + o, rep, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return (int)o;
+}
