@@ -164,10 +164,10 @@ typedef struct {
     kg_event recent_events[KG_RECENT_EVENTS]; /* oldest first */
     int n_recent_events;
 
-    /* Lazily rendered /api/system-status body, cached per snapshot by the API (guarded by
-     * the snapshot module's lock; see snapshot_cache_*). */
+    /* Lazily rendered /api/system-status body: the first HTTP thread to need it renders it
+     * and installs it with a compare-exchange (losers free theirs); snapshot_release frees
+     * it with the snapshot.  The only field written after publish, and only that way. */
     _Atomic(char *) cached_json;
-    size_t cached_json_len;
 } kg_snapshot;
 
 extern const double kg_latency_bucket_bounds[10];
