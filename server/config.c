@@ -390,7 +390,11 @@ int config_load(kg_config *cfg, int argc, char **argv, char **envp, FILE *out, c
                     return -1;
                 char **slot = (char **)((char *)cfg + o->off);
                 free(*slot);
-                *slot = s;
+                *slot = NULL;
+                if (*s) /* an empty secret file means "unset", not an empty secret */
+                    *slot = s;
+                else
+                    free(s);
                 continue;
             }
         }

@@ -281,6 +281,8 @@ static ctrl_node *find_node(const char *id)
 {
     ctrl_node key;
     snprintf(key.v.id, sizeof key.v.id, "%s", id);
+    if (C.n_nodes == 0) /* bsearch must not be handed a NULL array */
+        return NULL;
     return bsearch(&key, C.nodes, (size_t)C.n_nodes, sizeof *C.nodes, node_cmp);
 }
 

@@ -168,6 +168,20 @@ Test(config, secrets_come_from_files_and_are_redacted)
     config_free(&c);
     unlink(path);
 
+    /* an empty secret file means unset (no empty Authorization header is ever sent) */
+    char empty[] = "/tmp/kg-empty-XXXXXX";
+    int efd = mkstemp(empty);
+    cr_assert(efd >= 0);
+    close(efd);
+    char env2[128];
+    snprintf(env2, sizeof env2, "KUMA_API_KEY_FILE=%s", empty);
+    char *envp3[] = {env2, NULL};
+    char *argv3[] = {"kumaguard", NULL};
+    cr_assert_eq(load(&c, argv3, envp3, err, sizeof err), 0, "%s", err);
+    cr_assert_null(c.kuma_api_key);
+    config_free(&c);
+    unlink(empty);
+
     char *envp2[] = {"DB_PASSWORD_FILE=/nonexistent/kg", NULL};
     char *argv2[] = {"kumaguard", NULL};
     expect_error(argv2, envp2, "DB_PASSWORD_FILE");
