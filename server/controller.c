@@ -91,6 +91,7 @@ static struct {
     int64_t next_converge_ms;  /* periodic convergence: retries no-target, adoption, reverts */
     int64_t next_refresh_ms;
     int64_t next_revert_ms;    /* earliest next revert batch */
+    int64_t next_auto_rebalance_ms;
 
     rebalance_op reb;
     kg_rebalance_view reb_view;
@@ -809,6 +810,55 @@ static void reb_start(kg_event_kind kind, const char *actor, kg_reply *reply)
     reply_finish(reply, 202, "", detail);
 }
 
+/* Automatic rebalance (REBALANCE_AUTO_SPREAD > 0): when the effective load of the placeable
+ * nodes spreads wider than the threshold ((max - min) / mean), start the same minimal-movement
+ * rebalance an operator would.  Off by default: a rebalance changes monitors' homes, and each
+ * move restarts a check, so an operator opts in.  At most one attempt per minute, and never
+ * while a failover is unsettled (a node not online or a panic). */
+static void maybe_auto_rebalance(int64_t now)
+{
+    if (C.cfg->auto_rebalance_spread <= 0 || now < C.next_auto_rebalance_ms || C.reb.running ||
+        !C.leader || C.panic || !C.db_ok || !C.mon_loaded)
+        return;
+    C.next_auto_rebalance_ms = now + 60000;
+    int nn = C.names.n, placeable = 0;
+    int *load = calloc((size_t)nn + 1, sizeof *load);
+    if (!load)
+        return;
+    for (size_t i = 0; i < C.mon.n; i++) {
+        int32_t e = plan_effective(&C.mon.monitors[i]);
+        if (C.mon.monitors[i].active && e >= 0)
+            load[e]++;
+    }
+    int lo = -1, hi = -1;
+    long total = 0;
+    for (int i = 0; i < C.n_nodes; i++) {
+        ctrl_node *cn = &C.nodes[i];
+        if (cn->h.state != NODE_ONLINE) {
+            if (cn->h.state != NODE_MAINTENANCE && cn->h.state != NODE_DRAINING)
+                goto out; /* a failover or recovery is in flight: let it settle */
+            continue;
+        }
+        int32_t idx = nametab_find(&C.names, cn->v.id, strlen(cn->v.id));
+        int l = idx >= 0 ? load[idx] : 0;
+        lo = lo < 0 || l < lo ? l : lo;
+        hi = l > hi ? l : hi;
+        total += l;
+        placeable++;
+    }
+    if (placeable < 2 || total == 0)
+        goto out;
+    double mean = (double)total / placeable;
+    double spread = (double)(hi - lo) / mean;
+    if (spread > C.cfg->auto_rebalance_spread) {
+        log_info("load spread %.2f exceeds REBALANCE_AUTO_SPREAD=%.2f: rebalancing", spread,
+                 C.cfg->auto_rebalance_spread);
+        reb_start(EV_REBALANCE, "auto (load spread)", NULL);
+    }
+out:
+    free(load);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Health
  * ------------------------------------------------------------------------------------------ */
@@ -1232,6 +1282,8 @@ static void *controller_main(void *arg)
             converge(now);
         if (C.reb.running)
             reb_step(now);
+        else
+            maybe_auto_rebalance(now);
         int64_t nd = nginx_feed_due_ms(C.feed);
         if (C.dirty || (nd > 0 && now >= nd))
             publish(now);
