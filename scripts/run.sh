@@ -62,7 +62,7 @@ if ((sim > 0 && monitors > 0)); then
     sqlite3 "$state/cluster.db" "PRAGMA busy_timeout=5000;
       WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $monitors)
       INSERT INTO monitor(name, active, user_id, node_id)
-      SELECT 'demo monitor ' || x, 1, 1, 'node' || ((x % $sim) + 1) FROM c;"
+      SELECT 'demo monitor ' || x, 1, 1, 'node' || ((x % $sim) + 1) FROM c;" >/dev/null
   fi
   curl -fsS -X POST "http://$listen/api/update-loads" >/dev/null || true
 fi
