@@ -512,6 +512,24 @@ static void nudge(const bool *changed, int n_changed)
     free(t);
 }
 
+/* Nudges the nodes whose monitor set the moves changed: the node each monitor left and the
+ * node it now runs on. */
+static void nudge_after(const plan_move *moves, size_t n)
+{
+    bool *changed = calloc((size_t)C.names.n + 1, sizeof *changed);
+    if (!changed)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        int32_t a = move_from(&moves[i]), b = move_to_effective(&moves[i]);
+        if (a >= 0)
+            changed[a] = true;
+        if (b >= 0)
+            changed[b] = true;
+    }
+    nudge(changed, C.names.n);
+    free(changed);
+}
+
 /* Applies moves in one transaction and handles the outcome.  Returns applied count or -1. */
 static long apply_moves(const plan_move *moves, size_t n, const char *what)
 {
@@ -637,16 +655,7 @@ static void converge(int64_t now)
     if (applied < 0)
         goto out;
     int64_t t_applied = now_ms();
-    bool *changed = calloc((size_t)C.names.n + 1, sizeof *changed);
-    for (size_t i = 0; changed && i < r.n_moves; i++) {
-        int32_t a = move_from(&r.moves[i]), b = move_to_effective(&r.moves[i]);
-        if (a >= 0)
-            changed[a] = true;
-        if (b >= 0)
-            changed[b] = true;
-    }
-    nudge(changed, C.names.n);
-    free(changed);
+    nudge_after(r.moves, r.n_moves);
     int64_t dur = now_ms() - t0;
     log_debug("converge timing: load+plan %lld ms, apply %lld ms, nudge %lld ms",
               (long long)(t_planned - t0), (long long)(t_applied - t_planned),
@@ -723,18 +732,7 @@ static void reb_step(int64_t now)
     C.reb.applied += res.applied;
     C.reb.skipped += res.skipped;
     C.moved_total += (int64_t)res.applied;
-    /* nudge the nodes whose sets changed in this batch */
-    bool *changed = calloc((size_t)C.names.n + 1, sizeof *changed);
-    for (size_t i = C.reb.done - n; changed && i < C.reb.done; i++) {
-        const plan_move *m = &C.reb.moves[i];
-        int32_t a = move_from(m), b = move_to_effective(m);
-        if (a >= 0)
-            changed[a] = true;
-        if (b >= 0)
-            changed[b] = true;
-    }
-    nudge(changed, C.names.n);
-    free(changed);
+    nudge_after(C.reb.moves + C.reb.done - n, n);
     C.reb_view.moved = (int)C.reb.done;
     int64_t elapsed = now_ms() - C.reb.started_ms;
     if (C.reb.done > 0)
