@@ -597,6 +597,15 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
         "SELECT m.id, m.node_id, m.assigned_node, COALESCE(m.active = 1, 0),"
         " COALESCE(CAST(o.node_id AS BINARY) = CAST(m.assigned_node AS BINARY), 0)"
         " FROM monitor m LEFT JOIN kumaguard_override o ON o.monitor_id = m.id ORDER BY m.id";
+    /* A record whose override someone else changed is garbage: drop it before it can match a
+     * later manual pin by accident and make that pin look like ours (invariant 5). */
+    int rc = my_exec(m,
+                     "DELETE o FROM kumaguard_override o LEFT JOIN monitor m ON m.id = o.monitor_id"
+                     " AND CAST(m.assigned_node AS BINARY) = CAST(o.node_id AS BINARY)"
+                     " WHERE m.id IS NULL",
+                     "forget stale override records", err, errlen);
+    if (rc != STORE_OK)
+        return rc;
     if (mysql_real_query(m->db, sql, sizeof(sql) - 1))
         return my_fail(m, "load monitors", err, errlen);
     MYSQL_RES *res = mysql_use_result(m->db);
@@ -629,7 +638,7 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
         if (p->home == -2 || p->over == -2)
             oom = true;
     }
-    int rc = STORE_OK;
+    rc = STORE_OK;
     if (mysql_errno(m->db))
         rc = my_fail(m, "load monitors", err, errlen);
     else if (oom) {

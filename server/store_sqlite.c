@@ -335,7 +335,16 @@ static int sq_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out
     sqlite3_stmt *st;
     out->monitors = NULL;
     out->n = 0;
-    int rc = sq_prepare(db,
+    /* A record whose override someone else changed is garbage: drop it before it can match a
+     * later manual pin by accident and make that pin look like ours (invariant 5). */
+    int rc = sq_exec(db,
+                     "DELETE FROM kumaguard_override WHERE NOT EXISTS (SELECT 1 FROM monitor m"
+                     " WHERE m.id = kumaguard_override.monitor_id"
+                     " AND m.assigned_node IS kumaguard_override.node_id)",
+                     "forget stale override records", err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    rc = sq_prepare(db,
                         "SELECT m.id, m.node_id, m.assigned_node, COALESCE(m.active = 1, 0),"
                         " COALESCE(o.node_id = m.assigned_node, 0)"
                         " FROM monitor m LEFT JOIN kumaguard_override o ON o.monitor_id = m.id"

@@ -394,6 +394,16 @@ static void case_manual_pin(const store_harness *h)
     cr_expect_eq(find_monitor(&set, 8)->ours, 0);
     cr_expect_eq(find_monitor(&set, 7)->ours, 1);
     store_free_monitors(&set);
+    /* The operator moves the pin back to n3, the value kumaguard once wrote.  It is still the
+     * operator's pin: the stale record was dropped when it stopped matching, so a recovery
+     * of n1 can never revert it (invariant 5). */
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 0,
+                 "a record that no longer matches its monitor must be forgotten");
+    h->exec("UPDATE monitor SET assigned_node = 'n3' WHERE id = 8");
+    load_all(s, &tab, &set);
+    cr_expect_eq(find_monitor(&set, 8)->ours, 0, "a re-pin to our old value became ours");
+    cr_expect_eq(find_monitor(&set, 7)->ours, 1);
+    store_free_monitors(&set);
     nametab_free(&tab);
     store_close(s);
 }
