@@ -213,7 +213,12 @@ static char *read_secret_file(const char *path, const char *name, char *err, siz
     }
     char buf[4096];
     size_t n = fread(buf, 1, sizeof buf - 1, f);
+    int read_err = ferror(f) ? errno : 0;
     fclose(f);
+    if (read_err) { /* e.g. a directory where Docker found no file to bind-mount */
+        errf(err, errlen, "%s: cannot read %s: %s", name, path, strerror(read_err));
+        return NULL;
+    }
     buf[n] = 0;
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         buf[--n] = 0;
@@ -384,7 +389,7 @@ int config_load(kg_config *cfg, int argc, char **argv, char **envp, FILE *out, c
         const char *v = env_get(envp, o->env);
         if (o->file_env) {
             const char *path = env_get(envp, o->file_env);
-            if (path && *path && !v) {
+            if (path && *path && (!v || !*v)) {
                 char *s = read_secret_file(path, o->file_env, err, errlen);
                 if (!s)
                     return -1;

@@ -43,6 +43,7 @@ typedef struct {
     node_health h;
     int64_t fail_start_ms;   /* start of the current failure streak, 0 = not failing */
     bool in_db;              /* row seen in the node table */
+    bool synced;             /* persisted node.status applied once (static nodes start early) */
     bool status_dirty;       /* node.status must be written */
     bool last_seen_dirty;
     bool needs_nudge;        /* a reconcile call to this node failed: retry */
@@ -65,6 +66,8 @@ static struct {
 
     kg_store *store;
     bool schema_ready;
+    bool static_upserted;    /* KUMAGUARD_NODES written to the node table */
+    int db_backoff_ms;       /* reconnect back-off, doubles up to 30 s */
     bool db_ok;
     bool db_was_ok;          /* connected at least once (no "back up" event on first connect) */
     char db_error[256];
@@ -92,6 +95,9 @@ static struct {
     int64_t next_refresh_ms;
     int64_t next_revert_ms;    /* earliest next revert batch */
     int64_t next_auto_rebalance_ms;
+    int64_t confirm_since_ms;  /* a node just left online: every node re-probed since then? */
+    int64_t last_lease_ok_ms;
+    int64_t next_prune_ms;
 
     rebalance_op reb;
     kg_rebalance_view reb_view;
@@ -174,12 +180,17 @@ static void db_failed(const char *what, const char *err)
         emit(EV_DB, NULL, "up", "down", 0, 0, "database unavailable during %s: %.120s", what,
              err);
     }
-    C.next_db_retry_ms = now_ms() + 1000;
+    /* back off (1 s doubling to 30 s): each reconnect may block for DB_TIMEOUT */
+    C.db_backoff_ms = C.db_backoff_ms ? C.db_backoff_ms * 2 : 1000;
+    if (C.db_backoff_ms > 30000)
+        C.db_backoff_ms = 30000;
+    C.next_db_retry_ms = now_ms() + C.db_backoff_ms;
     C.dirty = true;
 }
 
 static void db_recovered(void)
 {
+    C.db_backoff_ms = 0;
     if (!C.db_ok) {
         C.db_ok = true;
         C.db_error[0] = 0;
@@ -253,6 +264,11 @@ static bool ensure_db(void)
             return false;
         }
         C.schema_ready = true;
+    } else if (C.store->ops->ping(C.store, err, sizeof err) != STORE_OK) {
+        db_failed("ping", err);
+        return false;
+    }
+    if (!C.static_upserted) {
         for (int i = 0; i < C.cfg->n_static_nodes; i++) {
             const kg_static_node *sn = &C.cfg->static_nodes[i];
             if (C.store->ops->upsert_node(C.store, sn->id, sn->host, err, sizeof err) !=
@@ -261,9 +277,7 @@ static bool ensure_db(void)
                 return false;
             }
         }
-    } else if (C.store->ops->ping(C.store, err, sizeof err) != STORE_OK) {
-        db_failed("ping", err);
-        return false;
+        C.static_upserted = true;
     }
     db_recovered();
     return true;
@@ -281,6 +295,8 @@ static int node_cmp(const void *a, const void *b)
 static ctrl_node *find_node(const char *id)
 {
     ctrl_node key;
+    if (strlen(id) > KG_NODE_ID_MAX) /* would be truncated into another node's id */
+        return NULL;
     snprintf(key.v.id, sizeof key.v.id, "%s", id);
     if (C.n_nodes == 0) /* bsearch must not be handed a NULL array */
         return NULL;
@@ -338,10 +354,35 @@ static void refresh_nodes(int64_t now)
                           node_state_parse(rows[r].status), now);
             if (!cn)
                 continue;
+            cn->synced = true;
             log_info("node %s (%s) discovered, starting %s", cn->v.id, cn->v.host,
                      node_state_name(cn->h.state));
         }
         cn->in_db = true;
+        node_state db_state = node_state_parse(rows[r].status);
+        if (!cn->synced) {
+            /* static nodes were added before the table was read: start them from what was
+             * persisted (maintenance, draining, offline survive a restart) */
+            cn->synced = true;
+            if (cn->v.probes_total == 0) {
+                health_init(&cn->h, db_state, now);
+                cn->v.state = cn->v.prev_state = cn->h.state;
+                cn->v.state_since_ms = now;
+            }
+        }
+        if (!C.leader) {
+            /* Operator states are decided by the leader; a follower mirrors them so that its
+             * nginx stops routing to a node in maintenance too. */
+            bool db_op = db_state == NODE_DRAINING || db_state == NODE_MAINTENANCE;
+            bool mine_op = cn->h.state == NODE_DRAINING || cn->h.state == NODE_MAINTENANCE;
+            if ((db_op && cn->h.state != db_state) || (!db_op && mine_op)) {
+                health_set_operator(&cn->h, db_op ? db_state : NODE_ONLINE, now);
+                cn->v.prev_state = cn->v.state;
+                cn->v.state = cn->h.state;
+                cn->v.state_since_ms = now;
+                C.dirty = true;
+            }
+        }
         cn->v.is_primary = rows[r].is_primary;
         if (rows[r].name[0])
             snprintf(cn->v.name, sizeof cn->v.name, "%s", rows[r].name);
@@ -617,8 +658,35 @@ out:
     free(multi);
 }
 
+/* A node just stopped being online.  Before moving its monitors, every other node gets one
+ * fresh probe (triggered at that moment): if they are failing too, the panic guard engages
+ * first.  Without this, nodes whose probe phases drifted apart would be failed over one by
+ * one during a total outage.  In the common case (one dead node, healthy peers) the peers
+ * answer within milliseconds, so failover is not delayed. */
+static bool confirm_pending(int64_t now)
+{
+    if (!C.confirm_since_ms)
+        return false;
+    if (now >= C.confirm_since_ms + C.cfg->health_timeout_ms + 250) {
+        C.confirm_since_ms = 0; /* some probe hangs: its timeout has passed, go on */
+        return false;
+    }
+    for (int i = 0; i < C.n_nodes; i++) {
+        ctrl_node *cn = &C.nodes[i];
+        if (health_probed(&cn->h) && cn->v.host_valid &&
+            cn->v.last_probe_ms < C.confirm_since_ms)
+            return true;
+    }
+    C.confirm_since_ms = 0;
+    return false;
+}
+
 static void converge(int64_t now)
 {
+    if (confirm_pending(now)) {
+        C.need_converge = true; /* runs again as the confirming probe results arrive */
+        return;
+    }
     C.need_converge = false;
     C.next_converge_ms = now + C.cfg->refresh_interval_ms;
     if (now < C.panic_settle_until_ms) {
@@ -710,10 +778,21 @@ static void reb_step(int64_t now)
         reb_finish("cancelled", C.panic ? "panic guard engaged" : "no longer the leader");
         return;
     }
-    if (!ensure_db())
-        return; /* retry the batch when the database is back */
+    if (!ensure_db()) {
+        /* retry the batch when the database is back, without spinning meanwhile */
+        C.reb.next_batch_ms = C.next_db_retry_ms > now ? C.next_db_retry_ms : now + 1000;
+        return;
+    }
     size_t batch = (size_t)C.cfg->move_batch_size;
     size_t n = C.reb.n - C.reb.done < batch ? C.reb.n - C.reb.done : batch;
+    for (size_t i = C.reb.done; i < C.reb.done + n; i++) {
+        if (!node_state_placeable(state_of(C.reb.moves[i].to))) {
+            /* the plan is stale: a target left since it was made */
+            C.need_converge = true;
+            reb_finish("cancelled", "a target node is no longer online; plan again");
+            return;
+        }
+    }
     store_apply_result res = {0};
     char err[256];
     const char *what = C.reb.kind == EV_FORCE_REBALANCE ? "force-rebalance" : "rebalance";
@@ -726,6 +805,7 @@ static void reb_step(int64_t now)
     }
     if (rc != STORE_OK) {
         db_failed(what, err);
+        C.reb.next_batch_ms = C.next_db_retry_ms > now ? C.next_db_retry_ms : now + 1000;
         return;
     }
     C.reb.done += n;
@@ -796,6 +876,14 @@ static void reb_start(kg_event_kind kind, const char *actor, kg_reply *reply)
     snprintf(C.reb.actor, sizeof C.reb.actor, "%s", actor[0] ? actor : "api");
     r.moves = NULL; /* ownership moved to the operation */
     plan_result_free(&r);
+    if (C.reb.n == 0 && !reply) {
+        /* automatic attempt that cannot improve anything (pins, limits): no event, and wait
+         * longer before the next attempt */
+        free(C.reb.moves);
+        memset(&C.reb, 0, sizeof C.reb);
+        C.next_auto_rebalance_ms = now + 10 * 60000;
+        return;
+    }
     if (C.reb.n == 0) {
         snprintf(C.reb_view.phase, sizeof C.reb_view.phase, "done");
         reb_finish("done", NULL);
@@ -961,6 +1049,10 @@ static void on_probe(const kg_msg *m, int64_t now)
         cn->v.state = t.to;
         cn->v.state_since_ms = now;
         cn->status_dirty = true;
+        if (t.from == NODE_ONLINE) {
+            C.confirm_since_ms = now;
+            prober_trigger_all();
+        }
         emit(EV_STATE_CHANGE, cn->v.id, node_state_name(t.from), node_state_name(t.to), 0, 0,
              "%s: %s -> %s (%s)", cn->v.id, node_state_name(t.from), node_state_name(t.to),
              ok ? "probe ok" : r->reason);
@@ -1074,8 +1166,16 @@ static void handle(kg_msg *m, int64_t now)
 static void renew_lease(int64_t now)
 {
     C.next_lease_ms = now + C.cfg->lease_ttl_ms / 3;
-    if (!ensure_db())
+    if (!ensure_db()) {
+        /* the lease could not be renewed: after a whole lease period another controller may
+         * hold it, so stop claiming to lead (writes were fenced anyway) */
+        if (C.leader && C.cfg->db_host && now - C.last_lease_ok_ms > C.cfg->lease_ttl_ms) {
+            set_role(false, C.generation);
+            emit(EV_LEADER, NULL, "leader", "follower", 0, 0,
+                 "lease not renewed for %d ms (database unavailable)", C.cfg->lease_ttl_ms);
+        }
         return;
+    }
     bool leader = false;
     int64_t gen = 0;
     char err[256];
@@ -1096,6 +1196,7 @@ static void renew_lease(int64_t now)
             C.need_converge = true;
     }
     set_role(leader, gen);
+    C.last_lease_ok_ms = now;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1210,6 +1311,27 @@ static void publish(int64_t now)
 
 static int64_t min_due(int64_t a, int64_t b) { return (b > 0 && b < a) ? b : a; }
 
+/* History retention: events older than this are deleted, hourly, locally and (by the
+ * leader) in the cluster database, so months of flapping cannot fill a disk. */
+#define HISTORY_RETENTION_MS (90LL * 24 * 3600 * 1000)
+
+static void prune_history(int64_t now)
+{
+    C.next_prune_ms = now + 3600 * 1000;
+    int64_t before = now - HISTORY_RETENTION_MS;
+    int n = events_prune(before);
+    if (n > 0)
+        log_info("history: %d local events older than 90 days deleted", n);
+    if (C.leader && C.db_ok && C.store) {
+        char err[256];
+        int rc = C.store->ops->prune_events(C.store, before, err, sizeof err);
+        if (rc == STORE_FENCED)
+            fenced("prune events");
+        else if (rc != STORE_OK)
+            db_failed("prune events", err);
+    }
+}
+
 static void refresh(int64_t now)
 {
     C.next_refresh_ms = now + C.cfg->refresh_interval_ms;
@@ -1244,6 +1366,8 @@ static void *controller_main(void *arg)
         if (C.reb.running)
             due = min_due(due, C.reb.next_batch_ms);
         due = min_due(due, nginx_feed_due_ms(C.feed));
+        if (C.confirm_since_ms)
+            due = min_due(due, C.confirm_since_ms + C.cfg->health_timeout_ms + 260);
         int wait = (int)(due - now);
         kg_msg *m = mailbox_wait(wait < 0 ? 0 : wait);
         /* take everything already queued before acting, so a burst of probe results causes
@@ -1266,6 +1390,8 @@ static void *controller_main(void *arg)
             refresh(now);
         if (now >= C.next_lease_ms)
             renew_lease(now);
+        if (now >= C.next_prune_ms)
+            prune_history(now);
         if (C.db_ok && C.schema_ready) {
             bool any_dirty = false;
             for (int i = 0; i < C.n_nodes && !any_dirty; i++)

@@ -75,6 +75,19 @@ void events_close(void)
 
 int64_t events_last_id(void) { return last_id; }
 
+int events_prune(int64_t before_ms)
+{
+    if (!db)
+        return -1;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "DELETE FROM event WHERE ts_ms < ?", -1, &st, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(st, 1, before_ms);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? sqlite3_changes(db) : -1;
+    sqlite3_finalize(st);
+    return rc;
+}
+
 static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
 {
     if (s && *s)

@@ -18,6 +18,8 @@ int events_open(const char *state_dir, char *err, size_t errlen);
 void events_close(void);
 /* Appends; assigns ev->id if it is 0. Returns 0 or -1. */
 int events_append(kg_event *ev);
+/* Deletes local history older than before_ms; returns rows deleted or -1. */
+int events_prune(int64_t before_ms);
 /* Highest event id stored (so ids keep increasing across restarts). */
 int64_t events_last_id(void);
 /* Reads up to `limit` most recent events (newest last) into out[] for seeding snapshots. */

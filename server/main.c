@@ -74,9 +74,11 @@ int main(int argc, char **argv)
     exit_code = 0;
     api_stop(api);
 stop_controller:
+    /* controller first: it may still ask the prober for a round; the prober's late results
+     * then meet a closed mailbox, which is harmless */
+    controller_stop();
     if (prober_up)
         prober_stop();
-    controller_stop();
 out:
     snapshot_shutdown();
     snapshot_clear();

@@ -78,6 +78,9 @@ typedef struct {
     int (*apply_moves)(kg_store *s, const kg_nametab *tab, const plan_move *moves, size_t n,
                        const char *what, store_apply_result *res, char *err, size_t errlen);
     int (*append_event)(kg_store *s, const kg_event *ev, char *err, size_t errlen);
+    /* Deletes kumaguard_event rows older than before_ms (history retention), at most 10,000
+     * per call so a large backlog never holds a long transaction. */
+    int (*prune_events)(kg_store *s, int64_t before_ms, char *err, size_t errlen);
     /* Leader lease.  Sets *leader and *generation (a new, larger generation each time this
      * instance newly becomes leader).  SQLite: always leader, generation 1. */
     int (*lease)(kg_store *s, const char *instance_id, int ttl_ms, bool *leader,

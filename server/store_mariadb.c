@@ -963,6 +963,25 @@ static int my_append_event(kg_store *s, const kg_event *ev, char *err, size_t er
     return run_op(s, op_append_event, (void *)ev, err, errlen);
 }
 
+static int op_prune_events(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    int rc = begin_write(s, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    binds bs;
+    binds_reset(&bs);
+    bind_i64(&bs, *(const int64_t *)arg);
+    rc = stmt_once(m, "DELETE FROM kumaguard_event WHERE ts < FROM_UNIXTIME(? / 1000) LIMIT 10000",
+                   &bs, "prune events", err, errlen);
+    return my_end(m, rc, err, errlen);
+}
+
+static int my_prune_events(kg_store *s, int64_t before_ms, char *err, size_t errlen)
+{
+    return run_op(s, op_prune_events, &before_ms, err, errlen);
+}
+
 /* ---- lease ------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -1115,6 +1134,7 @@ static const kg_store_ops mariadb_ops = {
     .load_monitors = my_load_monitors,
     .apply_moves = my_apply_moves,
     .append_event = my_append_event,
+    .prune_events = my_prune_events,
     .lease = my_lease,
 };
 

@@ -537,6 +537,28 @@ static int sq_append_event(kg_store *s, const kg_event *ev, char *err, size_t er
     return sq_end(db, rc, err, errlen);
 }
 
+static int sq_prune_events(kg_store *s, int64_t before_ms, char *err, size_t errlen)
+{
+    sqlite3 *db = db_of(s);
+    int rc = sq_begin(db, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    rc = fence_check(s, err, errlen);
+    sqlite3_stmt *st = NULL;
+    if (rc == STORE_OK)
+        rc = sq_prepare(db,
+                        "DELETE FROM kumaguard_event WHERE id IN (SELECT id FROM kumaguard_event"
+                        " WHERE ts < strftime('%Y-%m-%d %H:%M:%f', ?1 / 1000.0, 'unixepoch')"
+                        " LIMIT 10000)",
+                        &st, "prune events", err, errlen);
+    if (rc == STORE_OK) {
+        sqlite3_bind_int64(st, 1, before_ms);
+        rc = sq_step_done(db, st, "prune events", err, errlen);
+    }
+    sqlite3_finalize(st);
+    return sq_end(db, rc, err, errlen);
+}
+
 static int sq_lease(kg_store *s, const char *instance_id, int ttl_ms, bool *leader,
                     int64_t *generation, char *err, size_t errlen)
 {
@@ -592,6 +614,7 @@ static const kg_store_ops sqlite_ops = {
     .load_monitors = sq_load_monitors,
     .apply_moves = sq_apply_moves,
     .append_event = sq_append_event,
+    .prune_events = sq_prune_events,
     .lease = sq_lease,
 };
 

@@ -6,6 +6,7 @@ monitor is lost or doubled at any point; the nodes that got monitors are told to
 
 import collections
 import json
+import time
 
 from kg_harness import (Kumaguard, effective_counts, monitors, node_status, seed_monitors,
                         wait_until)
@@ -167,3 +168,54 @@ def test_adoption_gives_homeless_monitors_a_home(tmp_path, cluster, procs):
     assert set(counts) == {"node1", "node2", "node3"} and max(counts.values()) == 10, counts
     assert all(rows[i][1] is None for i in range(100, 105)), "inactive monitors were adopted"
     kg.stop()
+
+
+def _state(kg, node_id):
+    return api_node(kg, node_id)["state"]
+
+
+def test_total_outage_with_drifted_probe_phases_moves_nothing(tmp_path, cluster, procs):
+    """Regression (review H1): with per-node probe phases drifted apart, a total outage used to
+    fail the first node over before the panic guard saw the others fail.  A node leaving
+    online now triggers a probe of every node before anything moves."""
+    nodes, kg = start_cluster(tmp_path, cluster, procs, extra=[
+        "--health-interval", "3s", "--health-fast-interval", "100ms"])
+    seed_monitors(cluster, ["node1", "node2", "node3"] * 30)
+    assert kg.post("/api/update-loads")[0] == 200
+    before = monitors(cluster)
+    for k in (0, 1):  # short blips shift node1's and node2's probe phases
+        nodes[k].set_mode("503")
+        wait_until(lambda: _state(kg, nodes[k].node_id) == "suspect", timeout=8, interval=0.01,
+                   what="blip")
+        nodes[k].set_mode("healthy")
+        wait_until(lambda: _state(kg, nodes[k].node_id) == "online", timeout=8, interval=0.01,
+                   what="blip over")
+        time.sleep(1.0 - 0.1 * k)  # about a second between the phases
+    for n in nodes:  # then every node fails at the same instant
+        n.set_mode("503")
+    wait_until(lambda: kg.get_json("/api/fault-detection-status")["panic"] is True, timeout=10,
+               what="panic guard")
+    wait_until(lambda: all(_state(kg, n.node_id) == "offline" for n in nodes), timeout=15,
+               what="all offline")
+    assert monitors(cluster) == before, "monitors moved during a total outage"
+    kg.stop()
+
+
+def test_operator_states_of_static_nodes_survive_a_restart(tmp_path, cluster, procs):
+    """Regression (review H2): static nodes started as online and overwrote maintenance."""
+    nodes, kg = start_cluster(tmp_path, cluster, procs)
+    assert kg.post("/api/nodes/node2/maintenance")[0] == 200
+    assert kg.post("/api/nodes/node3/drain")[0] == 200
+    wait_until(lambda: node_status(cluster)["node2"] == "maintenance" and
+               node_status(cluster)["node3"] == "draining", what="operator states written")
+    kg.stop()
+    kg2 = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST, name="kg2")
+    procs.append(kg2)
+    wait_until(lambda: _state(kg2, "node2") == "maintenance" and
+               _state(kg2, "node3") == "draining", timeout=10, what="states restored")
+    time.sleep(1.5)  # several probe rounds and refreshes
+    assert node_status(cluster)["node2"] == "maintenance"
+    assert node_status(cluster)["node3"] == "draining"
+    assert kg2.post("/api/nodes/node2/enable")[0] == 200
+    wait_until(lambda: node_status(cluster)["node2"] == "online", timeout=10, what="enabled")
+    kg2.stop()

@@ -481,6 +481,11 @@ static void case_events(const store_harness *h)
     expect_str(h, "SELECT kind FROM kumaguard_event WHERE count = 0", "leader");
     expect_str(h, "SELECT node FROM kumaguard_event WHERE count = 0", "(null)");
     cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_event WHERE ts IS NULL"), 0);
+    /* retention: everything older than the cut goes, the recent event stays */
+    cr_assert_eq(s->ops->prune_events(s, 1700000000124LL, err, sizeof(err)), STORE_OK, "%s",
+                 err);
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_event"), 1);
+    expect_str(h, "SELECT kind FROM kumaguard_event", "leader");
     store_close(s);
 }
 
