@@ -114,6 +114,7 @@ static struct {
     int64_t lat_count;
 
     bool dirty;              /* something visible changed: publish */
+    int64_t last_wall_ms, last_mono_ms; /* clock-step detection */
 } C;
 
 static int64_t now_ms(void)
@@ -121,6 +122,37 @@ static int64_t now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The controller keeps its timers in wall-clock milliseconds, because the same values are
+ * shown and stored.  A step of the wall clock (NTP at boot, a VM restored from a snapshot)
+ * would then stall every timer or fire them all; this moves every deadline and "since" by
+ * the step, measured against the monotonic clock, so durations stay true. */
+static void compensate_clock_step(int64_t now)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t mono = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    int64_t step = C.last_mono_ms ? now - (C.last_wall_ms + (mono - C.last_mono_ms)) : 0;
+    C.last_wall_ms = now;
+    C.last_mono_ms = mono;
+    if (step > -2000 && step < 2000)
+        return;
+    log_warn("wall clock stepped by %lld ms: shifting timers", (long long)step);
+    int64_t *timers[] = {&C.next_refresh_ms, &C.next_lease_ms, &C.next_converge_ms,
+                         &C.next_revert_ms, &C.next_db_retry_ms, &C.reb.next_batch_ms,
+                         &C.next_auto_rebalance_ms, &C.confirm_since_ms,
+                         &C.panic_settle_until_ms, &C.last_lease_ok_ms, &C.next_prune_ms,
+                         &C.reb.started_ms};
+    for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
+        if (*timers[i])
+            *timers[i] += step;
+    for (int i = 0; i < C.n_nodes; i++) {
+        ctrl_node *cn = &C.nodes[i];
+        cn->h.state_since_ms += step;
+        if (cn->fail_start_ms)
+            cn->fail_start_ms += step;
+    }
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1359,6 +1391,7 @@ static void *controller_main(void *arg)
     bool stop = false;
     while (!stop) {
         now = now_ms();
+        compensate_clock_step(now);
         int64_t due = now + 1000;
         due = min_due(due, C.next_refresh_ms);
         due = min_due(due, C.next_lease_ms);

@@ -11,13 +11,26 @@
 #include <time.h>
 
 static pthread_mutex_t mb_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t mb_cond = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t mb_cond;
+static pthread_once_t mb_once = PTHREAD_ONCE_INIT;
+
+/* Timed waits use CLOCK_MONOTONIC so a wall-clock step cannot stretch or cut a wait. */
+static void cond_init_monotonic(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static void mb_init(void) { cond_init_monotonic(&mb_cond); }
 static kg_msg *head, *tail;
 static bool closed;
 
 static void deadline_after(struct timespec *ts, int timeout_ms)
 {
-    clock_gettime(CLOCK_REALTIME, ts);
+    clock_gettime(CLOCK_MONOTONIC, ts);
     ts->tv_sec += timeout_ms / 1000;
     ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
     if (ts->tv_nsec >= 1000000000L) {
@@ -28,6 +41,7 @@ static void deadline_after(struct timespec *ts, int timeout_ms)
 
 int mailbox_post(const kg_msg *m)
 {
+    pthread_once(&mb_once, mb_init);
     kg_msg *copy = malloc(sizeof *copy);
     if (!copy)
         return -1;
@@ -56,6 +70,7 @@ int mailbox_post(const kg_msg *m)
 
 kg_msg *mailbox_wait(int timeout_ms)
 {
+    pthread_once(&mb_once, mb_init);
     struct timespec deadline;
     deadline_after(&deadline, timeout_ms < 0 ? 0 : timeout_ms);
     pthread_mutex_lock(&mb_lock);
@@ -85,6 +100,7 @@ void mailbox_free(kg_msg *m)
 
 void mailbox_shutdown(void)
 {
+    pthread_once(&mb_once, mb_init);
     pthread_mutex_lock(&mb_lock);
     closed = true;
     pthread_cond_broadcast(&mb_cond);
@@ -112,7 +128,7 @@ kg_reply *reply_new(void)
     if (!r)
         return NULL;
     pthread_mutex_init(&r->lock, NULL);
-    pthread_cond_init(&r->cond, NULL);
+    cond_init_monotonic(&r->cond);
     r->refs = 1;
     return r;
 }

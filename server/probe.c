@@ -55,10 +55,12 @@ static struct {
     uint64_t rng;
 } P;
 
+/* The schedule runs on the monotonic clock: a wall-clock step (NTP at boot, a VM restored
+ * from a snapshot) must neither stop probing nor probe in a burst. */
 static int64_t now_ms(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 

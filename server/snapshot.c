@@ -13,7 +13,18 @@
 const double kg_latency_bucket_bounds[10] = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000};
 
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t snap_cond = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t snap_cond;
+static pthread_once_t snap_once = PTHREAD_ONCE_INIT;
+
+/* Timed waits use CLOCK_MONOTONIC so a wall-clock step cannot stretch a wait. */
+static void snap_init(void)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&snap_cond, &a);
+    pthread_condattr_destroy(&a);
+}
 static kg_snapshot *current;
 static bool shutting_down;
 
@@ -73,6 +84,7 @@ void snapshot_release(kg_snapshot *s)
 
 void snapshot_publish(kg_snapshot *s)
 {
+    pthread_once(&snap_once, snap_init);
     pthread_mutex_lock(&snap_lock);
     kg_snapshot *old = current;
     s->seq = old ? old->seq + 1 : 1;
@@ -94,8 +106,9 @@ kg_snapshot *snapshot_acquire(void)
 
 kg_snapshot *snapshot_wait_newer(uint64_t after_seq, int timeout_ms)
 {
+    pthread_once(&snap_once, snap_init);
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
     deadline.tv_sec += timeout_ms / 1000;
     deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
     if (deadline.tv_nsec >= 1000000000L) {
@@ -118,6 +131,7 @@ kg_snapshot *snapshot_wait_newer(uint64_t after_seq, int timeout_ms)
 
 void snapshot_shutdown(void)
 {
+    pthread_once(&snap_once, snap_init);
     pthread_mutex_lock(&snap_lock);
     shutting_down = true;
     pthread_cond_broadcast(&snap_cond);
