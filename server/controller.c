@@ -47,6 +47,7 @@ typedef struct {
     bool status_dirty;       /* node.status must be written */
     bool last_seen_dirty;
     bool needs_nudge;        /* a reconcile call to this node failed: retry */
+    int nudge_failures;      /* consecutive failed nudges (retries stop after a few) */
 } ctrl_node;
 
 typedef struct {
@@ -419,8 +420,13 @@ static void refresh_nodes(int64_t now)
         if (rows[r].name[0])
             snprintf(cn->v.name, sizeof cn->v.name, "%s", rows[r].name);
         if (strcmp(cn->v.host, rows[r].host) != 0) {
-            snprintf(cn->v.host, sizeof cn->v.host, "%s", rows[r].host);
-            C.dirty = true;
+            if (is_static(cn->v.id)) {
+                /* the configuration wins over what a restarting node registered */
+                C.static_upserted = false;
+            } else {
+                snprintf(cn->v.host, sizeof cn->v.host, "%s", rows[r].host);
+                C.dirty = true;
+            }
         }
         char herr[64] = "";
         bool valid = hostcheck_valid(cn->v.host, herr, sizeof herr) &&
@@ -577,8 +583,12 @@ static void nudge(const bool *changed, int n_changed)
                 log_warn("reconcile nudge to %s failed: %s (will retry)", t[k].node,
                          t[k].error);
             }
-            if (cn)
-                cn->needs_nudge = !t[k].ok;
+            if (cn) {
+                /* A node re-reads its assignments every minute anyway: after a few failed
+                 * retries (wrong key, old node version) stop insisting. */
+                cn->nudge_failures = t[k].ok ? 0 : cn->nudge_failures + 1;
+                cn->needs_nudge = !t[k].ok && cn->nudge_failures < 4;
+            }
         }
         C.dirty = true;
     }
@@ -724,6 +734,12 @@ static void converge(int64_t now)
     if (now < C.panic_settle_until_ms) {
         C.next_converge_ms = C.panic_settle_until_ms;
         return;
+    }
+    /* wake up when a recovered node's hold-down ends, not a refresh interval later */
+    for (int i = 0; i < C.n_nodes; i++) {
+        int64_t end = C.nodes[i].h.state_since_ms + C.cfg->recovery_hold_down_ms;
+        if (C.nodes[i].h.state == NODE_ONLINE && end > now && end < C.next_converge_ms)
+            C.next_converge_ms = end;
     }
     if (!C.leader || C.panic || !ensure_db())
         return;
