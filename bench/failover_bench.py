@@ -37,7 +37,7 @@ def one_run(tmp, server, run):
     nodes = [Kumasim("node%d" % i, api_key=KEY) for i in (1, 2, 3)]
     kg = Kumaguard(tmp, cluster, nodes=nodes, api_key=KEY, name="kg%d" % run, extra=[
         "--health-interval", "1s", "--health-fast-interval", "250ms", "--health-timeout",
-        "500ms", "--fall", "3", "--log-level", "debug"])
+        "500ms", "--fall", "3", "--log-level", "info"])
     try:
         wait_until(cluster.schema_ready, what="schema")
         rows = [(i, "m%d" % i, 1, 1, "node%d" % ((i % 3) + 1)) for i in range(1, 3001)]

@@ -1099,7 +1099,7 @@ static void on_probe(const kg_msg *m, int64_t now)
         cn->status_dirty = true;
         if (t.from == NODE_ONLINE) {
             C.confirm_since_ms = now;
-            prober_trigger_all();
+            prober_trigger_others(cn->v.id);
         }
         emit(EV_STATE_CHANGE, cn->v.id, node_state_name(t.from), node_state_name(t.to), 0, 0,
              "%s: %s -> %s (%s)", cn->v.id, node_state_name(t.from), node_state_name(t.to),

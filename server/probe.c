@@ -52,11 +52,14 @@ static struct {
     bool started;
     atomic_bool stop;
     atomic_bool trigger_all;
+    char trigger_except[KG_NODE_ID_MAX + 1];
     uint64_t rng;
 } P;
 
 /* The schedule runs on the monotonic clock: a wall-clock step (NTP at boot, a VM restored
  * from a snapshot) must neither stop probing nor probe in a burst. */
+static pthread_mutex_t except_lock = PTHREAD_MUTEX_INITIALIZER; /* guards P.trigger_except */
+
 static int64_t now_ms(void)
 {
     struct timespec ts;
@@ -280,9 +283,17 @@ static void *prober_main(void *arg)
         int64_t now = now_ms();
         sync_targets(s, now);
         bool all = atomic_exchange(&P.trigger_all, false);
+        char except[KG_NODE_ID_MAX + 1] = "";
+        if (all) {
+            pthread_mutex_lock(&except_lock);
+            memcpy(except, P.trigger_except, sizeof except);
+            P.trigger_except[0] = 0;
+            pthread_mutex_unlock(&except_lock);
+        }
         for (int i = 0; i < P.n_targets; i++) {
             target *t = P.targets[i];
-            if (!t->in_flight && (all || t->next_due_ms <= now))
+            bool triggered = all && strcmp(t->id, except) != 0;
+            if (!t->in_flight && (triggered || t->next_due_ms <= now))
                 start_probe(t, now);
         }
         int running = 0;
@@ -329,8 +340,21 @@ int prober_start(const kg_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+void prober_trigger_others(const char *node)
+{
+    pthread_mutex_lock(&except_lock);
+    snprintf(P.trigger_except, sizeof P.trigger_except, "%s", node ? node : "");
+    pthread_mutex_unlock(&except_lock);
+    atomic_store(&P.trigger_all, true);
+    if (P.multi)
+        curl_multi_wakeup(P.multi);
+}
+
 void prober_trigger_all(void)
 {
+    pthread_mutex_lock(&except_lock);
+    P.trigger_except[0] = 0;
+    pthread_mutex_unlock(&except_lock);
     atomic_store(&P.trigger_all, true);
     if (P.multi)
         curl_multi_wakeup(P.multi);

@@ -17,6 +17,9 @@
 int prober_start(const kg_config *cfg, char *err, size_t errlen);
 /* Probe every node now (trigger-health-check). Any thread. */
 void prober_trigger_all(void);
+/* Probe every node now except `node` (which stays on its own fast schedule, so `fall`
+ * failures keep their spacing).  Used to confirm a failure against the other nodes. */
+void prober_trigger_others(const char *node);
 void prober_stop(void);
 
 /* Pure classification of one finished request (exposed for tests). curl_code is a CURLcode;
