@@ -23,81 +23,21 @@
 #include "config.h"
 #include "nametab.h"
 #include "store.h"
+#include "mariadb_server.h"
 #include "store_cases.h"
 
 /* ---- the throwaway server (runner process) --------------------------------------------- */
 
-static void script_path(char *buf, size_t len)
-{
-    const char *src = getenv("KG_SOURCE_DIR");
-    if (src && src[0]) {
-        snprintf(buf, len, "%s/scripts/mariadb-test-server.sh", src);
-        return;
-    }
-    char here[512]; /* run by hand: this file is <src>/tests/unit/ */
-    snprintf(here, sizeof(here), "%s", __FILE__);
-    snprintf(buf, len, "%s/../../scripts/mariadb-test-server.sh", dirname(here));
-}
-
-static bool port_is_free(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    close(fd);
-    return ok;
-}
-
-static int server_cmd(const char *verb, const char *dir, int port)
-{
-    char script[600], cmd[1400];
-    script_path(script, sizeof(script));
-    if (port > 0)
-        snprintf(cmd, sizeof(cmd), "'%s' %s '%s' %d", script, verb, dir, port);
-    else
-        snprintf(cmd, sizeof(cmd), "'%s' %s '%s'", script, verb, dir);
-    return system(cmd);
-}
-
 ReportHook(PRE_ALL)(struct criterion_test_set *set)
 {
     (void)set;
-    char dir[256];
-    snprintf(dir, sizeof(dir), "%s/kg-store-mariadb.XXXXXX",
-             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(dir)) {
-        setenv("KG_TEST_MDB_ERROR", "mkdtemp failed", 1);
-        return;
-    }
-    int port = 0;
-    for (int i = 0; i < 200 && !port; i++) {
-        int p = 20000 + (int)((getpid() + i * 97) % 20000);
-        if (port_is_free(p))
-            port = p;
-    }
-    char buf[32];
-    snprintf(buf, sizeof(buf), "%d", port);
-    setenv("KG_TEST_MDB_DIR", dir, 1);
-    setenv("KG_TEST_MDB_PORT", buf, 1);
-    if (!port || server_cmd("start", dir, port) != 0)
-        setenv("KG_TEST_MDB_ERROR", "scripts/mariadb-test-server.sh start failed (see stderr)",
-               1);
+    mdb_start("KG_TEST_MDB", "kg-store-mariadb", 20000);
 }
 
 ReportHook(POST_ALL)(struct criterion_global_stats *stats)
 {
     (void)stats;
-    const char *dir = getenv("KG_TEST_MDB_DIR");
-    if (!dir)
-        return;
-    server_cmd("stop", dir, 0);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
+    mdb_stop("KG_TEST_MDB");
 }
 
 /* ---- per test (worker process) ------------------------------------------------------------ */
@@ -369,7 +309,7 @@ Test(mariadb, server_stopped_midway_gives_errors_then_recovers)
     g_raw = NULL;
     const char *dir = getenv("KG_TEST_MDB_DIR");
     int port = atoi(getenv("KG_TEST_MDB_PORT"));
-    cr_assert_eq(server_cmd("stop", dir, 0), 0);
+    cr_assert_eq(mdb_server_cmd("stop", dir, 0), 0);
 
     kg_nametab tab;
     nametab_init(&tab);
@@ -384,7 +324,7 @@ Test(mariadb, server_stopped_midway_gives_errors_then_recovers)
     cr_expect_eq(s->ops->ping(s, err, sizeof(err)), STORE_ERROR);
     cr_expect(strstr(err, "kumapw") == NULL, "password leaked: %s", err);
 
-    cr_assert_eq(server_cmd("start", dir, port), 0, "restart failed");
+    cr_assert_eq(mdb_server_cmd("start", dir, port), 0, "restart failed");
     g_raw = raw_connect();
     cr_expect_eq(s->ops->load_monitors(s, &tab, &set, err, sizeof(err)), STORE_OK, "%s", err);
     cr_expect_eq(set.n, 8, "data survived the restart");

@@ -45,6 +45,7 @@
 #include "assign.h"
 #include "config.h"
 #include "nametab.h"
+#include "mariadb_server.h"
 #include "store.h"
 
 #define ERRLEN 512
@@ -138,85 +139,16 @@ static void sql_lit(const char *name, char *buf, size_t len)
 /* The throwaway MariaDB server (runner process)                                            */
 /* ======================================================================================== */
 
-static void script_path(char *buf, size_t len)
-{
-    const char *src = getenv("KG_SOURCE_DIR");
-    if (src && src[0]) {
-        snprintf(buf, len, "%s/scripts/mariadb-test-server.sh", src);
-        return;
-    }
-    char here[512]; /* run by hand: this file is <src>/tests/unit/ */
-    snprintf(here, sizeof(here), "%s", __FILE__);
-    snprintf(buf, len, "%s/../../scripts/mariadb-test-server.sh", dirname(here));
-}
-
-static bool port_is_free(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return false;
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    close(fd);
-    return ok;
-}
-
-static int server_cmd(const char *verb, const char *dir, int port)
-{
-    char script[600], cmd[1400];
-    script_path(script, sizeof(script));
-    if (port > 0)
-        snprintf(cmd, sizeof(cmd), "'%s' %s '%s' %d", script, verb, dir, port);
-    else
-        snprintf(cmd, sizeof(cmd), "'%s' %s '%s'", script, verb, dir);
-    return system(cmd);
-}
-
-/* A port that was free when checked can be taken before mariadbd binds it (other test
- * executables pick ports too): up to three attempts, each on another free port. */
 ReportHook(PRE_ALL)(struct criterion_test_set *set)
 {
     (void)set;
-    char dir[256];
-    snprintf(dir, sizeof(dir), "%s/kg-store-replay.XXXXXX",
-             getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(dir)) {
-        setenv("KG_REPLAY_MDB_ERROR", "mkdtemp failed", 1);
-        return;
-    }
-    setenv("KG_REPLAY_MDB_DIR", dir, 1);
-    int started = 0;
-    for (int attempt = 0; attempt < 3 && !started; attempt++) {
-        int port = 0;
-        for (int i = 0; i < 200 && !port; i++) {
-            int p = 40000 + (int)((getpid() * 31 + attempt * 4099 + i * 101) % 20000);
-            if (port_is_free(p))
-                port = p;
-        }
-        if (port && server_cmd("start", dir, port) == 0) {
-            char buf[32];
-            snprintf(buf, sizeof(buf), "%d", port);
-            setenv("KG_REPLAY_MDB_PORT", buf, 1);
-            started = 1;
-        }
-    }
-    if (!started)
-        setenv("KG_REPLAY_MDB_ERROR", "scripts/mariadb-test-server.sh start failed (see stderr)",
-               1);
+    mdb_start("KG_REPLAY_MDB", "kg-store-replay", 40000);
 }
 
 ReportHook(POST_ALL)(struct criterion_global_stats *stats)
 {
     (void)stats;
-    const char *dir = getenv("KG_REPLAY_MDB_DIR");
-    if (!dir)
-        return;
-    server_cmd("stop", dir, 0);
-    char cmd[400];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
+    mdb_stop("KG_REPLAY_MDB");
 }
 
 /* ======================================================================================== */
