@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -210,11 +211,58 @@ static bool is_proxied(struct MHD_Connection *c)
     return false;
 }
 
+/* Host names a browser would send for this machine itself: an IP literal or localhost. */
+static bool host_is_local(const char *host)
+{
+    char h[256];
+    snprintf(h, sizeof h, "%s", host);
+    char *end = h[0] == '[' ? strchr(h, ']') : strrchr(h, ':');
+    if (h[0] == '[') {
+        if (!end)
+            return false;
+        *end = 0;
+        memmove(h, h + 1, strlen(h));
+    } else if (end) {
+        *end = 0;
+    }
+    if (strcasecmp(h, "localhost") == 0)
+        return true;
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
+}
+
+/* A page on another site can make a browser POST to a kumaguard on localhost (a form, a
+ * no-cors fetch) and, by DNS rebinding, even read the answers.  Browsers say where a request
+ * comes from: refuse what they mark cross-site, an Origin that is not this Host, and —
+ * without a token, where the loopback peer is all that authenticates — a Host that is not an
+ * address or localhost (a rebinding page has its own domain name there). */
+static bool is_cross_site(struct MHD_Connection *c, bool token_set)
+{
+    const char *sfs = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Sec-Fetch-Site");
+    if (sfs && strcmp(sfs, "same-origin") != 0 && strcmp(sfs, "none") != 0)
+        return true;
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    if (origin) {
+        const char *o = strstr(origin, "://");
+        o = o ? o + 3 : origin;
+        if (!host || strcasecmp(o, host) != 0)
+            return true;
+    }
+    return !token_set && host && !host_is_local(host);
+}
+
 /* 0 when allowed, else the HTTP status to answer (401/403) with error and detail. */
 static unsigned check_auth(const kg_api *a, struct MHD_Connection *c, const char **error,
                            const char **detail)
 {
     const char *token = a->cfg->api_token;
+    if (is_cross_site(c, token && *token)) {
+        *error = "cross_site";
+        *detail = "refused: the request comes from another site (Origin, Sec-Fetch-Site or "
+                  "Host do not match this server)";
+        return MHD_HTTP_FORBIDDEN;
+    }
     if (token && *token) {
         const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                     MHD_HTTP_HEADER_AUTHORIZATION);

@@ -44,7 +44,7 @@ static const route_def routes[] = {
     {"/api/health-status", API_R_HEALTH_STATUS, M_READ, F_LB_ALIAS},
     {"/api/failover-history", API_R_FAILOVER_HISTORY, M_READ, F_LB_ALIAS},
     {"/api/events", API_R_EVENTS, M_READ, F_LB_ALIAS},
-    {"/api/debug-config", API_R_DEBUG_CONFIG, M_READ, F_LB_ALIAS},
+    {"/api/debug-config", API_R_DEBUG_CONFIG, M_READ, F_LB_ALIAS | F_AUTH},
     {"/api/debug-logs", API_R_DEBUG_LOGS, M_READ, F_LB_ALIAS | F_AUTH},
     {"/api/update-loads", API_R_UPDATE_LOADS, API_M_POST, F_LB_ALIAS | F_AUTH},
     {"/api/trigger-health-check", API_R_TRIGGER_HEALTH_CHECK, API_M_POST, F_LB_ALIAS | F_AUTH},

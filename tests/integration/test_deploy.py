@@ -362,6 +362,8 @@ def test_entrypoint_runs_nginx_and_kumaguard_against_mariadb(tmp_path, kuma_db, 
 
     # the secrets came from their files and are not shown
     status, _, raw = dep.get("/api/debug-config")
+    assert status == 401, "debug-config names hosts and users: it needs the token"
+    status, _, raw = dep.get("/api/debug-config", headers={"Authorization": "Bearer " + TOKEN})
     assert status == 200
     config = json.loads(raw)
     for var in ("DB_PASSWORD", "KUMAGUARD_API_TOKEN", "KUMA_API_KEY"):
@@ -474,7 +476,8 @@ def test_runs_unprivileged_like_the_image(procs, deployments):
         os.chmod(empty_key, 0o644)
         dep = Deployment(d, {"KUMAGUARD_NODES": ",".join("%s=%s" % (n.node_id, n.address)
                                                          for n in nodes),
-                             "KUMA_API_KEY_FILE": empty_key}, run_as=run_as)
+                             "KUMA_API_KEY_FILE": empty_key,
+                             "KUMAGUARD_API_TOKEN": TOKEN}, run_as=run_as)
         deployments.append(dep)
         nginx_pid, kg_pid = dep.nginx_pid(), dep.kumaguard_pid()
         assert _uid(nginx_pid) == expected_uid and _uid(kg_pid) == expected_uid
@@ -491,7 +494,10 @@ def test_runs_unprivileged_like_the_image(procs, deployments):
         dep.settle()
         assert [_uid(pid) for pid, _ in _children(nginx_pid)] == [expected_uid]
         assert "reconcile nudges are off" in dep.read_log()
-        config = dep.get_json("/api/debug-config")
+        status, _, raw = dep.get("/api/debug-config",
+                                 headers={"Authorization": "Bearer " + TOKEN})
+        assert status == 200, raw[:300]
+        config = json.loads(raw)
         assert "KUMA_API_KEY" in config and config["KUMA_API_KEY"] is None
         assert dep.stop() == 0, dep.read_log()[-4000:]
         wait_until(lambda: not _group_alive(dep.pgid), timeout=5, what="deployment gone")

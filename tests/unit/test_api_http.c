@@ -539,6 +539,10 @@ Test(http_open, debug_config_redacts_secrets)
 Test(http_token, debug_config_never_shows_the_token)
 {
     resp_t r = http("GET", "/api/debug-config", NULL, NULL);
+    assert_error(&r, 401, "unauthorized"); /* it names hosts, users and commands */
+    resp_free(&r);
+    const char *right[] = {"Authorization: Bearer " TOKEN, NULL};
+    r = http("GET", "/api/debug-config", NULL, right);
     cr_assert_eq(r.status, 200);
     cr_assert_null(strstr(r.body, TOKEN));
     cr_assert_not_null(strstr(r.body, "(redacted)"));
@@ -704,6 +708,38 @@ Test(http_token, token_rules)
     const char *right_xff[] = {"Authorization: Bearer " TOKEN, "X-Forwarded-For: 203.0.113.9",
                                NULL};
     r = http("POST", "/api/update-loads", "", right_xff);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    resp_free(&r);
+}
+
+/* A page on another site can make a browser send these (a form, a no-cors fetch, a DNS
+ * rebinding page); without a token the loopback peer alone would have authorized them. */
+Test(http_open, cross_site_browser_requests_cannot_act)
+{
+    const char *cross[][3] = {
+        {"Origin: http://evil.example", "Content-Type: text/plain", NULL},
+        {"Sec-Fetch-Site: cross-site", NULL, NULL},
+        {"Sec-Fetch-Site: same-site", NULL, NULL},
+        {"Origin: null", NULL, NULL},
+        {"Host: rebind.attacker.example", NULL, NULL},
+    };
+    for (size_t i = 0; i < sizeof cross / sizeof cross[0]; i++) {
+        resp_t r = http("POST", "/api/force-rebalance-all",
+                        "{\"confirm\":\"force-rebalance-all\"}", cross[i]);
+        assert_error(&r, 403, "cross_site");
+        resp_free(&r);
+    }
+    resp_t r = http("GET", "/api/debug-logs", NULL, cross[4]);
+    assert_error(&r, 403, "cross_site");
+    resp_free(&r);
+    cr_assert_eq(controller_calls(), 0);
+    /* the dashboard itself (same origin) and curl (no browser headers) still work */
+    const char *same[] = {"Sec-Fetch-Site: same-origin", "Host: localhost:8080",
+                          "Origin: http://localhost:8080", NULL};
+    r = http("POST", "/api/trigger-health-check", "", same);
+    cr_assert_eq(r.status, 202, "%s", r.body);
+    resp_free(&r);
+    r = http("POST", "/api/trigger-health-check", "", NULL);
     cr_assert_eq(r.status, 202, "%s", r.body);
     resp_free(&r);
 }

@@ -47,7 +47,7 @@ Test(api_route, actions_are_post_only_and_authenticated)
     cr_assert(m.needs_auth);
     cr_assert(api_route_is_action(m.id));
     cr_assert(route("GET", "/api/debug-logs").needs_auth);
-    cr_assert_not(route("GET", "/api/debug-config").needs_auth);
+    cr_assert(route("GET", "/api/debug-config").needs_auth);
     cr_assert_not(route("POST", "/lb/set-fixed-node").needs_auth);
     m = route("PUT", "/api/system-status");
     cr_assert_eq(m.status, 405);
