@@ -22,7 +22,7 @@
 typedef enum { NK_LIST, NK_BOOL, NK_ITEM_VALUE, NK_VALUE } name_kind;
 
 typedef enum {
-    NM_NODES, NM_ROUTABLE, NM_CLUSTER, NM_FALLBACK, NM_ID, NM_HOST,
+    NM_NODES, NM_ROUTABLE, NM_CLUSTER, NM_FALLBACK, NM_ID, NM_HOST, NM_MAP_KEY,
     NM_CLUSTER_COUNT, NM_ROUTABLE_COUNT, NM_NODE_COUNT, NM_REJECTED_COUNT, NM_COUNT
 } name_id;
 
@@ -36,6 +36,7 @@ static const struct {
     [NM_FALLBACK] = {"fallback", NK_BOOL},
     [NM_ID] = {"id", NK_ITEM_VALUE},
     [NM_HOST] = {"host", NK_ITEM_VALUE},
+    [NM_MAP_KEY] = {"map_key", NK_ITEM_VALUE},
     [NM_CLUSTER_COUNT] = {"cluster_count", NK_VALUE},
     [NM_ROUTABLE_COUNT] = {"routable_count", NK_VALUE},
     [NM_NODE_COUNT] = {"node_count", NK_VALUE},
@@ -442,6 +443,16 @@ static void render_range(outbuf *o, const tok_list *l, int from, int to, const l
             /* id and host passed hostcheck in build_lists; the tokenizer guarantees an item */
             case NM_ID: out_put(o, item->id, strlen(item->id)); break;
             case NM_HOST: out_put(o, item->host, strlen(item->host)); break;
+            case NM_MAP_KEY:
+                /* The id as a map key.  `map` reads default, hostnames, include and volatile
+                 * as its own parameters unless they start with a backslash (which nginx then
+                 * strips); the backslash must not precede other ids, where "\n..." would be
+                 * read as a newline escape. */
+                if (!strcmp(item->id, "default") || !strcmp(item->id, "hostnames") ||
+                    !strcmp(item->id, "include") || !strcmp(item->id, "volatile"))
+                    out_put(o, "\\", 1);
+                out_put(o, item->id, strlen(item->id));
+                break;
             case NM_CLUSTER_COUNT: out_int(o, ls->n_cluster); break;
             case NM_ROUTABLE_COUNT: out_int(o, ls->n_routable); break;
             case NM_NODE_COUNT: out_int(o, ls->n_nodes); break;

@@ -17,7 +17,8 @@
  *   routable  valid nodes whose state is routable (online, suspect, draining)
  *   cluster   what `upstream kuma_cluster` holds: `routable`, or when that is empty every valid
  *             node not in maintenance (fallback: nginx keeps trying them)
- * Values: inside a list `id` and `host`; anywhere `cluster_count`, `routable_count`,
+ * Values: inside a list `id`, `host` and `map_key` (the id, escaped for use as a `map` key);
+ * anywhere `cluster_count`, `routable_count`,
  * `node_count`, `rejected_count`.
  * Unknown names, unbalanced sections, a list nested in a list, or `id`/`host` outside a list are
  * template errors.

@@ -388,6 +388,22 @@ Test(nginx_feed, cookie_pins_and_falls_back)
     }
 }
 
+/* A node named like one of map's keywords passes `nginx -t` and can be pinned. */
+Test(nginx_feed, nodes_named_like_nginx_keywords_validate_and_pin)
+{
+    fx.feed = new_feed();
+    kg_node_view ns[3];
+    nodes3(ns, ON, ON, ON);
+    snprintf(ns[0].id, sizeof ns[0].id, "default");
+    snprintf(ns[1].id, sizeof ns[1].id, "include");
+    snprintf(ns[2].id, sizeof ns[2].id, "node3");
+    nginx_feed_outcome o = update(ns, 3, false, now_ms());
+    cr_assert(o.ok, "%s", o.error);
+    cr_expect(serves("b1", "default"));
+    cr_expect(serves("b2", "include"));
+    cr_expect(serves("b3", "node3"));
+}
+
 Test(nginx_feed, unchanged_bytes_no_write_no_reload)
 {
     fx.feed = new_feed();

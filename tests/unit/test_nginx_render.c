@@ -196,14 +196,39 @@ Test(render_default, cluster_per_node_upstreams_and_cookie_map)
     const char *map = strstr(out, "map $cookie_KUMA_FIXED_NODE $kuma_upstream {");
     cr_assert_not_null(map);
     cr_expect(strstr(map, "default kuma_cluster;"));
-    cr_expect(strstr(map, "\"node1\" kuma_node_node1;"));
-    cr_expect(strstr(map, "\"node2\" kuma_node_node2;"));
-    cr_expect(strstr(map, "\"node4\" kuma_node_node4;"));
-    cr_expect_null(strstr(map, "\"node3\""));
-    cr_expect_null(strstr(map, "\"node5\""));
-    cr_expect_null(strstr(map, "\"node6\""));
-    cr_expect_null(strstr(map, "\"node7\""));
+    cr_expect(strstr(map, "\n    node1 kuma_node_node1;"));
+    cr_expect(strstr(map, "\n    node2 kuma_node_node2;"));
+    cr_expect(strstr(map, "\n    node4 kuma_node_node4;"));
+    cr_expect_null(strstr(map, " node3 "));
+    cr_expect_null(strstr(map, " node5 "));
+    cr_expect_null(strstr(map, " node6 "));
+    cr_expect_null(strstr(map, " node7 "));
     cr_expect_null(strstr(out, "{{"), "no placeholder left behind");
+    free(out);
+}
+
+/* nginx's map reads these words as its own parameters unless escaped with a backslash; a
+ * node named "default" used to produce a duplicate default and fail validation for good. */
+Test(render_default, map_keys_that_are_nginx_keywords_are_escaped)
+{
+    kg_node_view ns[] = {
+        node("default", "10.0.0.1:3001", NODE_ONLINE),
+        node("include", "10.0.0.2:3001", NODE_ONLINE),
+        node("hostnames", "10.0.0.3:3001", NODE_ONLINE),
+        node("volatile", "10.0.0.4:3001", NODE_ONLINE),
+        node("node1", "10.0.0.5:3001", NODE_ONLINE),
+    };
+    nginx_render_info info;
+    char *out = render_ok(default_template(), ns, 5, &info);
+    const char *map = strstr(out, "map $cookie_KUMA_FIXED_NODE $kuma_upstream {");
+    cr_assert_not_null(map);
+    cr_expect(strstr(map, "\n    \\default kuma_node_default;"), "%s", map);
+    cr_expect(strstr(map, "\n    \\include kuma_node_include;"), "%s", map);
+    cr_expect(strstr(map, "\n    \\hostnames kuma_node_hostnames;"), "%s", map);
+    cr_expect(strstr(map, "\n    \\volatile kuma_node_volatile;"), "%s", map);
+    /* and nothing else is escaped: "\n..." would be read as a newline */
+    cr_expect(strstr(map, "\n    node1 kuma_node_node1;"), "%s", map);
+    cr_expect_eq(count(map, "\\"), 4);
     free(out);
 }
 
@@ -301,7 +326,7 @@ Test(render_hostile, bad_hosts_and_ids_never_reach_the_output)
     cr_expect_null(strstr(out, "11111111"));
     cr_expect_null(strstr(out, "listen 81"));
     cr_expect(strstr(out, "server 10.0.0.1:3001 max_fails=1 fail_timeout=5s;"));
-    cr_expect(strstr(out, "\"good\" kuma_node_good;"));
+    cr_expect(strstr(out, "\n    good kuma_node_good;"));
     cr_expect_eq(count(out, "server "), 2, "the good node twice (cluster + own upstream)");
     /* the rejection summary is printable text naming some of the nodes and why */
     cr_expect(strstr(info.rejected, "evilid0: invalid host"), "%s", info.rejected);
@@ -343,7 +368,9 @@ Test(render_hostile, many_nodes_and_long_output)
     cr_expect_eq(info.known_nodes, N);
     cr_expect_eq(info.cluster_nodes, N / 2);
     cr_expect_eq(count(out, "\nupstream kuma_node_"), N);
-    cr_expect_eq(count(out, "\" kuma_node_"), N / 2);
+    const char *map = strstr(out, "map $cookie_KUMA_FIXED_NODE");
+    cr_assert_not_null(map);
+    cr_expect_eq(count(map, " kuma_node_"), N / 2);
     free(out);
     free(ns);
 }
