@@ -709,7 +709,7 @@ json_object *api_doc_available_nodes(const kg_snapshot *s)
     int n = 0;
     for (int i = 0; i < s->n_nodes; i++) {
         const kg_node_view *nv = &s->nodes[i];
-        if (!node_state_routable(nv->state) || !nv->host_valid)
+        if (!node_state_placeable(nv->state) || !nv->host_valid) /* what set-fixed-node accepts */
             continue;
         char url[KG_NODE_ID_MAX + 32];
         snprintf(url, sizeof url, "/lb/fixed-node/%s", nv->id);
@@ -735,9 +735,9 @@ const char *api_fixed_node_refusal(const kg_snapshot *s, const char *node, int *
         *http_status = 404;
         return "unknown node";
     }
-    if (!node_state_routable(n->state)) {
+    if (!node_state_placeable(n->state)) { /* SPEC: exists and is online */
         *http_status = 409;
-        return "node is not routable (offline, recovering or in maintenance)";
+        return "node is not online (offline, recovering, draining or in maintenance)";
     }
     if (!n->host_valid) {
         *http_status = 409;

@@ -245,8 +245,10 @@ static void set_role(bool leader, int64_t generation)
 {
     C.leader = leader;
     C.generation = generation;
-    if (C.store)
+    if (C.store) {
         C.store->fence_generation = leader ? generation : 0;
+        C.store->maintain_overrides = leader;
+    }
     C.dirty = true;
 }
 
@@ -279,6 +281,7 @@ static bool ensure_db(void)
             return false;
         }
         C.store->fence_generation = C.leader ? C.generation : 0;
+        C.store->maintain_overrides = C.leader;
     }
     if (!C.schema_ready) {
         int rc = C.store->ops->ensure_schema(C.store, C.cfg->init_schema, err, sizeof err);

@@ -90,6 +90,9 @@ typedef struct {
 struct kg_store {
     const kg_store_ops *ops;
     int64_t fence_generation; /* 0 = no fencing check */
+    bool maintain_overrides;  /* load_monitors also drops kumaguard_override records that no
+                                 longer match their monitor (the leader's job; default true,
+                                 the controller clears it on followers, which write nothing) */
     void *impl;
 };
 

@@ -599,7 +599,9 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
         " FROM monitor m LEFT JOIN kumaguard_override o ON o.monitor_id = m.id ORDER BY m.id";
     /* A record whose override someone else changed is garbage: drop it before it can match a
      * later manual pin by accident and make that pin look like ours (invariant 5). */
-    int rc = my_exec(m,
+    int rc = STORE_OK;
+    if (s->maintain_overrides) /* the leader's job: followers write nothing */
+        rc = my_exec(m,
                      "DELETE o FROM kumaguard_override o LEFT JOIN monitor m ON m.id = o.monitor_id"
                      " AND CAST(m.assigned_node AS BINARY) = CAST(o.node_id AS BINARY)"
                      " WHERE m.id IS NULL",
@@ -1026,23 +1028,27 @@ static int lease_acquire(kg_store *s, lease_args *a, char *err, size_t errlen)
     my_store *m = s->impl;
     int64_t got;
     bool found;
-    int rc = my_query_int(m, "SELECT GET_LOCK(" LOCK_NAME_SQL ", 0)", &got, &found,
-                          "acquire lease", err, errlen);
+    int rc = STORE_OK;
+    if (a->ttl_ms > 0) {
+        /* A hung controller keeps its TCP session open; the server drops the session (and
+         * with it the lock) after wait_timeout seconds of silence.  Set before GET_LOCK: a
+         * session lost between the two would otherwise keep the lock for the server's
+         * default wait_timeout (often 8 hours), and nobody could lead. */
+        char sql[64];
+        snprintf(sql, sizeof(sql), "SET SESSION wait_timeout = %d",
+                 a->ttl_ms < 1000 ? 1 : (a->ttl_ms + 999) / 1000);
+        rc = my_exec(m, sql, "set lease timeout", err, errlen);
+        if (rc != STORE_OK)
+            return rc;
+    }
+    rc = my_query_int(m, "SELECT GET_LOCK(" LOCK_NAME_SQL ", 0)", &got, &found,
+                      "acquire lease", err, errlen);
     if (rc != STORE_OK)
         return rc;
     if (!found || got != 1) /* someone else leads: report their generation */
         return read_generation(m, false, a->generation, err, errlen);
     m->lock_held = true;
-    if (a->ttl_ms > 0) {
-        /* A hung controller keeps its TCP session open; the server drops the session (and
-         * with it the lock) after wait_timeout seconds of silence. */
-        char sql[64];
-        snprintf(sql, sizeof(sql), "SET SESSION wait_timeout = %d",
-                 a->ttl_ms < 1000 ? 1 : (a->ttl_ms + 999) / 1000);
-        rc = my_exec(m, sql, "set lease timeout", err, errlen);
-    }
-    if (rc == STORE_OK)
-        rc = my_begin(m, err, errlen);
+    rc = my_begin(m, err, errlen);
     if (rc == STORE_OK) {
         binds bs;
         binds_reset(&bs);
@@ -1156,6 +1162,7 @@ kg_store *store_mariadb_open(const kg_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     s->ops = &mariadb_ops;
+    s->maintain_overrides = true;
     s->impl = m;
     bool is_socket = cfg->db_host && cfg->db_host[0] == '/';
     bool ok = dup_opt(is_socket ? &m->socket : &m->host, cfg->db_host, NULL)

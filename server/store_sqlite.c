@@ -13,12 +13,18 @@
 #include "store.h"
 
 #include <sqlite3.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 typedef struct {
     sqlite3 *db;
+    char lock_path[1100];  /* <db>.lease: flock'ed by the instance that leads */
+    int lock_fd;           /* -1 until the lease is held */
 } sq_store;
 
 static sqlite3 *db_of(kg_store *s)
@@ -337,7 +343,9 @@ static int sq_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out
     out->n = 0;
     /* A record whose override someone else changed is garbage: drop it before it can match a
      * later manual pin by accident and make that pin look like ours (invariant 5). */
-    int rc = sq_exec(db,
+    int rc = STORE_OK;
+    if (s->maintain_overrides)
+        rc = sq_exec(db,
                      "DELETE FROM kumaguard_override WHERE NOT EXISTS (SELECT 1 FROM monitor m"
                      " WHERE m.id = kumaguard_override.monitor_id"
                      " AND m.assigned_node IS kumaguard_override.node_id)",
@@ -562,9 +570,26 @@ static int sq_prune_events(kg_store *s, int64_t before_ms, char *err, size_t err
 static int sq_lease(kg_store *s, const char *instance_id, int ttl_ms, bool *leader,
                     int64_t *generation, char *err, size_t errlen)
 {
-    (void)ttl_ms; /* one controller per file: nothing can take the lease away */
+    (void)ttl_ms; /* the flock lives as long as the process: nothing can take it away */
     sqlite3 *db = db_of(s);
+    sq_store *q = s->impl;
     *leader = false;
+    /* Two kumaguards pointed at one file must not both act: the lease is an exclusive flock
+     * on a file beside the database, released by the kernel when its holder dies. */
+    if (q->lock_fd < 0 && q->lock_path[0]) {
+        int fd = open(q->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+        if (fd < 0) {
+            snprintf(err, errlen, "sqlite: cannot open lease file %s: %s", q->lock_path,
+                     strerror(errno));
+            return STORE_ERROR;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            close(fd);
+            *generation = 0;
+            return read_generation(db, generation, err, errlen); /* another instance leads */
+        }
+        q->lock_fd = fd;
+    }
     int rc = sq_begin(db, err, errlen);
     if (rc != STORE_OK)
         return rc;
@@ -598,6 +623,8 @@ static void sq_close(kg_store *s)
     sq_store *q = s->impl;
     if (q) {
         sqlite3_close(q->db);
+        if (q->lock_fd >= 0)
+            close(q->lock_fd); /* releases the lease */
         free(q);
     }
     free(s);
@@ -629,7 +656,10 @@ kg_store *store_sqlite_open(const char *path, char *err, size_t errlen)
         return NULL;
     }
     s->ops = &sqlite_ops;
+    s->maintain_overrides = true;
     s->impl = q;
+    q->lock_fd = -1;
+    snprintf(q->lock_path, sizeof(q->lock_path), "%s.lease", path);
     if (sqlite3_open_v2(path, &q->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL)
         != SQLITE_OK) {
         snprintf(err, errlen, "sqlite: cannot open %s: %s", path,

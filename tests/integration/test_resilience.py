@@ -134,3 +134,25 @@ def test_two_controllers_one_leader_and_takeover(tmp_path, mariadb_server, procs
     gens = cluster.query("SELECT generation FROM kumaguard_leader")
     assert gens and gens[0][0] >= 2, gens
     b.stop()
+
+
+def test_two_controllers_on_one_sqlite_file_one_leader(tmp_path, procs):
+    """The embedded store has no GET_LOCK: an flock beside the file makes sure two kumaguards
+    pointed at the same file do not both act."""
+    from kg_harness import SqliteCluster
+    cluster = SqliteCluster(str(tmp_path / "cluster.db"))
+    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2)]
+    procs.extend(nodes)
+    a = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, name="a", extra=FAST)
+    procs.append(a)
+    b = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, name="b", extra=FAST)
+    procs.append(b)
+
+    def roles():
+        return (a.get_json("/api/system-status")["controller"]["is_leader"],
+                b.get_json("/api/system-status")["controller"]["is_leader"])
+    wait_until(lambda: roles() == (True, False), timeout=10, what="a leads, b follows")
+    a.stop()
+    wait_until(lambda: b.get_json("/api/system-status")["controller"]["is_leader"], timeout=15,
+               what="b takes over when a stops")
+    b.stop()
