@@ -492,6 +492,18 @@ kg_nginx_feed *nginx_feed_new(const kg_config *cfg, char *err, size_t errlen)
         nginx_feed_free(f);
         return NULL;
     }
+    /* After a restart the include usually still holds the last good bytes, which nginx
+     * already runs: treat them as applied, so an identical first render costs no reload
+     * (each reload ends WebSockets once worker_shutdown_timeout runs out). */
+    char *cur = NULL;
+    size_t cur_len = 0;
+    if (f->last_good && read_file(f->include_path, INCLUDE_MAX, &cur, &cur_len) == 0 &&
+        same_bytes(cur, cur_len, f->last_good, f->last_good_len)) {
+        f->applied = cur;
+        f->applied_len = cur_len;
+        cur = NULL;
+    }
+    free(cur);
     f->st.enabled = true;
     snprintf(f->st.include_path, sizeof f->st.include_path, "%s", f->include_path);
     return f;
@@ -744,6 +756,7 @@ void nginx_feed_update(kg_nginx_feed *f, const kg_node_view *nodes, int n, bool 
 
     bool same = same_bytes(f->applied, f->applied_len, bytes, len);
     if (same && !f->reload_needed) {
+        set_applied(f, f->applied, f->applied_len, &info); /* same bytes: refresh the counts */
         f->st.writes_skipped_unchanged++;
         f->due_ms = 0;
         free(bytes);

@@ -760,6 +760,28 @@ Test(nginx_feed, hung_command_is_killed_at_the_timeout)
     cr_expect_eq(reloads_run(), 0);
 }
 
+Test(nginx_feed, restart_with_the_same_nodes_costs_no_reload)
+{
+    fx.feed = new_feed();
+    kg_node_view ns[3];
+    nodes3(ns, ON, ON, OFF);
+    cr_assert(update(ns, 3, false, now_ms()).ok);
+    int reloads = reloads_run();
+    nginx_feed_free(fx.feed);
+
+    fx.feed = new_feed(); /* kumaguard restarted; nginx still runs the same include */
+    nginx_feed_outcome o = update(ns, 3, false, now_ms());
+    cr_expect_not(o.attempted, "identical bytes must not be rewritten or reloaded");
+    cr_expect_eq(reloads_run(), reloads);
+    kg_nginx_view st;
+    nginx_feed_status(fx.feed, &st);
+    cr_expect_eq(st.routed_nodes, 2, "counts come from the render even when skipped");
+    nodes3(ns, ON, ON, ON); /* a real change still applies */
+    o = update(ns, 3, false, now_ms());
+    cr_expect(o.attempted && o.ok, "%s", o.error);
+    cr_expect_eq(reloads_run(), reloads + 1);
+}
+
 Test(nginx_feed, last_good_copy_survives_a_restart)
 {
     fx.feed = new_feed();
