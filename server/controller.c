@@ -29,6 +29,7 @@
 #include "mailbox.h"
 #include "nametab.h"
 #include "nginx_feed.h"
+#include "nginx_worker.h"
 #include "probe.h"
 #include "reconcile.h"
 #include "snapshot.h"
@@ -103,7 +104,6 @@ static struct {
     rebalance_op reb;
     kg_rebalance_view reb_view;
 
-    kg_nginx_feed *feed;
 
     kg_event recent[KG_RECENT_EVENTS];
     int n_recent;
@@ -1204,6 +1204,14 @@ static void handle(kg_msg *m, int64_t now)
     case MSG_NODE_ENABLE:
         on_node_action(m, NODE_ONLINE, now);
         break;
+    case MSG_NGINX_OUTCOME:
+        if (m->flag)
+            emit(EV_NGINX_RELOAD, NULL, "", "", 0, (int64_t)m->value,
+                 "nginx reloaded with the new upstream");
+        else
+            emit(EV_NGINX_FAILED, NULL, "", "", 0, (int64_t)m->value,
+                 "nginx validation/reload failed, kept the last good file: %.150s", m->text);
+        break;
     case MSG_SHUTDOWN:
         reply_finish(m->reply, 200, "", "stopping");
         break;
@@ -1337,21 +1345,10 @@ static void publish(int64_t now)
     memcpy(s->recent_events, C.recent, sizeof C.recent[0] * (size_t)C.n_recent);
     s->n_recent_events = C.n_recent;
 
-    /* nginx follows the nodes; frozen while the panic guard is engaged */
-    nginx_feed_outcome fo = {0};
-    nginx_feed_update(C.feed, s->nodes, s->n_nodes, C.panic, now, &fo);
-    if (fo.attempted) {
-        if (fo.ok)
-            emit(EV_NGINX_RELOAD, NULL, "", "", 0, (int64_t)fo.duration_ms,
-                 "nginx reloaded with the new upstream");
-        else
-            emit(EV_NGINX_FAILED, NULL, "", "", 0, (int64_t)fo.duration_ms,
-                 "nginx validation/reload failed, kept the last good file: %.150s", fo.error);
-        /* events changed: copy them again */
-        memcpy(s->recent_events, C.recent, sizeof C.recent[0] * (size_t)C.n_recent);
-        s->n_recent_events = C.n_recent;
-    }
-    nginx_feed_status(C.feed, &s->nginx);
+    /* nginx follows the nodes (frozen while the panic guard is engaged), on its own thread:
+     * a slow `nginx -t` must not delay probing or failover */
+    nginx_worker_submit(s->nodes, s->n_nodes, C.panic);
+    nginx_worker_status(&s->nginx);
     snapshot_publish(s);
     C.dirty = false;
 }
@@ -1417,7 +1414,6 @@ static void *controller_main(void *arg)
         due = min_due(due, C.next_converge_ms);
         if (C.reb.running)
             due = min_due(due, C.reb.next_batch_ms);
-        due = min_due(due, nginx_feed_due_ms(C.feed));
         if (C.confirm_since_ms)
             due = min_due(due, C.confirm_since_ms + C.cfg->health_timeout_ms + 260);
         int wait = (int)(due - now);
@@ -1460,8 +1456,7 @@ static void *controller_main(void *arg)
             reb_step(now);
         else
             maybe_auto_rebalance(now);
-        int64_t nd = nginx_feed_due_ms(C.feed);
-        if (C.dirty || (nd > 0 && now >= nd))
+        if (C.dirty)
             publish(now);
     }
     return NULL;
@@ -1475,8 +1470,8 @@ int controller_start(const kg_config *cfg, char *err, size_t errlen)
     if (events_open(cfg->state_dir, err, errlen) != 0)
         return -1;
     C.n_recent = events_load_recent(C.recent, KG_RECENT_EVENTS);
-    C.feed = nginx_feed_new(cfg, err, errlen);
-    if (!C.feed) {
+    kg_nginx_feed *feed = nginx_feed_new(cfg, err, errlen);
+    if (!feed || nginx_worker_start(feed, err, errlen) != 0) {
         events_close();
         return -1;
     }
@@ -1486,8 +1481,10 @@ int controller_start(const kg_config *cfg, char *err, size_t errlen)
                  NODE_ONLINE, now);
     if (pthread_create(&C.thread, NULL, controller_main, NULL) != 0) {
         snprintf(err, errlen, "cannot start the controller thread: %s", strerror(errno));
-        nginx_feed_free(C.feed);
+        nginx_worker_stop();
         events_close();
+        free(C.nodes);
+        C.nodes = NULL;
         return -1;
     }
     C.started = true;
@@ -1509,7 +1506,7 @@ void controller_stop(void)
     nametab_free(&C.names);
     if (C.store)
         store_close(C.store);
-    nginx_feed_free(C.feed);
+    nginx_worker_stop();
     events_close();
     memset(&C, 0, sizeof C);
 }

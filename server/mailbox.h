@@ -25,6 +25,7 @@ typedef enum {
     MSG_NODE_DRAIN,
     MSG_NODE_MAINTENANCE,
     MSG_NODE_ENABLE,
+    MSG_NGINX_OUTCOME,       /* nginx worker -> controller: a write+validate+reload attempt */
     MSG_SHUTDOWN
 } kg_msg_kind;
 
@@ -44,6 +45,9 @@ typedef struct kg_msg {
     uint64_t probe_round;          /* probe result: which scheduling round it belongs to */
     probe_result probe;
     char actor[64];                /* who asked (remote address), for the event log */
+    bool flag;                     /* MSG_NGINX_OUTCOME: ok */
+    double value;                  /* MSG_NGINX_OUTCOME: duration in ms */
+    char text[256];                /* MSG_NGINX_OUTCOME: error */
     kg_reply *reply;               /* NULL when nobody waits */
     struct kg_msg *next;
 } kg_msg;

@@ -156,3 +156,27 @@ def test_two_controllers_on_one_sqlite_file_one_leader(tmp_path, procs):
     wait_until(lambda: b.get_json("/api/system-status")["controller"]["is_leader"], timeout=15,
                what="b takes over when a stops")
     b.stop()
+
+
+def test_slow_nginx_validation_does_not_delay_failover(tmp_path, procs):
+    """The nginx feed runs on its own thread: a `nginx -t` that takes seconds (a slowly
+    resolving upstream host name) must not hold up probing or the failover."""
+    from kg_harness import SqliteCluster
+    import time
+    cluster = SqliteCluster(str(tmp_path / "cluster.db"))
+    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2, 3)]
+    procs.extend(nodes)
+    kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST + [
+        "--nginx-include", str(tmp_path / "upstream.conf"), "--nginx-test-cmd", "sleep 4",
+        "--nginx-reload-cmd", "true", "--nginx-reload-min-gap", "0"])
+    procs.append(kg)
+    wait_until(cluster.schema_ready, what="schema")
+    seed_monitors(cluster, ["node1", "node2", "node3"] * 10)
+    assert kg.post("/api/update-loads")[0] == 200
+    t0 = time.monotonic()
+    nodes[1].kill()
+    wait_until(lambda: "node2" not in effective_counts(cluster), timeout=10,
+               what="failover while nginx -t is slow")
+    took = time.monotonic() - t0
+    assert took < 3.0, "failover waited for nginx validation (%.1f s)" % took
+    kg.stop()
