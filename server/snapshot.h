@@ -1,8 +1,9 @@
 /* snapshot.h — the one way state crosses threads, outward: an immutable, reference-counted
  * picture of the cluster that the controller thread publishes and every other thread reads.
  *
- * Threading contract (kumaguard has exactly two cross-thread mechanisms, both documented here
- * and in mailbox.h):
+ * Threading contract (cluster state crosses threads in two ways, documented here and in
+ * mailbox.h; the nginx feed thread's one-slot input is the same idea as the mailbox, see
+ * nginx_worker.h):
  *   - The controller thread owns all mutable cluster state.  After each change it builds a new
  *     `kg_snapshot`, fills it completely, and calls snapshot_publish().  From then on the
  *     snapshot is read-only; nobody writes to it again.
