@@ -153,9 +153,24 @@ class Kumasim:
     def signal(self, sig):
         self.proc.send_signal(sig)
 
-    def freeze(self):
-        """SIGSTOP: the kernel still accepts connections; nothing answers. A real frozen node."""
+    def freeze(self, timeout=5.0):
+        """SIGSTOP: the kernel still accepts connections; nothing answers. A real frozen node.
+        Returns once every thread is stopped: delivery is asynchronous, and on a loaded
+        machine a worker thread could otherwise still answer one more request."""
         self.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                states = []
+                for tid in os.listdir("/proc/%d/task" % self.proc.pid):
+                    with open("/proc/%d/task/%s/stat" % (self.proc.pid, tid)) as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                return
+            if states and all(st in ("T", "t") for st in states):
+                return
+            time.sleep(0.005)
+        raise KumasimError("kumasim %s did not stop within %.1fs" % (self.node_id, timeout))
 
     def thaw(self):
         self.signal(signal.SIGCONT)
