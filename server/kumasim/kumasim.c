@@ -1409,11 +1409,11 @@ static bool sim_start_daemon(struct sim *s)
  */
 static void sim_shutdown(struct sim *s)
 {
-	MHD_socket lsock = MHD_INVALID_SOCKET;
 	int64_t give_up = mono_ms() + SHUTDOWN_DRAIN_MS;
 
-	if (s->daemon != NULL)
-		lsock = MHD_quiesce_daemon(s->daemon);
+	/* No MHD_quiesce_daemon(): with MHD_USE_EPOLL, 0.9.75 can race its own polling thread
+	 * there and abort ("Failed to remove listen FD from epoll set", seen under load).
+	 * MHD_stop_daemon() closes the listening socket itself. */
 	pthread_mutex_lock(&s->lock);
 	atomic_store(&s->stopping, true);
 	release_all_locked(s, WAKE_SHUTDOWN);
@@ -1439,8 +1439,6 @@ static void sim_shutdown(struct sim *s)
 	if (s->daemon != NULL)
 		MHD_stop_daemon(s->daemon);
 	s->daemon = NULL;
-	if (lsock != MHD_INVALID_SOCKET)
-		close(lsock);
 	destroy_shared_responses(s);
 	for (int i = 0; i < 2; i++)
 		if (s->wake_pipe[i] >= 0)
