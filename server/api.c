@@ -60,7 +60,6 @@ struct kg_api {
     api_sse_hub *sse;
     char web_dir[PATH_MAX];
     char static_root[PATH_MAX]; /* realpath of <web_dir>/static, "" when absent */
-    int quiesced_fd;
 
     /* The /api/system-status response of the newest snapshot seen, queued as is on every
      * GET until a newer snapshot appears (MHD responses are reference counted and may be
@@ -929,7 +928,6 @@ kg_api *api_start(const kg_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     a->cfg = cfg;
-    a->quiesced_fd = -1;
     pthread_mutex_init(&a->act_lock, NULL);
     pthread_cond_init(&a->act_cond, NULL);
     pthread_mutex_init(&a->status_lock, NULL);
@@ -992,9 +990,11 @@ void api_stop(kg_api *a)
 {
     if (!a)
         return;
-    /* Order matters: no new connections, then end every parked connection (SSE streams and
-     * running actions), then stop the daemon — MHD must not be stopped with suspended ones. */
-    a->quiesced_fd = (int)MHD_quiesce_daemon(a->daemon);
+    /* Order matters: end every parked connection (SSE streams and running actions; new ones
+     * are refused from here on), then stop the daemon — MHD must not be stopped with
+     * suspended ones.  No MHD_quiesce_daemon(): with MHD_USE_EPOLL, libmicrohttpd 0.9.75 can
+     * race its own polling thread there and abort ("Failed to remove listen FD from epoll
+     * set", seen under load in the simulator, which used it the same way). */
     api_sse_stop(a->sse);
     pthread_mutex_lock(&a->act_lock);
     a->stopping = true;
@@ -1002,8 +1002,6 @@ void api_stop(kg_api *a)
         pthread_cond_wait(&a->act_cond, &a->act_lock);
     pthread_mutex_unlock(&a->act_lock);
     MHD_stop_daemon(a->daemon);
-    if (a->quiesced_fd >= 0)
-        close(a->quiesced_fd);
     api_sse_free(a->sse);
     if (a->status_resp)
         MHD_destroy_response(a->status_resp); /* releases its snapshot */
