@@ -119,10 +119,11 @@ static const char *get_body(const char *cookie)
     return body ? body + 4 : "";
 }
 
-/* Polls until the front answers `want` (a reload takes effect in tens of ms). */
+/* Polls until the front answers `want`.  A reload takes effect in tens of ms; the bound is
+ * 10 s because a sanitizer build on a loaded 2-core machine once needed more than 3 s. */
 static bool serves(const char *want, const char *cookie)
 {
-    for (int i = 0; i < 150; i++) {
+    for (int i = 0; i < 500; i++) {
         if (strcmp(get_body(cookie), want) == 0)
             return true;
         sleep_ms(20);
