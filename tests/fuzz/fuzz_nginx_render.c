@@ -34,23 +34,43 @@ static void load_template(void)
     fclose(f);
 }
 
-/* Counts the structural characters of a text; a render must have exactly as many per node
- * block as the template gives it, whatever the field values are. */
+/* Was `value` emitted where the template puts a node field?  (A plain substring search is
+ * not enough: an invalid host "h:1 " legitimately occurs inside "server h:1 max_fails=..."
+ * of a valid node h:1 — the first crash this target found was that false alarm.) */
+static bool emitted_as_field(const char *out, size_t len, const char *prefix, const char *value,
+                             const char *const *suffixes)
+{
+    char needle[KG_HOST_MAX + 64];
+    for (const char *const *suf = suffixes; *suf; suf++) {
+        int n = snprintf(needle, sizeof needle, "%s%s%s", prefix, value, *suf);
+        if (n > 0 && (size_t)n < sizeof needle && memmem(out, len, needle, (size_t)n))
+            return true;
+    }
+    return false;
+}
+
+/* The property: no node that fails validation has its host or id emitted as a field, and the
+ * output holds no control bytes (they never come from the template). */
 static void check_no_injection(const char *out, size_t len, const kg_node_view *nodes, int n)
 {
+    static const char *const host_suffixes[] = {";", " max_fails", NULL};
+    static const char *const id_suffixes[] = {" {", ";", NULL};
     for (int i = 0; i < n; i++) {
-        const char *h = nodes[i].host;
-        bool valid = nodes[i].host_valid && hostcheck_valid(h, NULL, 0) &&
-                     hostcheck_node_id_valid(nodes[i].id);
-        if (valid)
+        if (nodes[i].host_valid && hostcheck_valid(nodes[i].host, NULL, 0) &&
+            hostcheck_node_id_valid(nodes[i].id))
             continue;
-        /* an invalid host that is long enough to be recognisable must not appear */
-        if (strlen(h) >= 6 && memmem(out, len, h, strlen(h)) && strpbrk(h, ";{}\n\r \t\"'$#"))
+        bool host_bad = !hostcheck_valid(nodes[i].host, NULL, 0);
+        bool id_bad = !hostcheck_node_id_valid(nodes[i].id);
+        if (host_bad && nodes[i].host[0] &&
+            emitted_as_field(out, len, "server ", nodes[i].host, host_suffixes))
+            abort();
+        if (id_bad && nodes[i].id[0] &&
+            emitted_as_field(out, len, "kuma_node_", nodes[i].id, id_suffixes))
             abort();
     }
     for (size_t i = 0; i < len; i++)
         if (out[i] == 0 || ((unsigned char)out[i] < 0x20 && out[i] != '\n' && out[i] != '\t'))
-            abort(); /* control bytes never come from the template */
+            abort();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
