@@ -157,6 +157,33 @@ static int fence_check(kg_store *s, char *err, size_t errlen)
     return STORE_OK;
 }
 
+/* A write transaction of one statement, fenced like every write: begins, checks the fence
+ * and prepares sql into *st for the caller to bind.  Whatever it returns, the caller then
+ * calls fenced_one_end, which runs the statement if all went well and commits, or rolls
+ * back. */
+static int fenced_one_begin(kg_store *s, const char *sql, const char *what, sqlite3_stmt **st,
+                            char *err, size_t errlen)
+{
+    sqlite3 *db = db_of(s);
+    *st = NULL;
+    int rc = sq_begin(db, err, errlen);
+    if (rc == STORE_OK)
+        rc = fence_check(s, err, errlen);
+    if (rc == STORE_OK)
+        rc = sq_prepare(db, sql, st, what, err, errlen);
+    return rc;
+}
+
+static int fenced_one_end(kg_store *s, sqlite3_stmt *st, int rc, const char *what, char *err,
+                          size_t errlen)
+{
+    sqlite3 *db = db_of(s);
+    if (rc == STORE_OK)
+        rc = sq_step_done(db, st, what, err, errlen);
+    sqlite3_finalize(st);
+    return sq_end(db, rc, err, errlen); /* a failed BEGIN leaves nothing to roll back */
+}
+
 /* ---- schema ------------------------------------------------------------------------------ */
 
 static const char SCHEMA_SQL[] =
@@ -271,26 +298,18 @@ static int sq_load_nodes(kg_store *s, store_node_row **rows, size_t *n, char *er
 static int sq_upsert_node(kg_store *s, const char *id, const char *host, char *err,
                           size_t errlen)
 {
-    sqlite3 *db = db_of(s);
-    int rc = sq_begin(db, err, errlen);
-    if (rc != STORE_OK)
-        return rc;
-    rc = fence_check(s, err, errlen);
-    sqlite3_stmt *st = NULL;
-    if (rc == STORE_OK)
-        rc = sq_prepare(db,
-                        "INSERT INTO node (node_id, node_name, host, status, created_date,"
-                        " modified_date) VALUES (?1, ?1, ?2, 'online', datetime('now'),"
-                        " datetime('now')) ON CONFLICT (node_id) DO UPDATE SET"
-                        " host = excluded.host, modified_date = excluded.modified_date",
-                        &st, "upsert node", err, errlen);
+    sqlite3_stmt *st;
+    int rc = fenced_one_begin(s,
+                              "INSERT INTO node (node_id, node_name, host, status, created_date,"
+                              " modified_date) VALUES (?1, ?1, ?2, 'online', datetime('now'),"
+                              " datetime('now')) ON CONFLICT (node_id) DO UPDATE SET"
+                              " host = excluded.host, modified_date = excluded.modified_date",
+                              "upsert node", &st, err, errlen);
     if (rc == STORE_OK) {
         bind_text_or_null(st, 1, id);
         bind_text_or_null(st, 2, host);
-        rc = sq_step_done(db, st, "upsert node", err, errlen);
     }
-    sqlite3_finalize(st);
-    return sq_end(db, rc, err, errlen);
+    return fenced_one_end(s, st, rc, "upsert node", err, errlen);
 }
 
 static int sq_write_node_states(kg_store *s, const store_node_state *states, size_t n,
@@ -517,19 +536,14 @@ static int sq_apply_moves(kg_store *s, const kg_nametab *tab, const plan_move *m
 
 static int sq_append_event(kg_store *s, const kg_event *ev, char *err, size_t errlen)
 {
-    sqlite3 *db = db_of(s);
-    int rc = sq_begin(db, err, errlen);
-    if (rc != STORE_OK)
-        return rc;
-    rc = fence_check(s, err, errlen);
-    sqlite3_stmt *st = NULL;
-    if (rc == STORE_OK)
-        rc = sq_prepare(db,
-                        "INSERT INTO kumaguard_event (ts, kind, node, from_node, to_node,"
-                        " count, duration_ms, reason) VALUES (CASE WHEN ?1 > 0 THEN"
-                        " strftime('%Y-%m-%d %H:%M:%f', ?1 / 1000.0, 'unixepoch') ELSE"
-                        " strftime('%Y-%m-%d %H:%M:%f', 'now') END, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                        &st, "append event", err, errlen);
+    sqlite3_stmt *st;
+    int rc = fenced_one_begin(s,
+                              "INSERT INTO kumaguard_event (ts, kind, node, from_node, to_node,"
+                              " count, duration_ms, reason) VALUES (CASE WHEN ?1 > 0 THEN"
+                              " strftime('%Y-%m-%d %H:%M:%f', ?1 / 1000.0, 'unixepoch') ELSE"
+                              " strftime('%Y-%m-%d %H:%M:%f', 'now') END, ?2, ?3, ?4, ?5, ?6,"
+                              " ?7, ?8)",
+                              "append event", &st, err, errlen);
     if (rc == STORE_OK) {
         sqlite3_bind_int64(st, 1, ev->ts_ms);
         bind_text_or_null(st, 2, event_kind_name(ev->kind));
@@ -539,32 +553,21 @@ static int sq_append_event(kg_store *s, const kg_event *ev, char *err, size_t er
         sqlite3_bind_int(st, 6, ev->count);
         sqlite3_bind_int64(st, 7, ev->duration_ms);
         bind_nonempty_or_null(st, 8, ev->reason);
-        rc = sq_step_done(db, st, "append event", err, errlen);
     }
-    sqlite3_finalize(st);
-    return sq_end(db, rc, err, errlen);
+    return fenced_one_end(s, st, rc, "append event", err, errlen);
 }
 
 static int sq_prune_events(kg_store *s, int64_t before_ms, char *err, size_t errlen)
 {
-    sqlite3 *db = db_of(s);
-    int rc = sq_begin(db, err, errlen);
-    if (rc != STORE_OK)
-        return rc;
-    rc = fence_check(s, err, errlen);
-    sqlite3_stmt *st = NULL;
+    sqlite3_stmt *st;
+    int rc = fenced_one_begin(s,
+                              "DELETE FROM kumaguard_event WHERE id IN (SELECT id FROM"
+                              " kumaguard_event WHERE ts < strftime('%Y-%m-%d %H:%M:%f',"
+                              " ?1 / 1000.0, 'unixepoch') LIMIT 10000)",
+                              "prune events", &st, err, errlen);
     if (rc == STORE_OK)
-        rc = sq_prepare(db,
-                        "DELETE FROM kumaguard_event WHERE id IN (SELECT id FROM kumaguard_event"
-                        " WHERE ts < strftime('%Y-%m-%d %H:%M:%f', ?1 / 1000.0, 'unixepoch')"
-                        " LIMIT 10000)",
-                        &st, "prune events", err, errlen);
-    if (rc == STORE_OK) {
         sqlite3_bind_int64(st, 1, before_ms);
-        rc = sq_step_done(db, st, "prune events", err, errlen);
-    }
-    sqlite3_finalize(st);
-    return sq_end(db, rc, err, errlen);
+    return fenced_one_end(s, st, rc, "prune events", err, errlen);
 }
 
 static int sq_lease(kg_store *s, const char *instance_id, int ttl_ms, bool *leader,
