@@ -173,6 +173,15 @@ static int count_routable(const kg_snapshot *s)
     return n;
 }
 
+/* The two fields every per-node entry of every document starts with. */
+static json_object *node_entry(const kg_node_view *n)
+{
+    json_object *e = json_object_new_object();
+    add(e, "node_id", jstr(n->id));
+    add(e, "state", jstr(node_state_name(n->state)));
+    return e;
+}
+
 json_object *api_json_node(const kg_node_view *n, int default_limit)
 {
     json_object *o = json_object_new_object();
@@ -365,9 +374,7 @@ static void fill_health_check(json_object *o, const kg_snapshot *s, const kg_con
     json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
     for (int i = 0; i < s->n_nodes; i++) {
         const kg_node_view *n = &s->nodes[i];
-        json_object *e = json_object_new_object();
-        add(e, "node_id", jstr(n->id));
-        add(e, "state", jstr(node_state_name(n->state)));
+        json_object *e = node_entry(n);
         add_int(e, "consecutive_failures", n->consecutive_failures);
         add_int(e, "consecutive_successes", n->consecutive_successes);
         add(e, "last_latency_ms", last_latency(n));
@@ -410,9 +417,7 @@ static void fill_fault_detection(json_object *o, const kg_snapshot *s, const kg_
         const kg_node_view *n = &s->nodes[i];
         if (node_state_routable(n->state) || n->effective_monitors <= 0)
             continue;
-        json_object *e = json_object_new_object();
-        add(e, "node_id", jstr(n->id));
-        add(e, "state", jstr(node_state_name(n->state)));
+        json_object *e = node_entry(n);
         add_int(e, "monitors_effective", n->effective_monitors);
         add_int(e, "monitors_pinned", n->pinned_monitors);
         json_object_array_add(a, e);
@@ -482,9 +487,7 @@ static void fill_rebalancing(json_object *o, const kg_snapshot *s, const kg_conf
     json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
     for (int i = 0; i < s->n_nodes; i++) {
         const kg_node_view *n = &s->nodes[i];
-        json_object *e = json_object_new_object();
-        add(e, "node_id", jstr(n->id));
-        add(e, "state", jstr(node_state_name(n->state)));
+        json_object *e = node_entry(n);
         add_int(e, "monitors_effective", n->effective_monitors);
         add_int(e, "monitors_home", n->home_monitors);
         add_int(e, "monitors_pinned", n->pinned_monitors);
@@ -504,9 +507,7 @@ static void fill_capacity(json_object *o, const kg_snapshot *s)
     for (int i = 0; i < s->n_nodes; i++) {
         const kg_node_view *n = &s->nodes[i];
         int limit = node_limit(n, s->monitor_limit);
-        json_object *e = json_object_new_object();
-        add(e, "node_id", jstr(n->id));
-        add(e, "state", jstr(node_state_name(n->state)));
+        json_object *e = node_entry(n);
         add_bool(e, "placeable", node_state_placeable(n->state));
         add_int(e, "effective", n->effective_monitors);
         add_int(e, "home", n->home_monitors);
