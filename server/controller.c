@@ -458,7 +458,7 @@ static void refresh_nodes(int64_t now)
     C.n_nodes = w;
 }
 
-static void write_node_states(int64_t now)
+static void write_node_states(void)
 {
     if (!C.leader)
         return;
@@ -492,7 +492,6 @@ static void write_node_states(int64_t now)
         if (cn)
             cn->status_dirty = cn->last_seen_dirty = false;
     }
-    (void)now;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1110,15 +1109,8 @@ static void on_probe(const kg_msg *m, int64_t now)
         /* suspect <-> online changes neither routing nor assignments */
         if (node_state_placeable(t.from) != node_state_placeable(t.to) ||
             node_state_routable(t.from) != node_state_routable(t.to))
-            C.need_converge = true;
-        if (t.to == NODE_ONLINE && t.from != NODE_SUSPECT) {
-            /* reverts become possible after the hold-down */
-            int64_t due = now + C.cfg->recovery_hold_down_ms;
-            if (C.next_converge_ms > due || C.next_converge_ms <= now)
-                C.next_converge_ms = due;
-        }
+            C.need_converge = true; /* which also schedules the end of a new hold-down */
     }
-    update_panic(now);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1387,7 +1379,7 @@ static void refresh(int64_t now)
         return;
     refresh_nodes(now);
     if (C.db_ok)
-        write_node_states(now);
+        write_node_states();
     if (C.db_ok)
         load_monitors(now);
     if (C.db_ok)
@@ -1445,11 +1437,11 @@ static void *controller_main(void *arg)
             for (int i = 0; i < C.n_nodes && !any_dirty; i++)
                 any_dirty = C.nodes[i].status_dirty;
             if (any_dirty)
-                write_node_states(now);
+                write_node_states();
         } else if (now >= C.next_db_retry_ms && ensure_db()) {
             refresh(now);
         }
-        update_panic(now);
+        update_panic(now); /* after the burst of probe results, before any move */
         if (C.need_converge || now >= C.next_converge_ms)
             converge(now);
         if (C.reb.running)
