@@ -961,11 +961,8 @@ static void maybe_auto_rebalance(int64_t now)
     int *load = calloc((size_t)nn + 1, sizeof *load);
     if (!load)
         return;
-    for (size_t i = 0; i < C.mon.n; i++) {
-        int32_t e = plan_effective(&C.mon.monitors[i]);
-        if (C.mon.monitors[i].active && e >= 0)
-            load[e]++;
-    }
+    plan_view v = {.n_nodes = nn, .monitors = C.mon.monitors, .n_monitors = C.mon.n};
+    plan_count_load(&v, load);
     int lo = -1, hi = -1;
     long total = 0;
     for (int i = 0; i < C.n_nodes; i++) {
