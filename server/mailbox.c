@@ -10,34 +10,17 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
+
 static pthread_mutex_t mb_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t mb_cond;
 static pthread_once_t mb_once = PTHREAD_ONCE_INIT;
 
 /* Timed waits use CLOCK_MONOTONIC so a wall-clock step cannot stretch or cut a wait. */
-static void cond_init_monotonic(pthread_cond_t *c)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(c, &a);
-    pthread_condattr_destroy(&a);
-}
-
-static void mb_init(void) { cond_init_monotonic(&mb_cond); }
+static void mb_init(void) { kg_cond_init(&mb_cond); }
 static kg_msg *head, *tail;
 static bool closed;
 
-static void deadline_after(struct timespec *ts, int timeout_ms)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += timeout_ms / 1000;
-    ts->tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
 
 int mailbox_post(const kg_msg *m)
 {
@@ -71,8 +54,7 @@ int mailbox_post(const kg_msg *m)
 kg_msg *mailbox_wait(int timeout_ms)
 {
     pthread_once(&mb_once, mb_init);
-    struct timespec deadline;
-    deadline_after(&deadline, timeout_ms < 0 ? 0 : timeout_ms);
+    struct timespec deadline = kg_deadline_in(timeout_ms);
     pthread_mutex_lock(&mb_lock);
     while (!head && !closed) {
         if (pthread_cond_timedwait(&mb_cond, &mb_lock, &deadline) == ETIMEDOUT)
@@ -128,7 +110,7 @@ kg_reply *reply_new(void)
     if (!r)
         return NULL;
     pthread_mutex_init(&r->lock, NULL);
-    cond_init_monotonic(&r->cond);
+    kg_cond_init(&r->cond);
     r->refs = 1;
     return r;
 }
@@ -164,8 +146,7 @@ void reply_finish(kg_reply *r, int status, const char *error, const char *detail
 
 bool reply_wait(kg_reply *r, int timeout_ms)
 {
-    struct timespec deadline;
-    deadline_after(&deadline, timeout_ms);
+    struct timespec deadline = kg_deadline_in(timeout_ms);
     pthread_mutex_lock(&r->lock);
     while (!r->done) {
         if (pthread_cond_timedwait(&r->cond, &r->lock, &deadline) == ETIMEDOUT)

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "log.h"
 #include "mailbox.h"
 
@@ -29,12 +30,6 @@ static struct {
     kg_nginx_view status;
 } W = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void report(const nginx_feed_outcome *o)
 {
@@ -52,20 +47,11 @@ static void *worker_main(void *arg)
     pthread_mutex_lock(&W.lock);
     while (!W.stop) {
         int64_t due = nginx_feed_due_ms(W.feed);
-        int64_t now = wall_ms();
+        int64_t now = kg_wall_ms();
         if (!W.has_pending && (due == 0 || now < due)) {
             /* sleep until a submission, or until the coalesced reload is due */
-            struct timespec dl;
-            clock_gettime(CLOCK_MONOTONIC, &dl);
             int64_t wait = due ? due - now : 60000;
-            if (wait > 60000)
-                wait = 60000;
-            dl.tv_sec += wait / 1000;
-            dl.tv_nsec += (long)(wait % 1000) * 1000000L;
-            if (dl.tv_nsec >= 1000000000L) {
-                dl.tv_sec++;
-                dl.tv_nsec -= 1000000000L;
-            }
+            struct timespec dl = kg_deadline_in(wait > 60000 ? 60000 : wait);
             pthread_cond_timedwait(&W.cond, &W.lock, &dl);
             continue;
         }
@@ -79,7 +65,7 @@ static void *worker_main(void *arg)
         }
         pthread_mutex_unlock(&W.lock);
         nginx_feed_outcome o = {0};
-        nginx_feed_update(W.feed, nodes, n, freeze, wall_ms(), &o);
+        nginx_feed_update(W.feed, nodes, n, freeze, kg_wall_ms(), &o);
         kg_nginx_view st;
         nginx_feed_status(W.feed, &st);
         if (o.attempted)
@@ -94,11 +80,7 @@ static void *worker_main(void *arg)
 
 int nginx_worker_start(kg_nginx_feed *feed, char *err, size_t errlen)
 {
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&W.cond, &a);
-    pthread_condattr_destroy(&a);
+    kg_cond_init(&W.cond);
     W.feed = feed;
     W.stop = false;
     nginx_feed_status(feed, &W.status);

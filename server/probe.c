@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
 #include "hostcheck.h"
 #include "log.h"
 #include "mailbox.h"
@@ -60,12 +61,6 @@ static struct {
  * from a snapshot) must neither stop probing nor probe in a burst. */
 static pthread_mutex_t except_lock = PTHREAD_MUTEX_INITIALIZER; /* guards P.trigger_except */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static uint64_t next_rand(void)
 {
@@ -280,7 +275,7 @@ static void *prober_main(void *arg)
     (void)arg;
     while (!atomic_load(&P.stop)) {
         kg_snapshot *s = snapshot_acquire();
-        int64_t now = now_ms();
+        int64_t now = kg_mono_ms();
         sync_targets(s, now);
         bool all = atomic_exchange(&P.trigger_all, false);
         char except[KG_NODE_ID_MAX + 1] = "";
@@ -309,7 +304,7 @@ static void *prober_main(void *arg)
         for (int i = 0; i < P.n_targets; i++)
             if (!P.targets[i]->in_flight && P.targets[i]->next_due_ms < next)
                 next = P.targets[i]->next_due_ms;
-        int64_t wait = next - now_ms();
+        int64_t wait = next - kg_mono_ms();
         if (wait > 0)
             curl_multi_poll(P.multi, NULL, 0, (int)(wait > 200 ? 200 : wait), NULL);
     }
@@ -323,7 +318,7 @@ int prober_start(const kg_config *cfg, char *err, size_t errlen)
     P.timeout_ms = cfg->health_timeout_ms;
     P.expected = cfg->health_expected_status;
     snprintf(P.path, sizeof P.path, "%s", cfg->health_path);
-    P.rng = (uint64_t)now_ms() * 0x9E3779B97F4A7C15ULL | 1;
+    P.rng = (uint64_t)kg_mono_ms() * 0x9E3779B97F4A7C15ULL | 1;
     atomic_store(&P.stop, false);
     P.multi = curl_multi_init();
     if (!P.multi) {

@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "clock.h"
+
 const double kg_latency_bucket_bounds[10] = {5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000};
 
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -17,39 +19,11 @@ static pthread_cond_t snap_cond;
 static pthread_once_t snap_once = PTHREAD_ONCE_INIT;
 
 /* Timed waits use CLOCK_MONOTONIC so a wall-clock step cannot stretch a wait. */
-static void snap_init(void)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(&snap_cond, &a);
-    pthread_condattr_destroy(&a);
-}
+static void snap_init(void) { kg_cond_init(&snap_cond); }
 static kg_snapshot *current;
 static bool shutting_down;
 
-static const char *const kind_names[EV_KIND_COUNT] = {
-    [EV_STATE_CHANGE] = "state_change", [EV_FAILOVER] = "failover",
-    [EV_REVERT] = "revert",             [EV_REBALANCE] = "rebalance",
-    [EV_FORCE_REBALANCE] = "force_rebalance", [EV_ADOPTION] = "adoption",
-    [EV_CAPACITY_WARNING] = "capacity_warning", [EV_PANIC] = "panic",
-    [EV_NGINX_RELOAD] = "nginx_reload", [EV_NGINX_FAILED] = "nginx_failed",
-    [EV_LEADER] = "leader",             [EV_DB] = "database",
-    [EV_OPERATOR] = "operator",
-};
 
-const char *event_kind_name(kg_event_kind k)
-{
-    return (k >= 0 && k < EV_KIND_COUNT) ? kind_names[k] : "unknown";
-}
-
-int event_kind_parse(const char *s)
-{
-    for (int i = 0; s && i < EV_KIND_COUNT; i++)
-        if (strcmp(s, kind_names[i]) == 0)
-            return i;
-    return -1;
-}
 
 kg_snapshot *snapshot_new(int n_nodes)
 {
@@ -107,14 +81,7 @@ kg_snapshot *snapshot_acquire(void)
 kg_snapshot *snapshot_wait_newer(uint64_t after_seq, int timeout_ms)
 {
     pthread_once(&snap_once, snap_init);
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += timeout_ms / 1000;
-    deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    struct timespec deadline = kg_deadline_in(timeout_ms);
     kg_snapshot *s = NULL;
     pthread_mutex_lock(&snap_lock);
     while (!shutting_down && (!current || current->seq <= after_seq)) {

@@ -1,4 +1,5 @@
-/* types.c — names of the shared enums.  Owns: string <-> enum mapping only. */
+/* types.c — names of the shared enums (node states, probe outcomes, event kinds).
+ * Owns: string <-> enum mapping only. */
 #include "types.h"
 
 #include <string.h>
@@ -54,4 +55,27 @@ const char *probe_outcome_name(probe_outcome o)
     case PROBE_ERROR: return "error";
     }
     return "error";
+}
+
+static const char *const kind_names[EV_KIND_COUNT] = {
+    [EV_STATE_CHANGE] = "state_change", [EV_FAILOVER] = "failover",
+    [EV_REVERT] = "revert",             [EV_REBALANCE] = "rebalance",
+    [EV_FORCE_REBALANCE] = "force_rebalance", [EV_ADOPTION] = "adoption",
+    [EV_CAPACITY_WARNING] = "capacity_warning", [EV_PANIC] = "panic",
+    [EV_NGINX_RELOAD] = "nginx_reload", [EV_NGINX_FAILED] = "nginx_failed",
+    [EV_LEADER] = "leader",             [EV_DB] = "database",
+    [EV_OPERATOR] = "operator",
+};
+
+const char *event_kind_name(kg_event_kind k)
+{
+    return (k >= 0 && k < EV_KIND_COUNT) ? kind_names[k] : "unknown";
+}
+
+int event_kind_parse(const char *s)
+{
+    for (int i = 0; s && i < EV_KIND_COUNT; i++)
+        if (strcmp(s, kind_names[i]) == 0)
+            return i;
+    return -1;
 }

@@ -56,4 +56,100 @@ typedef struct {
     char reason[KG_REASON_MAX]; /* human text: "connection refused", "HTTP 503", ... */
 } probe_result;
 
+/* ------------------------------------------------------------------------------------------
+ * Views: what the controller publishes about nodes, events and its own operations (carried by
+ * snapshot.h, rendered by api_json.c and nginx_render.c, stored by events.c and the stores).
+ * ------------------------------------------------------------------------------------------ */
+
+#define KG_LATENCY_HISTORY 32 /* recent probe latencies per node, for the dashboard chart */
+#define KG_RECENT_EVENTS 200  /* events carried in each snapshot (for SSE and the dashboard) */
+
+typedef struct {
+    char id[KG_NODE_ID_MAX + 1];
+    char name[KG_NODE_NAME_MAX + 1];
+    char host[KG_HOST_MAX + 1];
+    bool host_valid;           /* passed hostcheck; invalid hosts are never routed */
+    bool is_primary;
+    bool is_static;            /* came from KUMAGUARD_NODES */
+    node_state state;
+    node_state prev_state;
+    int64_t state_since_ms;    /* wall clock, ms since epoch */
+    int consecutive_failures;
+    int consecutive_successes;
+    double last_latency_ms;    /* -1 when never probed */
+    double latency_history[KG_LATENCY_HISTORY]; /* oldest first; -1 = failed probe */
+    int n_latency;
+    char last_failure_reason[KG_REASON_MAX];
+    int64_t last_failure_ms;   /* 0 = never */
+    int64_t last_seen_ms;      /* last successful probe; 0 = never */
+    int64_t last_probe_ms;
+    int64_t probes_total;
+    int64_t probes_failed;
+    int http_status;
+    int effective_monitors;    /* active monitors whose COALESCE(assigned_node,node_id) is this node */
+    int home_monitors;         /* active monitors whose node_id is this node */
+    int pinned_monitors;       /* active monitors pinned here by an operator */
+    int monitor_limit;
+} kg_node_view;
+
+typedef enum {
+    EV_STATE_CHANGE = 0,
+    EV_FAILOVER,
+    EV_REVERT,
+    EV_REBALANCE,
+    EV_FORCE_REBALANCE,
+    EV_ADOPTION,
+    EV_CAPACITY_WARNING,
+    EV_PANIC,
+    EV_NGINX_RELOAD,
+    EV_NGINX_FAILED,
+    EV_LEADER,
+    EV_DB,
+    EV_OPERATOR,     /* drain / maintenance / enable / manual trigger */
+    EV_KIND_COUNT
+} kg_event_kind;
+
+const char *event_kind_name(kg_event_kind k);
+int event_kind_parse(const char *s); /* -1 when unknown */
+
+typedef struct {
+    int64_t id;               /* monotonically increasing within this process */
+    int64_t ts_ms;            /* wall clock, ms since epoch (UTC) */
+    kg_event_kind kind;
+    char node[KG_NODE_ID_MAX + 1];      /* main node concerned, "" if none */
+    char from[KG_NODE_ID_MAX + 1];      /* for moves/state changes: from node or old state */
+    char to[KG_NODE_ID_MAX + 1];        /* to node (or "several") or new state */
+    int count;                /* monitors concerned */
+    int64_t duration_ms;
+    char reason[192];
+} kg_event;
+
+typedef struct {
+    bool running;
+    char operation[32];       /* "failover", "revert", "rebalance", "force-rebalance", "" */
+    char phase[32];           /* "planning", "applying", "done", "cancelled", "failed" */
+    int moved;
+    int total;
+    int64_t started_ms;
+    int64_t eta_ms;           /* estimated end (wall clock), 0 = unknown */
+    int64_t finished_ms;
+    char last_error[160];
+} kg_rebalance_view;
+
+typedef struct {
+    bool enabled;
+    int64_t reloads_ok;
+    int64_t reloads_failed;
+    int64_t renders;
+    int64_t writes_skipped_unchanged;
+    int64_t last_reload_ms;
+    double last_reload_duration_ms;
+    bool last_ok;
+    char last_error[256];
+    char include_path[256];
+    int routed_nodes;         /* nodes in upstream kuma_cluster */
+    bool fallback_all;        /* no node online: upstream holds every known node */
+    int rejected_nodes;       /* nodes left out of the include: invalid host/id, duplicate id */
+} kg_nginx_view;
+
 #endif
