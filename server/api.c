@@ -52,6 +52,7 @@
 #define DEBUG_LOGS_DEFAULT 100
 #define STATIC_FILE_MAX (64LL * 1024 * 1024)
 #define FORCE_CONFIRM "force-rebalance-all"
+#define PANIC_CONFIRM "move-monitors-during-outage"
 #define API_DISCARD_MAX (1024 * 1024) /* over-limit chunked bytes read before closing */
 
 struct kg_api {
@@ -578,6 +579,7 @@ static kg_msg_kind action_kind(api_route_id id)
     case API_R_NODE_DRAIN: return MSG_NODE_DRAIN;
     case API_R_NODE_MAINTENANCE: return MSG_NODE_MAINTENANCE;
     case API_R_NODE_ENABLE: return MSG_NODE_ENABLE;
+    case API_R_PANIC_OVERRIDE: return MSG_PANIC_OVERRIDE;
     default: return MSG_SHUTDOWN; /* never reached: callers pass action routes only */
     }
 }
@@ -638,6 +640,10 @@ static enum MHD_Result start_action(kg_api *a, api_req *r, struct MHD_Connection
         !api_parse_confirm_body(r->body, r->body_len, FORCE_CONFIRM))
         return api_queue_error(c, MHD_HTTP_BAD_REQUEST, "confirmation_required",
                                "send the JSON body {\"confirm\":\"" FORCE_CONFIRM "\"}");
+    if (r->m.id == API_R_PANIC_OVERRIDE &&
+        !api_parse_confirm_body(r->body, r->body_len, PANIC_CONFIRM))
+        return api_queue_error(c, MHD_HTTP_BAD_REQUEST, "confirmation_required",
+                               "send the JSON body {\"confirm\":\"" PANIC_CONFIRM "\"}");
     if (r->m.node[0]) {
         kg_snapshot *s = snapshot_acquire();
         bool unknown = s && !snapshot_find_node(s, r->m.node);

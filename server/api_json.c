@@ -182,6 +182,29 @@ static json_object *node_entry(const kg_node_view *n)
     return e;
 }
 
+/* Reconcile calls to the node: what is pending, what happened last, why work waits. */
+static json_object *reconcile_obj(const kg_reconcile_view *r)
+{
+    json_object *o = json_object_new_object();
+    add_int(o, "pending_starts", r->pending_starts);
+    add_int(o, "pending_stops", r->pending_stops);
+    add_bool(o, "in_flight", r->in_flight);
+    add_bool(o, "must_tell", r->must_tell);
+    add(o, "waiting", jstr_or_null(r->waiting));
+    add(o, "last_result", jstr(r->last_result ? r->last_result : "none"));
+    add_int(o, "last_http_status", r->last_http);
+    add(o, "last_call", jtime(r->last_call_ms));
+    add_int(o, "last_duration_ms", r->last_duration_ms);
+    add(o, "next_cron", jtime(r->next_cron_ms));
+    add_int(o, "calls", r->calls);
+    add_int(o, "failures", r->failures);
+    add_int(o, "timeouts", r->timeouts);
+    add_int(o, "rate_limited", r->rate_limited);
+    add_int(o, "unauthorized", r->unauthorized);
+    add_int(o, "left_to_cron", r->left_to_cron);
+    return o;
+}
+
 json_object *api_json_node(const kg_node_view *n, int default_limit)
 {
     json_object *o = json_object_new_object();
@@ -196,7 +219,9 @@ json_object *api_json_node(const kg_node_view *n, int default_limit)
     add(o, "previous_state", jstr(node_state_name(n->prev_state)));
     add(o, "state_since", jtime(n->state_since_ms));
     add_bool(o, "routable", node_state_routable(n->state) && n->host_valid);
-    add_bool(o, "placeable", node_state_placeable(n->state));
+    add_bool(o, "placeable", node_state_placeable(n->state) && n->proven && n->host_valid);
+    add_bool(o, "proven", n->proven);
+    add(o, "host_problem", jstr_or_null(n->host_problem));
     add_int(o, "consecutive_failures", n->consecutive_failures);
     add_int(o, "consecutive_successes", n->consecutive_successes);
     add(o, "last_latency_ms", last_latency(n));
@@ -214,6 +239,7 @@ json_object *api_json_node(const kg_node_view *n, int default_limit)
     add_int(o, "monitors_pinned", n->pinned_monitors);
     add_int(o, "monitor_limit", limit);
     add(o, "usage_percent", jnum(usage_percent(n->effective_monitors, limit), 2));
+    add(o, "reconcile", reconcile_obj(&n->reconcile));
     return o;
 }
 
@@ -239,6 +265,35 @@ static json_object *database_obj(const kg_snapshot *s)
     add(o, "backend", jstr_or_null(s->db_backend));
     add(o, "error", jstr_or_null(s->db_error));
     add_int(o, "errors_total", s->db_errors_total);
+    add(o, "state", jstr_or_null(s->db_state));
+    add(o, "down_since", jtime(s->db_down_since_ms));
+    add(o, "last_ok", jtime(s->db_last_ok_ms));
+    add(o, "next_retry", jtime(s->db_next_retry_ms));
+    return o;
+}
+
+/* The local history (state.db): a full or read-only disk must not go unnoticed. */
+static json_object *history_obj(const kg_snapshot *s)
+{
+    json_object *o = json_object_new_object();
+    add_bool(o, "ok", !s->history_failing);
+    add(o, "error", jstr_or_null(s->history_error));
+    add_int(o, "events_lost", s->history_lost);
+    return o;
+}
+
+/* The panic guard as operators need it: since when, how many fail, who overrode it. */
+static json_object *panic_obj(const kg_snapshot *s)
+{
+    json_object *o = json_object_new_object();
+    add_bool(o, "engaged", s->panic);
+    add(o, "reason", jstr_or_null(s->panic_reason));
+    add(o, "since", jtime(s->panic_since_ms));
+    add_int(o, "nodes_failing", s->panic_failing);
+    add_int(o, "nodes_counted", s->panic_total);
+    add_bool(o, "override", s->panic_override);
+    add(o, "override_by", jstr_or_null(s->panic_override_by));
+    add_int(o, "nodes_released", s->panic_released);
     return o;
 }
 
@@ -404,6 +459,7 @@ static void fill_fault_detection(json_object *o, const kg_snapshot *s, const kg_
     }
     add_bool(o, "panic", s->panic);
     add(o, "panic_reason", jstr_or_null(s->panic_reason));
+    add(o, "panic_guard", panic_obj(s));
     if (cfg)
         add(o, "panic_share", jnum(cfg->panic_share, 3));
     add_int(o, "nodes_total", s->n_nodes);
@@ -558,9 +614,14 @@ json_object *api_doc_health(const kg_snapshot *s, int64_t now_ms, int *http_stat
      * reads keep working from the snapshot and restarting kumaguard would not bring MariaDB
      * back.  See docs/API.md. */
     *http_status = 200;
-    add(o, "status", jstr(s->db_ok ? "ok" : "degraded"));
+    add(o, "status", jstr(s->db_ok && !s->history_failing ? "ok" : "degraded"));
     add_bool(o, "leader", s->is_leader);
     add(o, "db", jstr(s->db_ok ? "ok" : "down"));
+    add(o, "db_state", jstr_or_null(s->db_state));
+    add(o, "db_down_since", jtime(s->db_down_since_ms));
+    add(o, "history", jstr(!s->history_failing ? "ok" : "failing"));
+    if (s->history_failing)
+        add(o, "history_error", jstr_or_null(s->history_error));
     add(o, "db_backend", jstr_or_null(s->db_backend));
     add(o, "instance_id", jstr_or_null(s->instance_id));
     add_int(o, "uptime_seconds", s->started_ms > 0 && now_ms > s->started_ms
@@ -583,6 +644,7 @@ json_object *api_doc_system_status(const kg_snapshot *s, const kg_config *cfg)
                                                              : 0);
     add(o, "controller", c);
     add(o, "database", database_obj(s));
+    add(o, "history", history_obj(s));
 
     json_object *cl = json_object_new_object();
     add_cluster_summary(cl, s);
@@ -621,6 +683,10 @@ json_object *api_doc_node_status(const kg_snapshot *s)
     add_cluster_summary(sum, s);
     add(o, "summary", sum);
     add(o, "nodes", nodes_array(s));
+    /* the database is named here too: when it is down, node states are not written and
+     * monitors do not move, whatever the nodes say */
+    add(o, "database", database_obj(s));
+    add(o, "history", history_obj(s));
     return o;
 }
 

@@ -51,6 +51,7 @@ static const route_def routes[] = {
     {"/api/trigger-rebalancing", API_R_TRIGGER_REBALANCING, API_M_POST, F_LB_ALIAS | F_AUTH},
     {"/api/force-rebalance-all", API_R_FORCE_REBALANCE_ALL, API_M_POST, F_LB_ALIAS | F_AUTH},
     {"/api/cancel-rebalancing", API_R_CANCEL_REBALANCING, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/api/panic-override", API_R_PANIC_OVERRIDE, API_M_POST, F_LB_ALIAS | F_AUTH},
     {"/lb/health", API_R_LB_HEALTH, M_READ, 0},
     {"/lb/capacity", API_R_CAPACITY, M_READ, 0},
     {"/lb/ping", API_R_PING, M_READ, 0},
@@ -97,6 +98,7 @@ static const char *const route_names[API_R_COUNT] = {
     [API_R_NODE_DRAIN] = "drain",
     [API_R_NODE_MAINTENANCE] = "maintenance",
     [API_R_NODE_ENABLE] = "enable",
+    [API_R_PANIC_OVERRIDE] = "panic-override",
     [API_R_SET_FIXED_NODE] = "set-fixed-node",
     [API_R_CLEAR_FIXED_NODE] = "clear-fixed-node",
     [API_R_FIXED_NODE_PAGE] = "fixed-node",
@@ -111,7 +113,7 @@ const char *api_route_name(api_route_id id)
 
 bool api_route_is_action(api_route_id id)
 {
-    return id >= API_R_UPDATE_LOADS && id <= API_R_NODE_ENABLE;
+    return id >= API_R_UPDATE_LOADS && id <= API_R_PANIC_OVERRIDE;
 }
 
 unsigned api_method_bit(const char *method)

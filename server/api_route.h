@@ -44,6 +44,7 @@ typedef enum {
     API_R_NODE_DRAIN,
     API_R_NODE_MAINTENANCE,
     API_R_NODE_ENABLE,
+    API_R_PANIC_OVERRIDE,   /* allow failover while the panic guard holds (confirmed) */
     /* the browser's own routing preference (no token) */
     API_R_SET_FIXED_NODE,
     API_R_CLEAR_FIXED_NODE,

@@ -142,7 +142,7 @@ static int ctx_init(plan_ctx *c, const plan_view *v)
         order[j].idx = j;
         c->hash[j] = node_hash(nd->id);
         c->limit[j] = nd->limit > 0 ? nd->limit : 0;
-        c->placeable[j] = node_state_placeable(nd->state);
+        c->placeable[j] = node_state_placeable(nd->state) && !nd->keep;
     }
     qsort(order, (size_t)c->n, sizeof(id_ref), id_ref_cmp);
     for (int k = 0; k < c->n; k++) {
@@ -370,7 +370,7 @@ static void converge_failover(plan_ctx *c, const plan_options *o, plan_result *r
         if (!m->active || is_pinned(m))
             continue;
         int32_t eff = plan_effective(m);
-        if (eff < 0 || c->placeable[eff])
+        if (eff < 0 || c->placeable[eff] || v->nodes[eff].keep)
             continue;
         int32_t to;
         bool over_cap = false;
@@ -433,7 +433,7 @@ int plan_converge(const plan_view *v, const plan_options *o, plan_result *r)
         int32_t eff = plan_effective(m);
         if (eff < 0)
             n_adopt++;
-        else if (!c.placeable[eff])
+        else if (!c.placeable[eff] && !v->nodes[eff].keep)
             n_fail++;
         else if (m->over >= 0)
             n_rev++;

@@ -24,6 +24,9 @@ typedef struct {
     node_state state;
     int limit;             /* monitor capacity */
     bool revert_ok;        /* online and stable for the hold-down: our overrides may go home */
+    bool keep;             /* its monitors stay where they are and nothing new is placed on it,
+                              whatever its state (not yet proven after a start; held by the
+                              panic guard) */
 } plan_node;
 
 typedef struct {

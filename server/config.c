@@ -83,6 +83,12 @@ static const opt_def opts[] = {
     {"KUMAGUARD_PANIC_SHARE", "panic-share", T_DOUBLE, O(panic_share), "0.5", 0, 0, 1, false,
      NULL, "panic guard: more than this share of nodes failing (and at least 2) = no moves; "
            "every node failing always is"},
+    {"KUMAGUARD_PANIC_MAX_HOLD", "panic-max-hold", T_MS, O(panic_max_hold_ms), "0", 1000, 0,
+     86400000, false, NULL, "panic guard: after holding this long, let failing nodes' monitors "
+                            "move one node at a time; 0 = only an operator can (seconds)"},
+    {"KUMAGUARD_PANIC_RELEASE_INTERVAL", "panic-release-interval", T_MS,
+     O(panic_release_interval_ms), "60", 1000, 1000, 86400000, false, NULL,
+     "panic guard: after the max hold, one more failing node every interval (seconds)"},
     {"MONITOR_LIMIT_PER_NODE", "monitor-limit", T_INT, O(monitor_limit), "1000", 0, 1,
      100000000, false, NULL, "capacity per node"},
     {"RECOVERY_HOLD_DOWN", "recovery-hold-down", T_MS, O(recovery_hold_down_ms), "30", 1000, 0,
@@ -103,6 +109,8 @@ static const opt_def opts[] = {
      100, 86400000, false, NULL, "how often monitor counts are re-read (seconds)"},
     {"KUMAGUARD_LEASE_TTL", "lease-ttl", T_MS, O(lease_ttl_ms), "10", 1000, 1000, 3600000, false,
      NULL, "leader lease renewal period (seconds)"},
+    {"DB_RETRY_MAX", "db-retry-max", T_MS, O(db_retry_max_ms), "4s", 1, 500, 3600000, false,
+     NULL, "longest pause between database reconnect attempts (plain = ms)"},
     {"NGINX_INCLUDE_PATH", "nginx-include", T_STR, O(nginx_include), NULL, 0, 0, 0, false, NULL,
      "file kumaguard renders; unset = no nginx feed"},
     {"NGINX_TEMPLATE", "nginx-template", T_STR, O(nginx_template), NULL, 0, 0, 0, false, NULL,
@@ -117,6 +125,24 @@ static const opt_def opts[] = {
      "KUMA_API_KEY_FILE", "Authorization for the nodes' reconcile endpoint; unset = no nudge"},
     {"KUMA_RECONCILE_PATH", "kuma-reconcile-path", T_STR, O(reconcile_path),
      "/api/v1/reconcile-monitors", 0, 0, 0, false, NULL, "reconcile endpoint path on the nodes"},
+    {"KUMA_RECONCILE_BASE", "kuma-reconcile-base", T_MS, O(reconcile_base_ms), "1000", 1, 10,
+     600000, false, NULL, "worst case of a reconcile call with nothing to do (plain = ms)"},
+    {"KUMA_RECONCILE_START_COST", "kuma-reconcile-start-cost", T_MS, O(reconcile_start_ms),
+     "320", 1, 0, 600000, false, NULL,
+     "worst case per monitor a node starts in a reconcile (plain = ms)"},
+    {"KUMA_RECONCILE_STOP_COST", "kuma-reconcile-stop-cost", T_MS, O(reconcile_stop_ms), "160",
+     1, 0, 600000, false, NULL, "worst case per monitor a node stops (plain = ms)"},
+    {"KUMA_RECONCILE_TIMEOUT_MAX", "kuma-reconcile-timeout-max", T_MS,
+     O(reconcile_timeout_max_ms), "10m", 1, 1000, 86400000, false, NULL,
+     "cap on one reconcile call's deadline (plain = ms)"},
+    {"KUMA_CRON_SKEW", "kuma-cron-skew", T_MS, O(kuma_cron_skew_ms), "2s", 1, 0, 20000, false,
+     NULL, "how far a node's clock may be from ours: no call within this of its :00 cron "
+           "(plain = ms)"},
+    {"KUMA_RECONCILE_BUDGET", "kuma-reconcile-budget", T_INT, O(reconcile_budget), "30", 0, 1,
+     128, false, NULL, "reconcile calls per node per 15 minutes (the node's API_RATE_LIMIT "
+                       "counts them with proxied users behind the same address)"},
+    {"KUMA_RECONCILE_PACING", "kuma-reconcile-pacing", T_BOOL, O(reconcile_pacing), "true", 0,
+     0, 0, false, NULL, "give a node no more moves than it can start before its next cron"},
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
 

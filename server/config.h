@@ -50,6 +50,8 @@ typedef struct {
     int fall;
     int rise;
     double panic_share;  /* more than this share of nodes failing at once = panic */
+    int panic_max_hold_ms;         /* 0 = the guard holds until an operator overrides */
+    int panic_release_interval_ms; /* after the max hold: one more failing node per interval */
 
     /* assignments */
     int monitor_limit;
@@ -62,6 +64,7 @@ typedef struct {
     int move_batch_interval_ms;    /* pause between rebalance batches */
     int refresh_interval_ms;       /* how often monitor counts are re-read */
     int lease_ttl_ms;
+    int db_retry_max_ms;           /* cap of the reconnect back-off */
 
     /* nginx feed */
     char *nginx_include;  /* NULL = no nginx feed */
@@ -73,6 +76,13 @@ typedef struct {
     /* Kuma nodes */
     char *kuma_api_key;   /* secret; NULL = no reconcile nudge */
     char *reconcile_path;
+    int reconcile_base_ms;        /* worst case of any reconcile call */
+    int reconcile_start_ms;       /* worst case per monitor a node starts */
+    int reconcile_stop_ms;        /* worst case per monitor a node stops */
+    int reconcile_timeout_max_ms; /* cap on one call's deadline */
+    int kuma_cron_skew_ms;        /* how far a node's clock may be from ours */
+    int reconcile_budget;         /* calls per node per 15 minutes */
+    bool reconcile_pacing;        /* give a node no more than it can start before its cron */
 } kg_config;
 
 /* Fills defaults, then the environment, then argv.  On error returns -1 and writes a message

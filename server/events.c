@@ -1,12 +1,20 @@
 /* events.c — persistent event history in the local state cache <state dir>/state.db.
  *
- * Owns: state.db and its schema.  The controller thread appends through one long-lived
- * connection; query callers (HTTP threads) open a short-lived read-only connection each, so
- * the two never share a handle or a lock (SQLite WAL lets them run at the same time).
+ * Owns: state.db, its schema, and the history writer thread.  The controller hands events
+ * over with events_submit (ids are given at once, the INSERT happens on the writer thread, so a
+ * slow disk never delays a decision); query callers (HTTP threads) open a short-lived
+ * read-only connection each, so no handle or lock is shared with the writer.
+ *
+ * The journal is a rollback journal (TRUNCATE), not WAL: WAL maps a shared-memory file, and a
+ * full or read-only disk under a mapped page ends the process with SIGBUS; with a rollback
+ * journal the same disk only makes writes fail, which is reported (events_health) and shown
+ * as a degraded /health.
+ *
  * Must not: touch the cluster database. */
 #include "events.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,13 +22,28 @@
 #include <sys/stat.h>
 #include <time.h>
 
-static sqlite3 *db;             /* controller's connection */
+#include "clock.h"
+
+static sqlite3 *db;             /* the writer's connection (opened by events_open) */
 static sqlite3_stmt *ins;
 static char db_path[1024];
-static int64_t last_id;
+static int64_t last_id;         /* under H.lock once the writer runs */
+
+#define QUEUE_MAX 4096          /* events waiting for the disk; older ones are dropped */
+
+/* The writer thread and what it shares with the controller, under H.lock. */
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    pthread_t thread;
+    bool started, stop;
+    kg_event *queue;            /* ring of QUEUE_MAX */
+    int head, n;
+    events_health_t health;
+} H = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static const char schema[] =
-    "PRAGMA journal_mode=WAL;"
+    "PRAGMA journal_mode=TRUNCATE;"
     "PRAGMA synchronous=NORMAL;"
     "CREATE TABLE IF NOT EXISTS event ("
     " id INTEGER PRIMARY KEY, ts_ms INTEGER NOT NULL, kind TEXT NOT NULL, node TEXT,"
@@ -28,6 +51,106 @@ static const char schema[] =
     " duration_ms INTEGER NOT NULL DEFAULT 0, reason TEXT);"
     "CREATE INDEX IF NOT EXISTS event_ts ON event(ts_ms);"
     "CREATE INDEX IF NOT EXISTS event_node ON event(node, id);";
+
+static void set_health_locked(bool ok, const char *what, const char *msg)
+{
+    if (ok) {
+        H.health.ok = true;
+        return;
+    }
+    H.health.ok = false;
+    H.health.failures++;
+    H.health.last_failure_ms = 0; /* filled by the caller with the event time */
+    snprintf(H.health.error, sizeof H.health.error, "%s: %s", what, msg ? msg : "?");
+}
+
+static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s && *s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+/* Writer thread only. */
+static int insert_event(const kg_event *ev)
+{
+    if (!db || !ins)
+        return SQLITE_MISUSE;
+    sqlite3_reset(ins);
+    sqlite3_bind_int64(ins, 1, ev->id);
+    sqlite3_bind_int64(ins, 2, ev->ts_ms);
+    sqlite3_bind_text(ins, 3, event_kind_name(ev->kind), -1, SQLITE_STATIC);
+    bind_text_or_null(ins, 4, ev->node);
+    bind_text_or_null(ins, 5, ev->from);
+    bind_text_or_null(ins, 6, ev->to);
+    sqlite3_bind_int(ins, 7, ev->count);
+    sqlite3_bind_int64(ins, 8, ev->duration_ms);
+    bind_text_or_null(ins, 9, ev->reason);
+    int rc = sqlite3_step(ins);
+    sqlite3_reset(ins);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Writer thread only: deletes history older than before_ms; rows deleted or -1. */
+static int prune_rows(int64_t before_ms)
+{
+    sqlite3_stmt *st;
+    if (!db || sqlite3_prepare_v2(db, "DELETE FROM event WHERE ts_ms < ?", -1, &st, NULL) !=
+                   SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(st, 1, before_ms);
+    int rc = sqlite3_step(st) == SQLITE_DONE ? sqlite3_changes(db) : -1;
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int64_t prune_before; /* under H.lock: > 0 = a prune is asked for */
+
+static void *writer_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&H.lock);
+    for (;;) {
+        if (H.n == 0 && !prune_before) {
+            if (H.stop)
+                break;
+            pthread_cond_wait(&H.cond, &H.lock);
+            continue;
+        }
+        if (H.n > 0) {
+            kg_event ev = H.queue[H.head];
+            H.head = (H.head + 1) % QUEUE_MAX;
+            H.n--;
+            pthread_mutex_unlock(&H.lock);
+            int rc = insert_event(&ev);
+            pthread_mutex_lock(&H.lock);
+            if (rc == SQLITE_OK) {
+                H.health.written++;
+                set_health_locked(true, NULL, NULL);
+            } else {
+                set_health_locked(false, "cannot write the local history",
+                                  db ? sqlite3_errstr(rc) : "not open");
+                H.health.last_failure_ms = ev.ts_ms;
+                H.health.lost++;
+            }
+        } else {
+            int64_t before = prune_before;
+            prune_before = 0;
+            pthread_mutex_unlock(&H.lock);
+            int n = prune_rows(before);
+            pthread_mutex_lock(&H.lock);
+            if (n < 0)
+                set_health_locked(false, "cannot prune the local history",
+                                  db ? sqlite3_errmsg(db) : "not open");
+            else
+                H.health.pruned += n;
+        }
+        pthread_cond_broadcast(&H.cond); /* events_flush waits for an empty queue */
+    }
+    pthread_mutex_unlock(&H.lock);
+    return NULL;
+}
 
 int events_open(const char *state_dir, char *err, size_t errlen)
 {
@@ -60,11 +183,41 @@ int events_open(const char *state_dir, char *err, size_t errlen)
             last_id = sqlite3_column_int64(st, 0);
         sqlite3_finalize(st);
     }
+    H.queue = calloc(QUEUE_MAX, sizeof *H.queue);
+    memset(&H.health, 0, sizeof H.health);
+    H.health.ok = true;
+    H.head = H.n = 0;
+    H.stop = false;
+    prune_before = 0;
+    if (!H.queue || kg_cond_init(&H.cond) != 0) {
+        snprintf(err, errlen, "state cache: out of memory");
+        events_close();
+        return -1;
+    }
+    if (pthread_create(&H.thread, NULL, writer_main, NULL) != 0) {
+        snprintf(err, errlen, "cannot start the history thread: %s", strerror(errno));
+        pthread_cond_destroy(&H.cond);
+        events_close();
+        return -1;
+    }
+    H.started = true;
     return 0;
 }
 
 void events_close(void)
 {
+    if (H.started) {
+        /* the queue is written out first (bounded by the disk; a failing disk fails fast) */
+        pthread_mutex_lock(&H.lock);
+        H.stop = true;
+        pthread_cond_broadcast(&H.cond);
+        pthread_mutex_unlock(&H.lock);
+        pthread_join(H.thread, NULL);
+        pthread_cond_destroy(&H.cond);
+        H.started = false;
+    }
+    free(H.queue);
+    H.queue = NULL;
     if (ins)
         sqlite3_finalize(ins);
     ins = NULL;
@@ -73,50 +226,80 @@ void events_close(void)
     db = NULL;
 }
 
-int64_t events_last_id(void) { return last_id; }
-
-int events_prune(int64_t before_ms)
+int64_t events_last_id(void)
 {
-    if (!db)
-        return -1;
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(db, "DELETE FROM event WHERE ts_ms < ?", -1, &st, NULL) != SQLITE_OK)
-        return -1;
-    sqlite3_bind_int64(st, 1, before_ms);
-    int rc = sqlite3_step(st) == SQLITE_DONE ? sqlite3_changes(db) : -1;
-    sqlite3_finalize(st);
-    return rc;
+    pthread_mutex_lock(&H.lock);
+    int64_t v = last_id;
+    pthread_mutex_unlock(&H.lock);
+    return v;
 }
 
-static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
+void events_prune(int64_t before_ms)
 {
-    if (s && *s)
-        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
-    else
-        sqlite3_bind_null(st, i);
+    pthread_mutex_lock(&H.lock);
+    if (H.started) {
+        prune_before = before_ms;
+        pthread_cond_signal(&H.cond);
+    }
+    pthread_mutex_unlock(&H.lock);
 }
 
-int events_append(kg_event *ev)
+int events_submit(kg_event *ev)
 {
+    pthread_mutex_lock(&H.lock);
     if (ev->id == 0)
         ev->id = ++last_id;
     else if (ev->id > last_id)
         last_id = ev->id;
-    if (!db)
+    if (!H.started) {
+        H.health.lost++;
+        pthread_mutex_unlock(&H.lock);
         return -1;
-    sqlite3_reset(ins);
-    sqlite3_bind_int64(ins, 1, ev->id);
-    sqlite3_bind_int64(ins, 2, ev->ts_ms);
-    sqlite3_bind_text(ins, 3, event_kind_name(ev->kind), -1, SQLITE_STATIC);
-    bind_text_or_null(ins, 4, ev->node);
-    bind_text_or_null(ins, 5, ev->from);
-    bind_text_or_null(ins, 6, ev->to);
-    sqlite3_bind_int(ins, 7, ev->count);
-    sqlite3_bind_int64(ins, 8, ev->duration_ms);
-    bind_text_or_null(ins, 9, ev->reason);
-    int rc = sqlite3_step(ins);
-    sqlite3_reset(ins);
-    return rc == SQLITE_DONE ? 0 : -1;
+    }
+    int rc = 0;
+    if (H.n == QUEUE_MAX) { /* the disk cannot keep up: drop the oldest, count it */
+        H.head = (H.head + 1) % QUEUE_MAX;
+        H.n--;
+        H.health.lost++;
+        H.health.ok = false;
+        snprintf(H.health.error, sizeof H.health.error,
+                 "the local history cannot keep up: events were dropped");
+        rc = -1;
+    }
+    H.queue[(H.head + H.n) % QUEUE_MAX] = *ev;
+    H.n++;
+    pthread_cond_signal(&H.cond);
+    pthread_mutex_unlock(&H.lock);
+    return rc;
+}
+
+bool events_flush(int timeout_ms)
+{
+    struct timespec dl = kg_deadline_in(timeout_ms);
+    pthread_mutex_lock(&H.lock);
+    while (H.started && H.n > 0)
+        if (pthread_cond_timedwait(&H.cond, &H.lock, &dl) != 0)
+            break;
+    bool empty = H.n == 0;
+    pthread_mutex_unlock(&H.lock);
+    return empty;
+}
+
+int events_append(kg_event *ev)
+{
+    if (events_submit(ev) != 0 || !events_flush(5000))
+        return -1;
+    events_health_t h;
+    events_health(&h);
+    return h.ok ? 0 : -1;
+}
+
+void events_health(events_health_t *out)
+{
+    pthread_mutex_lock(&H.lock);
+    *out = H.health;
+    out->queued = H.n;
+    pthread_mutex_unlock(&H.lock);
 }
 
 static void copy_col(char *dst, size_t n, sqlite3_stmt *st, int col)

@@ -77,6 +77,8 @@ void mailbox_free(kg_msg *m)
         return;
     if (m->reply)
         reply_put(m->reply);
+    if (m->data && m->data_free)
+        m->data_free(m->data);
     free(m);
 }
 

@@ -26,6 +26,9 @@ typedef enum {
     MSG_NODE_MAINTENANCE,
     MSG_NODE_ENABLE,
     MSG_NGINX_OUTCOME,       /* nginx worker -> controller: a write+validate+reload attempt */
+    MSG_DB_DONE,             /* database applier -> controller: a finished db_job (data) */
+    MSG_RECONCILE_DONE,      /* reconcile applier -> controller: one call's outcome */
+    MSG_PANIC_OVERRIDE,      /* operator: allow moves while the panic guard holds */
     MSG_SHUTDOWN
 } kg_msg_kind;
 
@@ -48,6 +51,10 @@ typedef struct kg_msg {
     bool flag;                     /* MSG_NGINX_OUTCOME: ok */
     double value;                  /* MSG_NGINX_OUTCOME: duration in ms */
     char text[256];                /* MSG_NGINX_OUTCOME: error */
+    int status;                    /* MSG_RECONCILE_DONE: rsched_result */
+    int http_status;               /* MSG_RECONCILE_DONE */
+    void *data;                    /* owned payload (MSG_DB_DONE: db_job), freed by data_free */
+    void (*data_free)(void *);     /* called by mailbox_free when data is still set */
     kg_reply *reply;               /* NULL when nobody waits */
     struct kg_msg *next;
 } kg_msg;

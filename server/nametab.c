@@ -111,3 +111,15 @@ int32_t nametab_intern(kg_nametab *t, const char *name, size_t len)
     t->slots[find_slot(t, copy, len)] = t->n + 1;
     return t->n++;
 }
+
+int nametab_copy(kg_nametab *dst, const kg_nametab *src)
+{
+    nametab_init(dst);
+    for (int i = 0; i < src->n; i++) {
+        if (nametab_intern(dst, src->names[i], strlen(src->names[i])) != i) {
+            nametab_free(dst);
+            return -1;
+        }
+    }
+    return 0;
+}

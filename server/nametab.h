@@ -20,6 +20,9 @@ void nametab_init(kg_nametab *t);
 void nametab_free(kg_nametab *t);
 /* Index of name, adding it when absent.  -1 on allocation failure. */
 int32_t nametab_intern(kg_nametab *t, const char *name, size_t len);
+/* Makes dst an independent copy of src (same names, same indexes).  -1 on allocation failure
+ * (dst is then empty). */
+int nametab_copy(kg_nametab *dst, const kg_nametab *src);
 /* Index of name or -1 when absent. */
 int32_t nametab_find(const kg_nametab *t, const char *name, size_t len);
 static inline const char *nametab_name(const kg_nametab *t, int32_t i)

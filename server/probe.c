@@ -241,8 +241,11 @@ static void schedule_next(target *t, const kg_snapshot *s)
 {
     const kg_node_view *n = s ? snapshot_find_node(s, t->id) : NULL;
     node_state st = n ? n->state : NODE_UNKNOWN;
-    bool fast = st == NODE_SUSPECT || st == NODE_RECOVERING || st == NODE_UNKNOWN ||
-                (t->last_failed && st != NODE_OFFLINE) || (!t->last_failed && st == NODE_OFFLINE);
+    /* fast while in transition (health_in_transition, published by the controller) — and from
+     * the first failure of a node still online, because the snapshot lags one controller step
+     * behind this result, or the first success of one still offline */
+    bool fast = !n || n->fast_probe || (t->last_failed && st != NODE_OFFLINE) ||
+                (!t->last_failed && st == NODE_OFFLINE);
     if (fast) {
         t->next_due_ms = t->started_ms + P.fast_ms;
     } else {

@@ -45,13 +45,26 @@ typedef struct {
     char db_backend[16];       /* "sqlite" or "mariadb" */
     char db_error[256];
     int64_t db_errors_total;
+    const char *db_state;      /* static text: "up", "down", "no_answer", "waiting_schema",
+                                  "connecting" */
+    int64_t db_down_since_ms;  /* wall clock; 0 when up */
+    int64_t db_last_ok_ms;     /* wall clock of the last answered database job */
+    int64_t db_next_retry_ms;  /* wall clock; 0 when none is planned */
+
+    bool history_failing;      /* the local history (state.db) refuses writes */
+    char history_error[160];
+    int64_t history_lost;      /* events that never reached the local history */
 
     bool is_leader;
     int64_t leader_generation;
     char instance_id[128];
 
     bool panic;                /* panic guard engaged: no moves, nginx frozen */
-    char panic_reason[192];
+    char panic_reason[224];
+    int64_t panic_since_ms;    /* wall clock */
+    bool panic_override;       /* an operator allowed moves for this outage */
+    char panic_override_by[64];
+    int panic_failing, panic_total, panic_released;
 
     kg_rebalance_view rebalance;
     kg_nginx_view nginx;

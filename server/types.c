@@ -64,7 +64,8 @@ static const char *const kind_names[EV_KIND_COUNT] = {
     [EV_CAPACITY_WARNING] = "capacity_warning", [EV_PANIC] = "panic",
     [EV_NGINX_RELOAD] = "nginx_reload", [EV_NGINX_FAILED] = "nginx_failed",
     [EV_LEADER] = "leader",             [EV_DB] = "database",
-    [EV_OPERATOR] = "operator",
+    [EV_OPERATOR] = "operator",         [EV_RECONCILE] = "reconcile",
+    [EV_HISTORY] = "history",
 };
 
 const char *event_kind_name(kg_event_kind k)

@@ -64,11 +64,29 @@ typedef struct {
 #define KG_LATENCY_HISTORY 32 /* recent probe latencies per node, for the dashboard chart */
 #define KG_RECENT_EVENTS 200  /* events carried in each snapshot (for SSE and the dashboard) */
 
+/* Reconcile calls to one node (reconcile_sched.h), as shown on /api/node-status. */
+typedef struct {
+    int pending_starts;        /* monitors the node has not been seen starting */
+    int pending_stops;
+    bool in_flight;
+    bool must_tell;            /* came back after failing: told before it is routed */
+    const char *last_result;   /* static text: "none", "ok", "timeout", "rate_limited" ... */
+    int last_http;
+    int64_t last_call_ms;      /* wall clock; 0 = never */
+    int64_t last_duration_ms;
+    int64_t next_cron_ms;      /* wall clock of the node's next :00 */
+    const char *waiting;       /* static text: why pending work waits, NULL when idle */
+    int64_t calls, failures, timeouts, rate_limited, unauthorized, left_to_cron;
+} kg_reconcile_view;
+
 typedef struct {
     char id[KG_NODE_ID_MAX + 1];
     char name[KG_NODE_NAME_MAX + 1];
     char host[KG_HOST_MAX + 1];
     bool host_valid;           /* passed hostcheck; invalid hosts are never routed */
+    char host_problem[KG_REASON_MAX]; /* why the host is not usable, with the fix ("" = fine) */
+    bool proven;               /* passed `rise` probes of ours since kumaguard started */
+    bool fast_probe;           /* probe at the fast interval (health_in_transition) */
     bool is_primary;
     bool is_static;            /* came from KUMAGUARD_NODES */
     node_state state;
@@ -90,6 +108,7 @@ typedef struct {
     int home_monitors;         /* active monitors whose node_id is this node */
     int pinned_monitors;       /* active monitors pinned here by an operator */
     int monitor_limit;
+    kg_reconcile_view reconcile;
 } kg_node_view;
 
 typedef enum {
@@ -106,6 +125,8 @@ typedef enum {
     EV_LEADER,
     EV_DB,
     EV_OPERATOR,     /* drain / maintenance / enable / manual trigger */
+    EV_RECONCILE,    /* a reconcile call refused or timed out (cause and fix in the reason) */
+    EV_HISTORY,      /* the local history cannot be written (or works again) */
     EV_KIND_COUNT
 } kg_event_kind;
 

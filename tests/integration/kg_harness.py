@@ -218,6 +218,16 @@ class Kumaguard:
         assert status == 200, "%s -> %s %s" % (path, status, body[:300])
         return json.loads(body)
 
+    def proven(self):
+        """True when every online node has passed `rise` probes of this kumaguard (until then
+        nothing is placed on it and rebalancing is refused)."""
+        nodes = self.get_json("/api/node-status")["nodes"]
+        return bool(nodes) and all(n["proven"] for n in nodes
+                                   if n["state"] in ("online", "suspect"))
+
+    def wait_proven(self, timeout=15):
+        return wait_until(self.proven, timeout=timeout, what="nodes proven by kumaguard's probes")
+
     def post(self, path, body=None, headers=None):
         status, _, raw = self.request("POST", path, body if body is not None else {}, headers)
         try:

@@ -19,6 +19,7 @@ def start(tmp_path, cluster, procs, extra=()):
     procs.append(kg)
     wait_until(cluster.schema_ready, what="schema")
     wait_until(lambda: set(node_status(cluster).values()) == {"online"}, what="online")
+    kg.wait_proven()
     return nodes, kg
 
 
