@@ -31,8 +31,20 @@ const char *api_format_time(int64_t ms, char *buf, size_t len)
     struct tm tm;
     if (!gmtime_r(&sec, &tm))
         return buf;
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+    /* strftime, not one snprintf: GCC at -O3 cannot see that the fields are small and warns
+     * (-Wformat-truncation) */
+    size_t n = strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm);
+    unsigned milli = (unsigned)(ms % 1000);
+    if (n == 0 || len - n < 6) {
+        buf[0] = '\0';
+        return buf;
+    }
+    buf[n++] = '.';
+    buf[n++] = (char)('0' + milli / 100);
+    buf[n++] = (char)('0' + milli / 10 % 10);
+    buf[n++] = (char)('0' + milli % 10);
+    buf[n++] = 'Z';
+    buf[n] = '\0';
     return buf;
 }
 

@@ -374,6 +374,17 @@ static int config_finish(kg_config *cfg, char *err, size_t errlen)
         snprintf(buf, sizeof buf, "%s/cluster.db", cfg->state_dir);
         cfg->sqlite_path = strdup(buf);
     }
+#ifdef KG_SOURCE_WEB_DIR
+    /* Not set by the user: the installed web files, or — a build tree that was never
+     * installed — the source tree's. */
+    if (strcmp(cfg->web_dir, KG_DEFAULT_WEB_DIR) == 0 &&
+        access(KG_DEFAULT_WEB_DIR "/templates", R_OK) != 0) {
+        free(cfg->web_dir);
+        cfg->web_dir = strdup(KG_SOURCE_WEB_DIR);
+        if (!cfg->web_dir)
+            return errf(err, errlen, "out of memory");
+    }
+#endif
     if (!cfg->nginx_template) {
         snprintf(buf, sizeof buf, "%s/templates/nginx-upstream.conf.tmpl", cfg->web_dir);
         cfg->nginx_template = strdup(buf);

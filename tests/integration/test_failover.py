@@ -8,14 +8,14 @@ import collections
 import json
 import time
 
-from kg_harness import (Kumaguard, effective_counts, monitors, node_status, seed_monitors,
-                        wait_until)
+from kg_harness import (INSTANT_NODE_COSTS, Kumaguard, effective_counts, monitors,
+                        node_status, seed_monitors, wait_until)
 from kumasim_ctl import Kumasim
 
 API_KEY = "test-cluster-key"
 FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--health-timeout",
         "300ms", "--fall", "3", "--rise", "3", "--recovery-hold-down", "1s",
-        "--recovery-batch-interval", "100ms"]
+        "--recovery-batch-interval", "100ms"] + INSTANT_NODE_COSTS
 
 
 def start_cluster(tmp_path, cluster, procs, n=3, extra=()):
@@ -26,6 +26,7 @@ def start_cluster(tmp_path, cluster, procs, n=3, extra=()):
     wait_until(cluster.schema_ready, what="cluster schema")
     wait_until(lambda: node_status(cluster) == {nd.node_id: "online" for nd in nodes},
                what="all nodes registered online")
+    kg.wait_leader()
     return nodes, kg
 
 

@@ -4,12 +4,13 @@ its progress is visible.  Pins never move and no monitor is lost or doubled."""
 
 import collections
 
-from kg_harness import Kumaguard, effective_counts, monitors, node_status, seed_monitors, wait_until
+from kg_harness import (INSTANT_NODE_COSTS, Kumaguard, effective_counts, monitors,
+                        node_status, seed_monitors, wait_until)
 from kumasim_ctl import Kumasim
 
 KEY = "test-cluster-key"
 FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--health-timeout",
-        "300ms", "--fall", "3", "--rise", "3"]
+        "300ms", "--fall", "3", "--rise", "3"] + INSTANT_NODE_COSTS
 
 
 def start(tmp_path, cluster, procs, extra=()):
@@ -19,6 +20,7 @@ def start(tmp_path, cluster, procs, extra=()):
     procs.append(kg)
     wait_until(cluster.schema_ready, what="schema")
     wait_until(lambda: set(node_status(cluster).values()) == {"online"}, what="online")
+    kg.wait_leader()
     kg.wait_proven()
     return nodes, kg
 

@@ -7,14 +7,14 @@ import subprocess
 
 import pytest
 
-from kg_harness import (ROOT, Kumaguard, MariaCluster, effective_counts, monitors, node_status,
-                        seed_monitors, wait_until)
+from kg_harness import (INSTANT_NODE_COSTS, ROOT, Kumaguard, MariaCluster, effective_counts,
+                        monitors, node_status, seed_monitors, wait_until)
 from kumasim_ctl import Kumasim
 
 API_KEY = "test-cluster-key"
 FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--health-timeout",
         "300ms", "--fall", "3", "--rise", "3", "--recovery-hold-down", "1s",
-        "--db-timeout", "1s", "--lease-ttl", "1s"]
+        "--db-timeout", "1s", "--lease-ttl", "1s"] + INSTANT_NODE_COSTS
 SCRIPT = os.path.join(ROOT, "scripts", "mariadb-test-server.sh")
 
 
