@@ -1,9 +1,10 @@
 /* main.c — kumaguard's entry point: parse settings, start the threads, wait for a signal,
  * stop everything in reverse order.
  *
- * Threads: the controller (owner of cluster state), the prober (HTTP health checks) and the
- * HTTP server's pool.  They share state only through snapshot.h (outward) and mailbox.h
- * (inward).  Must not: contain product logic. */
+ * Threads: the controller (owner of cluster state, decides), its appliers (database, reconcile
+ * calls, nginx, history — started and stopped by controller.c), the prober (HTTP health checks)
+ * and the HTTP server's pool.  They share state only through snapshot.h (outward) and
+ * mailbox.h (inward).  Must not: contain product logic. */
 #include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -50,15 +51,18 @@ int main(int argc, char **argv)
     int exit_code = 1;
     kg_api *api = NULL;
     bool prober_up = false;
-    if (controller_start(&cfg, err, sizeof err) != 0) {
+    /* The prober first: the controller asks it for probe rounds from its first step, so the
+     * prober's state must exist before that thread does (its results wait in the mailbox, and
+     * it probes nothing before the first snapshot names the nodes). */
+    if (prober_start(&cfg, err, sizeof err) != 0) {
         fprintf(stderr, "kumaguard: %s\n", err);
         goto out;
     }
-    if (prober_start(&cfg, err, sizeof err) != 0) {
+    prober_up = true;
+    if (controller_start(&cfg, err, sizeof err) != 0) {
         fprintf(stderr, "kumaguard: %s\n", err);
         goto stop_controller;
     }
-    prober_up = true;
     api = api_start(&cfg, err, sizeof err);
     if (!api) {
         fprintf(stderr, "kumaguard: %s\n", err);
