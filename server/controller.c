@@ -25,6 +25,7 @@
 #include "events.h"
 #include "health.h"
 #include "hostcheck.h"
+#include "netpolicy.h"
 #include "log.h"
 #include "mailbox.h"
 #include "nametab.h"
@@ -351,7 +352,8 @@ static ctrl_node *add_node(const char *id, const char *name, const char *host,
     snprintf(n->v.id, sizeof n->v.id, "%s", id);
     snprintf(n->v.name, sizeof n->v.name, "%s", name && *name ? name : id);
     snprintf(n->v.host, sizeof n->v.host, "%s", host ? host : "");
-    n->v.host_valid = hostcheck_valid(n->v.host, NULL, 0) && hostcheck_node_id_valid(id);
+    n->v.host_valid = netpolicy_host_allowed(&C.cfg->node_policy, n->v.host, NULL, 0) &&
+                      hostcheck_node_id_valid(id);
     n->v.last_latency_ms = -1;
     health_init(&n->h, persisted, now);
     n->v.state = n->v.prev_state = n->h.state;
@@ -384,6 +386,11 @@ static void refresh_nodes(int64_t now)
     for (int i = 0; i < C.n_nodes; i++)
         C.nodes[i].in_db = false;
     for (size_t r = 0; r < n; r++) {
+        if (strlen(rows[r].id) > KG_NODE_ID_MAX) { /* never cut: a cut id names no node */
+            log_warn("node row '%.50s...' ignored: node ids are at most %d characters",
+                     rows[r].id, KG_NODE_ID_MAX);
+            continue;
+        }
         ctrl_node *cn = find_node(rows[r].id);
         if (!cn) {
             cn = add_node(rows[r].id, rows[r].name, rows[r].host,
@@ -431,12 +438,12 @@ static void refresh_nodes(int64_t now)
                 C.dirty = true;
             }
         }
-        char herr[64] = "";
-        bool valid = hostcheck_valid(cn->v.host, herr, sizeof herr) &&
+        char herr[KG_REASON_MAX] = "";
+        bool valid = netpolicy_host_allowed(&C.cfg->node_policy, cn->v.host, herr, sizeof herr) &&
                      hostcheck_node_id_valid(cn->v.id);
         if (!valid && cn->v.host_valid)
-            log_warn("node %s has an invalid host value (%s); it is not probed or routed",
-                     cn->v.id, herr[0] ? herr : "bad node id");
+            log_warn("node %s: host %s not used (%s); it is not probed, routed or sent the key",
+                     cn->v.id, cn->v.host, herr[0] ? herr : "bad node id");
         cn->v.host_valid = valid;
         /* A Kuma node that restarts writes status='online' over ours: ours is the authority. */
         if (strcmp(rows[r].status, node_state_db_value(cn->h.state)) != 0)

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "netpolicy_curl.h"
+
 static size_t discard(char *d, size_t s, size_t n, void *u)
 {
     (void)d;
@@ -24,9 +26,11 @@ int reconcile_nudge(reconcile_target *t, int n, const char *api_key, const char 
         return 0;
     CURLM *multi = curl_multi_init();
     CURL **easy = calloc((size_t)n, sizeof *easy);
+    netpolicy_guard *guard = calloc((size_t)n, sizeof *guard); /* the key never leaves for a
+                                                                  refused address */
     struct curl_slist *hdr = NULL;
     int ok = 0;
-    if (!multi || !easy) {
+    if (!multi || !easy || !guard) {
         for (int i = 0; i < n; i++)
             snprintf(t[i].error, sizeof t[i].error, "out of memory");
         goto done;
@@ -54,6 +58,7 @@ int reconcile_nudge(reconcile_target *t, int n, const char *api_key, const char 
         curl_easy_setopt(easy[i], CURLOPT_WRITEFUNCTION, discard);
         curl_easy_setopt(easy[i], CURLOPT_PROTOCOLS_STR, "http");
         curl_easy_setopt(easy[i], CURLOPT_PRIVATE, &t[i]);
+        netpolicy_curl_guard(easy[i], &guard[i]);
         curl_multi_add_handle(multi, easy[i]);
     }
     int running = 1;
@@ -72,7 +77,10 @@ int reconcile_nudge(reconcile_target *t, int n, const char *api_key, const char 
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&rt);
         long status = 0;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
-        if (msg->data.result != CURLE_OK)
+        netpolicy_guard *g = &guard[rt - t];
+        if (g->refused)
+            snprintf(rt->error, sizeof rt->error, "%.95s", g->reason);
+        else if (msg->data.result != CURLE_OK)
             snprintf(rt->error, sizeof rt->error, "%s", curl_easy_strerror(msg->data.result));
         else if (status < 200 || status > 299)
             snprintf(rt->error, sizeof rt->error, "HTTP %ld", status);
@@ -89,6 +97,7 @@ done:
         }
     }
     free(easy);
+    free(guard);
     curl_slist_free_all(hdr);
     if (multi)
         curl_multi_cleanup(multi);

@@ -724,7 +724,7 @@ static const char *literal_of(my_store *m, literals *L, const kg_nametab *tab, i
 
 static void literals_free(literals *L)
 {
-    for (int i = 0; i < L->n; i++)
+    for (int i = 0; L->lit && i < L->n; i++) /* lit is NULL when its calloc failed */
         free(L->lit[i]);
     free(L->lit);
 }
