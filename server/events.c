@@ -204,9 +204,15 @@ int events_query_run(const events_query *q, kg_event **out, int *n, char *err, s
     if (q->before_id > 0)
         sqlite3_bind_int64(st, 5, q->before_id);
     sqlite3_bind_int(st, 6, limit);
-    int got = 0, step;
+    int got = 0, step = SQLITE_DONE;
     while (got < limit && (step = sqlite3_step(st)) == SQLITE_ROW)
         row_to_event(st, &res[got++]);
+    /* A page cut short by an error (corrupt file, I/O error, lock timeout) must not pass for
+     * the end of the history. */
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        snprintf(err, errlen, "history query: %s", sqlite3_errmsg(rd));
+        goto done;
+    }
     *out = res;
     *n = got;
     res = NULL;

@@ -47,6 +47,16 @@ typedef struct {
 
 #define RL_SLOTS 64
 static rl_slot rl[RL_SLOTS]; /* under ring_lock */
+static int rl_burst = KG_LOG_BURST;
+static int64_t rl_window_ms = KG_LOG_WINDOW_MS;
+
+void log_set_rate_limit(int burst, int window_ms)
+{
+    pthread_mutex_lock(&ring_lock);
+    rl_burst = burst > 0 ? burst : KG_LOG_BURST;
+    rl_window_ms = window_ms > 0 ? window_ms : KG_LOG_WINDOW_MS;
+    pthread_mutex_unlock(&ring_lock);
+}
 
 static int64_t mono_ms(void)
 {
@@ -109,7 +119,7 @@ static void close_window_locked(rl_slot *s, int64_t now)
 static void flush_expired_locked(int64_t now)
 {
     for (int i = 0; i < RL_SLOTS; i++)
-        if (rl[i].key && rl[i].suppressed > 0 && now - rl[i].window_start_ms >= KG_LOG_WINDOW_MS)
+        if (rl[i].key && rl[i].suppressed > 0 && now - rl[i].window_start_ms >= rl_window_ms)
             close_window_locked(&rl[i], now);
 }
 
@@ -132,9 +142,9 @@ static bool rate_allows_locked(const void *key, kg_log_level lvl, const char *ms
         s->window_start_ms = now;
     }
     s->lvl = lvl;
-    if (now - s->window_start_ms >= KG_LOG_WINDOW_MS)
+    if (now - s->window_start_ms >= rl_window_ms)
         close_window_locked(s, now);
-    if (s->lines < KG_LOG_BURST) {
+    if (s->lines < rl_burst) {
         s->lines++;
         return true;
     }

@@ -29,6 +29,8 @@ void kg_log(kg_log_level lvl, const char *fmt, ...) __attribute__((format(printf
  * string of a library's own message). */
 void kg_log_keyed(kg_log_level lvl, const void *key, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Burst and window of the rate limit (defaults KG_LOG_BURST, KG_LOG_WINDOW_MS); for tests. */
+void log_set_rate_limit(int burst, int window_ms);
 /* Writes the summaries of windows that have ended (also done on every log call). */
 void log_flush_suppressed(void);
 #define log_error(...) kg_log(LOG_ERROR, __VA_ARGS__)

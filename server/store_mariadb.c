@@ -676,7 +676,7 @@ typedef struct {
 
 static bool sbuf_reserve(sbuf *b, size_t more)
 {
-    if (b->len + more + 1 <= b->cap)
+    if (b->p && b->len + more + 1 <= b->cap) /* b->p: never "room" in a buffer not allocated */
         return true;
     size_t cap = b->cap ? b->cap : 1 << 16;
     while (cap < b->len + more + 1)
