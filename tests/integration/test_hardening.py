@@ -151,6 +151,7 @@ def assert_json_error(status, body, want_status, want_text=None):
 
 def test_html_refuses_framing_and_every_response_says_nosniff(tmp_path, sqlite, procs):
     kg = start_kg(tmp_path, sqlite, procs)
+    wait_until(lambda: kg.request("GET", "/api/system-status")[0] == 200, what="first snapshot")
     for path in ("/", "/lb/fixed-node/node1"):
         st, hd, _ = kg.request("GET", path)
         assert st in (200, 404, 409, 503), (path, st)
@@ -212,6 +213,27 @@ def test_malformed_framing_is_400_json_and_the_connection_closes(shared_kg, case
     assert hd.get("content-type") == ["application/json"], hd
     assert closed, "the connection stays open after a framing error: the rest of the stream " \
                    "could be read as a request"
+
+
+def test_what_libmicrohttpd_rejects_itself_is_closed_and_leaks_nothing(shared_kg):
+    # libmicrohttpd answers these before kumaguard sees the request (its own short HTML body);
+    # the request state kumaguard allocated for the target must still be freed (the shared
+    # daemon's sanitizer report at the end of the module says so).
+    for raw in (b"POST /lb/set-fixed-node HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{}",
+                b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n"):
+        s = connect(shared_kg.port)
+        try:
+            s.sendall(raw)
+            r = Reader(s)
+            st, _, _ = r.response()
+            assert 400 <= st < 500, st
+            # (0.9.75 sends the header block of its Content-Length error twice: read to the end)
+            deadline = time.monotonic() + 5
+            while not r.eof and time.monotonic() < deadline:
+                r._fill()
+            assert r.eof, "the connection stays open"
+        finally:
+            s.close()
 
 
 def test_well_formed_requests_still_keep_alive(shared_kg):
