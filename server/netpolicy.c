@@ -282,8 +282,7 @@ bool netpolicy_host_allowed(const kg_netpolicy *p, const char *hostport, char *w
     uint8_t a[16];
     if (netpolicy_parse_addr(host, a))
         return netpolicy_addr_allowed(p, a, port, why, whylen);
-    if (p && p->db_host[0] && port == p->db_port &&
-        (strcasecmp(host, p->db_host) == 0 || (p->db_is_local && strcasecmp(host, "localhost") == 0))) {
+    if (p && p->db_host[0] && port == p->db_port && strcasecmp(host, p->db_host) == 0) {
         if (why && whylen)
             snprintf(why, whylen, "refused: %.100s port %d is the cluster database's own address",
                      host, port);
