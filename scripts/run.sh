@@ -42,8 +42,9 @@ for ((i = 1; i <= sim; i++)); do
   node_flags+=(--node "node$i=127.0.0.1:$port")
 done
 
-# Faster than the production defaults so the demo reacts within seconds.
-build/kumaguard --listen "$listen" --state-dir "$state" --kuma-api-key "$api_key" \
+# Faster than the production defaults so the demo reacts within seconds.  The key goes in
+# through the environment: a flag would be readable by every local user in `ps`.
+KUMA_API_KEY="$api_key" build/kumaguard --listen "$listen" --state-dir "$state" \
   --health-interval 2s --health-fast-interval 500ms --recovery-hold-down 10s \
   "${node_flags[@]}" "${extra[@]}" &
 kg=$!

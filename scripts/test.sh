@@ -49,6 +49,7 @@ stage "integration tests (pytest, TSan daemon)" \
 if [[ -x scripts/fuzz-short.sh ]]; then
   stage "fuzz (libFuzzer, ${KG_FUZZ_SECONDS:-30} s per target)" scripts/fuzz-short.sh
 fi
+stage "static analysis (clang analyzer, zero findings)" scripts/static-analysis.sh
 if [[ -f tests/dashboard/dashboard.test.mjs ]]; then
   stage "dashboard (headless Chromium)" env KG_BUILD_DIR="$root/build-test" node --test tests/dashboard/
 fi

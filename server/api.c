@@ -8,6 +8,12 @@
  * suspends its connection and a short-lived worker thread waits instead, keeping the pool
  * free for reads.  /api/events streams are parked the same way (api_sse.c).
  *
+ * Defences (README, "Security"): every request passes the strict framing rules of api_frame.c
+ * before it is routed (violations: 400 JSON and the connection closed); connections are capped
+ * per client and in total and closed when idle (api_limits.h, MHD options), event streams per
+ * client (api_sse.c); HTML refuses to be framed (CSP frame-ancestors, X-Frame-Options), and
+ * every response carries nosniff.
+ *
  * Owns: the MHD daemon, the per-request state, auth decisions.  Must not: change cluster state
  * (actions go to the controller through the mailbox) or query a database per request. */
 #include "api.h"
@@ -31,8 +37,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api_frame.h"
 #include "api_internal.h"
 #include "api_json.h"
+#include "api_limits.h"
 #include "api_metrics.h"
 #include "api_route.h"
 #include "api_sse.h"
@@ -43,8 +51,6 @@
 
 #define ACTION_TIMEOUT_MS 10000
 #define ACTION_MAX_IN_FLIGHT 8
-#define CONNECTION_LIMIT 512
-#define CONNECTION_TIMEOUT_S 30
 /* Per-connection pool for request and response headers (bodies are ours).  MHD zeroes it on
  * every request, so its size is a per-request cost (about 3 % of a cached GET at 16 KiB); 32 KiB
  * keeps room for request headers of about 16 KiB (many cookies on a shared domain). */
@@ -54,11 +60,17 @@
 #define FORCE_CONFIRM "force-rebalance-all"
 #define PANIC_CONFIRM "move-monitors-during-outage"
 #define API_DISCARD_MAX (1024 * 1024) /* over-limit chunked bytes read before closing */
+/* What HTML (and any other file we serve) may do: load from its own origin only, and never
+ * be shown inside a frame of another page (clickjacking: a decoy page framing the dashboard of
+ * a no-token install made two clicks drain a node). */
+#define HTML_CSP "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; " \
+                 "form-action 'self'; object-src 'none'"
 
 struct kg_api {
     struct MHD_Daemon *daemon;
     const kg_config *cfg;      /* owned by the caller; must outlive the API */
     api_sse_hub *sse;
+    api_limits *conns;         /* open connections per client (api_limits.h) */
     char web_dir[PATH_MAX];
     char static_root[PATH_MAX]; /* realpath of <web_dir>/static, "" when absent */
 
@@ -82,6 +94,9 @@ enum { ACT_NONE = 0, ACT_RUNNING, ACT_DONE };
 typedef struct {
     kg_api *api;
     struct MHD_Connection *conn;
+    bool headers_seen;       /* the first access-handler call (headers complete) happened */
+    bool head;               /* HEAD: never a body */
+    char frame_error[96];    /* why the request breaks the framing rules; "" = it does not */
     api_match m;
     char *body;
     size_t body_len, body_cap;
@@ -105,6 +120,7 @@ typedef struct {
 void api_add_common_headers(struct MHD_Response *resp)
 {
     MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
 }
 
 static enum MHD_Result queue_buffer(struct MHD_Connection *c, unsigned status, char *body,
@@ -147,10 +163,41 @@ enum MHD_Result api_queue_json(struct MHD_Connection *c, unsigned status, json_o
     return queue_json_ex(c, status, o, set_cookie, NULL);
 }
 
+/* Error details often quote what the client sent (a path, a node id): only valid UTF-8 text
+ * goes into the JSON, so the body stays JSON whatever the bytes were. */
 enum MHD_Result api_queue_error(struct MHD_Connection *c, unsigned status, const char *error,
                                 const char *detail)
 {
-    return queue_json_ex(c, status, api_doc_error(error, detail), NULL, NULL);
+    char e[128], d[512];
+    api_utf8_sanitize(error, error ? strlen(error) : 0, e, sizeof e);
+    api_utf8_sanitize(detail, detail ? strlen(detail) : 0, d, sizeof d);
+    return queue_json_ex(c, status, api_doc_error(e, detail ? d : NULL), NULL, NULL);
+}
+
+/* 400 for a request that breaks the framing rules, and the connection is closed after it:
+ * what follows in the stream (a body of disputed length) must never be read as a request. */
+static enum MHD_Result framing_error(struct MHD_Connection *c, const char *why)
+{
+    char d[160];
+    snprintf(d, sizeof d, "malformed request: %s", why);
+    size_t len = 0;
+    json_object *o = api_doc_error("bad_request", d);
+    char *body = o ? api_json_dump(o, &len) : NULL;
+    json_object_put(o);
+    if (!body)
+        return MHD_NO;
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    api_add_common_headers(resp);
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_BAD_REQUEST, resp);
+    MHD_destroy_response(resp);
+    return ret;
 }
 
 static enum MHD_Result no_snapshot(struct MHD_Connection *c)
@@ -319,10 +366,33 @@ static const char *system_status_body(kg_api *a, kg_snapshot *s)
     return expected;
 }
 
+/* /api/system-status for a caller holding the API token: the public document plus where the
+ * database is and who kumaguard is there (host, port, name, user, the raw error), which the
+ * public one leaves out.  Rendered per request: only operators ask this way. */
+static enum MHD_Result serve_system_status_detailed(kg_api *a, struct MHD_Connection *c)
+{
+    kg_snapshot *s = snapshot_acquire();
+    if (!s)
+        return no_snapshot(c);
+    json_object *o = api_doc_system_status(s, a->cfg);
+    if (o)
+        api_json_add_db_detail(o, s, a->cfg);
+    snapshot_release(s);
+    if (!o)
+        return api_queue_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "out of memory");
+    return api_queue_json(c, MHD_HTTP_OK, o, NULL);
+}
+
 /* /api/system-status.  The hot path is one mutex and MHD_queue_response of a ready response:
  * no JSON work, no allocation, no copy of the body. */
 static enum MHD_Result serve_system_status(kg_api *a, struct MHD_Connection *c)
 {
+    const char *token = a->cfg->api_token;
+    if (token && *token &&
+        api_bearer_check(MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                     MHD_HTTP_HEADER_AUTHORIZATION),
+                         token) == 0)
+        return serve_system_status_detailed(a, c);
     kg_snapshot *s = snapshot_acquire();
     if (!s)
         return no_snapshot(c);
@@ -472,11 +542,43 @@ static enum MHD_Result serve_debug_logs(struct MHD_Connection *c)
     return api_queue_json(c, MHD_HTTP_OK, o, NULL);
 }
 
+/* HEAD /api/events: the headers of a stream and no body.  A stream response cannot be used:
+ * for HEAD, libmicrohttpd 0.9.75 still sends the chunked terminator of a callback response,
+ * a stray body that breaks keep-alive. */
+static enum MHD_Result serve_events_head(struct MHD_Connection *c)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    if (!resp)
+        return MHD_NO;
+    api_add_common_headers(resp);
+    MHD_add_response_header(resp, "Content-Type", "text/event-stream; charset=utf-8");
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result serve_events(kg_api *a, struct MHD_Connection *c)
 {
     int st = 503;
     const char *last = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
-    struct MHD_Response *resp = api_sse_open(a->sse, c, last, &st);
+    api_client_key client;
+    if (!api_client_key_for_request(peer_addr(c), &a->cfg->trusted_proxy_nets,
+                                    MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                                "X-Forwarded-For"),
+                                    &client))
+        memset(&client, 0, sizeof client);
+    struct MHD_Response *resp = api_sse_open(a->sse, c, &client, last, &st);
+    if (!resp && st == MHD_HTTP_TOO_MANY_REQUESTS) {
+        char who[INET6_ADDRSTRLEN], detail[160];
+        api_client_key_format(&client, who, sizeof who);
+        log_warn("http: refused an event stream for %s: it has %d open "
+                 "(KUMAGUARD_EVENT_STREAMS_PER_CLIENT)", who, a->cfg->event_streams_per_client);
+        snprintf(detail, sizeof detail,
+                 "this client already has %d event streams open (the limit); close one, or "
+                 "poll /api/system-status", a->cfg->event_streams_per_client);
+        return api_queue_error(c, (unsigned)st, "too_many_streams", detail);
+    }
     if (!resp)
         return api_queue_error(c, (unsigned)st, "unavailable",
                                "too many event streams open, or kumaguard is stopping");
@@ -530,6 +632,7 @@ static enum MHD_Result serve_file(struct MHD_Connection *c, const char *path,
     MHD_add_response_header(resp, "Cache-Control", cache_control);
     MHD_add_response_header(resp, "ETag", etag);
     MHD_add_response_header(resp, "Referrer-Policy", "same-origin");
+    MHD_add_response_header(resp, "Content-Security-Policy", HTML_CSP);
     enum MHD_Result ret = MHD_queue_response(c, status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -734,7 +837,7 @@ static enum MHD_Result dispatch(kg_api *a, api_req *r, struct MHD_Connection *c,
     case API_R_PING: return serve_ping(c);
     case API_R_METRICS: return serve_metrics(c);
     case API_R_FAILOVER_HISTORY: return serve_history(c);
-    case API_R_EVENTS: return serve_events(a, c);
+    case API_R_EVENTS: return r->head ? serve_events_head(c) : serve_events(a, c);
     case API_R_DEBUG_CONFIG: return serve_debug_config(a, c);
     case API_R_DEBUG_LOGS: return serve_debug_logs(c);
     case API_R_FIXED_NODE_STATUS: return api_fixed_node_status(c);
@@ -764,24 +867,91 @@ static enum MHD_Result too_large(api_req *r, struct MHD_Connection *c)
     return api_queue_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", detail);
 }
 
+static api_req *req_new(kg_api *a, struct MHD_Connection *c)
+{
+    api_req *r = calloc(1, sizeof *r);
+    if (r) {
+        r->api = a;
+        r->conn = c;
+    }
+    return r;
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK: called once per request with the request target exactly as
+ * received, before libmicrohttpd percent-decodes it (it cuts the decoded path at a %00).  The
+ * request state starts here, so the raw target can be judged; what is returned arrives as
+ * *req_cls in on_access. */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    api_req *r = req_new(cls, c);
+    if (r && !api_frame_target_ok(uri, uri ? strlen(uri) : 0, r->frame_error,
+                                  sizeof r->frame_error) && !r->frame_error[0])
+        snprintf(r->frame_error, sizeof r->frame_error, "bad request target");
+    return r;
+}
+
+typedef struct {
+    api_frame_header h[API_FRAME_MAX_HEADERS];
+    size_t n;
+    bool too_many;
+} header_list;
+
+static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                      size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    header_list *l = cls;
+    if (l->n == API_FRAME_MAX_HEADERS) {
+        l->too_many = true;
+        return MHD_NO;
+    }
+    l->h[l->n++] = (api_frame_header){key, key_size, value ? value : "", value ? value_size : 0};
+    return MHD_YES;
+}
+
+static void check_headers(struct MHD_Connection *c, const char *version, char *why,
+                          size_t whylen)
+{
+    header_list *l = calloc(1, sizeof *l);
+    if (!l) {
+        snprintf(why, whylen, "out of memory");
+        return;
+    }
+    MHD_get_connection_values_n(c, MHD_HEADER_KIND, collect_header, l);
+    bool http11 = version && strcmp(version, MHD_HTTP_VERSION_1_0) != 0;
+    if (l->too_many)
+        snprintf(why, whylen, "more than %d headers", API_FRAME_MAX_HEADERS);
+    else
+        api_frame_headers_ok(l->h, l->n, http11, why, whylen);
+    free(l);
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char *url,
                                  const char *method, const char *version,
                                  const char *upload_data, size_t *upload_data_size,
                                  void **req_cls)
 {
-    (void)version;
     kg_api *a = cls;
     api_req *r = *req_cls;
-    if (!r) {
-        /* First call: headers only.  Answering now would cost keep-alive (NOTES.md), so only
-         * a body announced as too large is refused this early. */
-        r = calloc(1, sizeof *r);
+    if (!r) { /* on_uri could not allocate it */
+        r = req_new(a, c);
         if (!r)
             return MHD_NO;
-        r->api = a;
-        r->conn = c;
-        api_route_match(method, url, &r->m);
         *req_cls = r;
+    }
+    if (!r->headers_seen) {
+        /* First call: headers only.  Answering now would cost keep-alive (NOTES.md), so only
+         * a request that breaks the framing rules, or announces a body too large, is refused
+         * this early. */
+        r->headers_seen = true;
+        r->head = strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+        if (!r->frame_error[0])
+            check_headers(c, version, r->frame_error, sizeof r->frame_error);
+        if (r->frame_error[0]) {
+            r->responded = true;
+            return framing_error(c, r->frame_error);
+        }
+        api_route_match(method, url, &r->m);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                      MHD_HTTP_HEADER_CONTENT_LENGTH);
         int64_t n;
@@ -849,11 +1019,63 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
         msg[--n] = '\0';
     /* A client that goes away mid-answer (a closed dashboard tab ending its event stream) is
      * normal traffic, not a warning. */
+    /* Counted per libmicrohttpd message (its format string is the key), so one flood of
+     * aborted connections is a few lines and a summary, not the whole log ring. */
+    kg_log_level lvl = LOG_WARN;
     if (strstr(msg, "no longer available") || strstr(msg, "reset by peer") ||
-        strstr(msg, "Broken pipe"))
-        log_debug("http: %s", msg);
-    else
-        log_warn("http: %s", msg);
+        strstr(msg, "Broken pipe") || strstr(msg, "closed by remote side"))
+        lvl = LOG_DEBUG;
+    kg_log_keyed(lvl, fmt, "http: %s", msg);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Connection limits
+ * ------------------------------------------------------------------------------------------ */
+
+/* MHD's accept policy: refuses a new connection from a client that already holds
+ * http_max_per_client (the socket is closed at once, so a flood of slow connections from one
+ * address costs it its own quota, not everybody's).  Trusted proxies carry many clients: only
+ * the overall limit applies to them.  The count is kept by on_connection below; between the
+ * check here and the count there a few accepts may overlap (one per MHD thread). */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    (void)addrlen;
+    kg_api *a = cls;
+    api_client_key k;
+    if (!api_client_key_from_sockaddr(addr, &k) ||
+        api_peer_is_trusted(addr, &a->cfg->trusted_proxy_nets))
+        return MHD_YES;
+    int open = api_limits_count(a->conns, &k);
+    if (open < a->cfg->http_max_per_client)
+        return MHD_YES;
+    char who[INET6_ADDRSTRLEN];
+    api_client_key_format(&k, who, sizeof who);
+    log_warn("http: refused a connection from %s: it has %d open "
+             "(KUMAGUARD_HTTP_MAX_PER_CLIENT)", who, open);
+    return MHD_NO;
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION: counts every connection from start to close under its
+ * client's key (kept in the connection's socket context, so the close releases exactly what
+ * the start took). */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    kg_api *a = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        api_client_key *k = malloc(sizeof *k);
+        if (k && api_client_key_from_sockaddr(peer_addr(c), k) &&
+            api_limits_acquire(a->conns, k, 0)) {
+            *socket_context = k;
+        } else {
+            free(k);
+            *socket_context = NULL;
+        }
+    } else if (code == MHD_CONNECTION_NOTIFY_CLOSED && *socket_context) {
+        api_limits_release(a->conns, *socket_context);
+        free(*socket_context);
+        *socket_context = NULL;
+    }
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -944,26 +1166,38 @@ kg_api *api_start(const kg_config *cfg, char *err, size_t errlen)
     if (!realpath(st_dir, a->static_root))
         a->static_root[0] = '\0';
 
-    a->sse = api_sse_start(API_SSE_MAX_STREAMS, err, errlen);
-    if (!a->sse)
+    a->conns = api_limits_new();
+    a->sse = api_sse_start(cfg->event_streams_max, cfg->event_streams_per_client, err, errlen);
+    if (!a->sse || !a->conns) {
+        if (!a->conns)
+            snprintf(err, errlen, "out of memory");
         goto fail;
+    }
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     unsigned threads = cfg->http_threads > 0 ? (unsigned)cfg->http_threads : 2;
+    unsigned max_conns = cfg->http_max_connections > 0 ? (unsigned)cfg->http_max_connections
+                                                        : 512;
+    /* MHD's timeout is in whole seconds; it is an idle timeout (reset by every byte in either
+     * direction), which also bounds how slowly a client may send its request. */
+    unsigned idle_s = cfg->http_idle_timeout_ms > 0
+                          ? (unsigned)((cfg->http_idle_timeout_ms + 999) / 1000) : 30;
     struct MHD_OptionItem opts[] = {
         {MHD_OPTION_SOCK_ADDR, 0, &ss},
         {MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)threads, NULL},
-        {MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)max_conns, NULL},
         {MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONNECTION_MEMORY, NULL},
-        {MHD_OPTION_CONNECTION_TIMEOUT, CONNECTION_TIMEOUT_S, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)idle_s, NULL},
         {MHD_OPTION_LISTEN_BACKLOG_SIZE, 256, NULL},
         {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, NULL},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, a},
+        {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, a},
         {MHD_OPTION_END, 0, NULL},
     };
-    a->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_access, a,
+    a->daemon = MHD_start_daemon(flags, 0, on_accept, a, on_access, a,
                                  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, /* first: see MHD */
                                  MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (!a->daemon) {
@@ -971,12 +1205,15 @@ kg_api *api_start(const kg_config *cfg, char *err, size_t errlen)
                  cfg->listen);
         goto fail;
     }
-    log_info("http: listening on %s (port %d, %u threads)", cfg->listen, api_bound_port(a),
-             threads);
+    log_info("http: listening on %s (port %d, %u threads; at most %u connections, %d per "
+             "client, idle timeout %u s; %d event streams, %d per client)", cfg->listen,
+             api_bound_port(a), threads, max_conns, cfg->http_max_per_client, idle_s,
+             cfg->event_streams_max, cfg->event_streams_per_client);
     return a;
 fail:
     api_sse_stop(a->sse);
     api_sse_free(a->sse);
+    api_limits_free(a->conns);
     pthread_mutex_destroy(&a->status_lock);
     pthread_mutex_destroy(&a->act_lock);
     pthread_cond_destroy(&a->act_cond);
@@ -1009,6 +1246,7 @@ void api_stop(kg_api *a)
     pthread_mutex_unlock(&a->act_lock);
     MHD_stop_daemon(a->daemon);
     api_sse_free(a->sse);
+    api_limits_free(a->conns);
     if (a->status_resp)
         MHD_destroy_response(a->status_resp); /* releases its snapshot */
     pthread_mutex_destroy(&a->status_lock);

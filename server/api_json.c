@@ -255,6 +255,76 @@ json_object *api_json_node(const kg_node_view *n, int default_limit)
     return o;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Database errors in public documents
+ * ------------------------------------------------------------------------------------------ */
+
+/* The driver's error text names the server's host and port, the database and the user
+ * ("cannot connect to 10.0.0.5:3306 (database kuma, user kuma): ...").  Public documents get
+ * only what went wrong, in general terms; the detail is for the token holder
+ * (api_json_add_db_detail) and the log. */
+static const struct {
+    const char *needle;
+    const char *general;
+} db_error_kinds[] = {
+    {"waiting for the Kuma nodes", "waiting for the Kuma nodes to create the node/monitor tables"},
+    {"Access denied", "the database refused kumaguard's user name or password"},
+    {"Unknown database", "the configured database does not exist"},
+    {"Unknown server host", "cannot resolve the database server's name"},
+    {"Unknown MySQL server host", "cannot resolve the database server's name"},
+    {"timed out", "the database server did not answer in time"},
+    {"Timeout", "the database server did not answer in time"},
+    {"Lost connection", "lost the connection to the database server"},
+    {"gone away", "lost the connection to the database server"},
+    {"shutdown", "the database server is shutting down"},
+    {"Can't connect", "cannot connect to the database server"},
+    {"cannot connect", "cannot connect to the database server"},
+    {"Connection refused", "cannot connect to the database server"},
+    {"unable to open database file", "cannot open the database file"},
+    {"database is locked", "the database is locked by another process"},
+    {"fenced", "another controller holds the leader lease"},
+};
+
+const char *api_db_error_public(const char *raw, char *out, size_t len)
+{
+    if (!len)
+        return out;
+    out[0] = '\0';
+    if (!raw || !*raw)
+        return out;
+    const char *general = "database error";
+    for (size_t i = 0; i < sizeof db_error_kinds / sizeof db_error_kinds[0]; i++)
+        if (strstr(raw, db_error_kinds[i].needle)) {
+            general = db_error_kinds[i].general;
+            break;
+        }
+    /* Keep kumaguard's own label of what it was doing ("load nodes: ..."): lower-case words
+     * chosen by the controller, never driver text. */
+    size_t w = strspn(raw, "abcdefghijklmnopqrstuvwxyz ");
+    if (w > 0 && w < 40 && raw[w] == ':' && strncmp(general, "waiting", 7) != 0)
+        snprintf(out, len, "%.*s: %s", (int)w, raw, general);
+    else
+        snprintf(out, len, "%s", general);
+    return out;
+}
+
+void api_json_add_db_detail(json_object *doc, const kg_snapshot *s, const kg_config *cfg)
+{
+    json_object *db = NULL;
+    if (!json_object_object_get_ex(doc, "database", &db) || !db)
+        return;
+    add(db, "error_detail", jstr_or_null(s->db_error));
+    if (!cfg)
+        return;
+    bool socket = cfg->db_host && cfg->db_host[0] == '/';
+    add(db, "host", jstr_or_null(cfg->db_host && !socket ? cfg->db_host : NULL));
+    add(db, "socket", jstr_or_null(socket ? cfg->db_host : NULL));
+    add(db, "port", cfg->db_host && !socket ? json_object_new_int(cfg->db_port) : NULL);
+    add(db, "name", jstr_or_null(cfg->db_host ? cfg->db_name : NULL));
+    add(db, "user", jstr_or_null(cfg->db_host ? cfg->db_user : NULL));
+    add(db, "sqlite_path", jstr_or_null(cfg->db_host ? NULL : cfg->sqlite_path));
+}
+
 json_object *api_json_event(const kg_event *e)
 {
     json_object *o = json_object_new_object();
@@ -266,7 +336,19 @@ json_object *api_json_event(const kg_event *e)
     add(o, "to", jstr_or_null(e->to));
     add_int(o, "count", e->count);
     add_int(o, "duration_ms", e->duration_ms);
-    add(o, "reason", jstr_or_null(e->reason));
+    if (e->kind == EV_DB && strstr(e->reason, ": ")) {
+        /* "database unavailable during load nodes: <driver text>": the driver text names
+         * hosts and users, so history and the event stream carry its general kind only */
+        char head[sizeof e->reason], general[160], reason[sizeof e->reason + 168];
+        const char *sep = strstr(e->reason, ": ");
+        snprintf(head, sizeof head, "%.*s", (int)(sep - e->reason), e->reason);
+        api_db_error_public(sep + 2, general, sizeof general);
+        snprintf(reason, sizeof reason, "%s: %s", head,
+                 strchr(general, ':') ? strchr(general, ':') + 2 : general);
+        add(o, "reason", jstr(reason));
+    } else {
+        add(o, "reason", jstr_or_null(e->reason));
+    }
     return o;
 }
 
@@ -275,7 +357,8 @@ static json_object *database_obj(const kg_snapshot *s)
     json_object *o = json_object_new_object();
     add_bool(o, "ok", s->db_ok);
     add(o, "backend", jstr_or_null(s->db_backend));
-    add(o, "error", jstr_or_null(s->db_error));
+    char general[160];
+    add(o, "error", jstr_or_null(api_db_error_public(s->db_error, general, sizeof general)));
     add_int(o, "errors_total", s->db_errors_total);
     add(o, "state", jstr_or_null(s->db_state));
     add(o, "down_since", jtime(s->db_down_since_ms));

@@ -56,6 +56,14 @@ json_object *api_doc_history(const kg_event *ev, int n, int limit);
 /* Lines from the in-memory log ring. */
 json_object *api_doc_logs(char **lines, int n);
 
+/* A database error in general terms for public documents ("load nodes: cannot connect to the
+ * database server"): never the host, port, database name or user that the driver's text
+ * carries.  Returns out ("" for no error). */
+const char *api_db_error_public(const char *raw, char *out, size_t len);
+/* Adds to doc's "database" object what only the API token holder sees: the raw error
+ * (error_detail) and the configured host, port or socket, database name and user. */
+void api_json_add_db_detail(json_object *doc, const kg_snapshot *s, const kg_config *cfg);
+
 /* Why a node cannot be a fixed-node target: NULL when it can (exists, routable, valid host),
  * else a short reason; *http_status gets 404 (unknown) or 409 (not routable). */
 const char *api_fixed_node_refusal(const kg_snapshot *s, const char *node, int *http_status);

@@ -36,6 +36,7 @@ typedef struct sse_stream {
     uint64_t last_seq;
     bool suspended;
     bool closing;
+    api_client_key client;   /* counted in hub->per_client while linked */
     struct api_sse_hub *hub;
     struct sse_stream *prev, *next; /* hub list, under hub->lock */
 } sse_stream;
@@ -45,6 +46,8 @@ struct api_sse_hub {
     sse_stream *head;
     int n_streams;
     int max_streams;
+    int max_per_client;
+    api_limits *per_client;     /* streams per client; its own lock, taken after hub->lock */
     atomic_bool stopping;
     pthread_t thread;
     bool thread_started;
@@ -197,6 +200,7 @@ static void stream_free_cb(void *cls)
     if (st->next)
         st->next->prev = st->prev;
     h->n_streams--;
+    api_limits_release(h->per_client, &st->client);
     pthread_mutex_unlock(&h->lock);
     stream_put(st);
 }
@@ -282,19 +286,22 @@ static void *hub_main(void *arg)
     return NULL;
 }
 
-api_sse_hub *api_sse_start(int max_streams, char *err, size_t errlen)
+api_sse_hub *api_sse_start(int max_streams, int max_per_client, char *err, size_t errlen)
 {
     api_sse_hub *h = calloc(1, sizeof *h);
-    if (!h) {
+    if (!h || !(h->per_client = api_limits_new())) {
+        free(h);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&h->lock, NULL);
     h->max_streams = max_streams > 0 ? max_streams : API_SSE_MAX_STREAMS;
+    h->max_per_client = max_per_client > 0 ? max_per_client : h->max_streams;
     atomic_init(&h->stopping, false);
     if (pthread_create(&h->thread, NULL, hub_main, h) != 0) {
         snprintf(err, errlen, "cannot start the event-stream thread");
         pthread_mutex_destroy(&h->lock);
+        api_limits_free(h->per_client);
         free(h);
         return NULL;
     }
@@ -329,11 +336,13 @@ void api_sse_free(api_sse_hub *h)
         return;
     /* MHD_stop_daemon has destroyed every response, so the list is empty by now. */
     pthread_mutex_destroy(&h->lock);
+    api_limits_free(h->per_client);
     free(h);
 }
 
 struct MHD_Response *api_sse_open(api_sse_hub *h, struct MHD_Connection *c,
-                                  const char *last_event_id, int *http_status)
+                                  const api_client_key *client, const char *last_event_id,
+                                  int *http_status)
 {
     *http_status = 503;
     if (atomic_load(&h->stopping))
@@ -347,6 +356,7 @@ struct MHD_Response *api_sse_open(api_sse_hub *h, struct MHD_Connection *c,
     pthread_mutex_init(&st->lock, NULL);
     st->conn = c;
     st->hub = h;
+    st->client = *client;
 
     kg_snapshot *s = snapshot_acquire();
     int64_t resume_after = -1;
@@ -367,9 +377,14 @@ struct MHD_Response *api_sse_open(api_sse_hub *h, struct MHD_Connection *c,
         snapshot_release(s);
     }
 
-    /* Take a slot first, so a refused stream never reaches MHD. */
+    /* Take a slot first, so a refused stream never reaches MHD.  The client's own cap comes
+     * first: one client must not be able to take every slot. */
     pthread_mutex_lock(&h->lock);
     bool full = h->n_streams >= h->max_streams || atomic_load(&h->stopping);
+    if (!full && !api_limits_acquire(h->per_client, client, h->max_per_client)) {
+        full = true;
+        *http_status = 429;
+    }
     if (!full) {
         st->next = h->head;
         if (h->head)

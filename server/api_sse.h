@@ -19,6 +19,7 @@
 #include <microhttpd.h>
 #include <stddef.h>
 
+#include "api_limits.h"
 #include "snapshot.h"
 
 #define API_SSE_MAX_STREAMS 64
@@ -27,18 +28,21 @@
 
 typedef struct api_sse_hub api_sse_hub;
 
-api_sse_hub *api_sse_start(int max_streams, char *err, size_t errlen);
+/* At most max_streams streams in all and max_per_client per client (api_limits.h). */
+api_sse_hub *api_sse_start(int max_streams, int max_per_client, char *err, size_t errlen);
 /* Ends every stream (resuming suspended ones so MHD can close them) and joins the hub thread.
  * Call before MHD_stop_daemon. */
 void api_sse_stop(api_sse_hub *h);
 /* Frees the hub.  Call after MHD_stop_daemon (streams unlink themselves when MHD frees them). */
 void api_sse_free(api_sse_hub *h);
 
-/* A response for a new stream on connection c, or NULL with *http_status 503 (too many
- * streams, stopping) or 500.  `last_event_id` is the Last-Event-ID header (may be NULL): events
- * with a larger id still in the current snapshot are replayed first. */
+/* A response for a new stream on connection c for `client`, or NULL with *http_status 429
+ * (this client has max_per_client streams open), 503 (all streams taken, stopping) or 500.
+ * `last_event_id` is the Last-Event-ID header (may be NULL): events with a larger id still in
+ * the current snapshot are replayed first. */
 struct MHD_Response *api_sse_open(api_sse_hub *h, struct MHD_Connection *c,
-                                  const char *last_event_id, int *http_status);
+                                  const api_client_key *client, const char *last_event_id,
+                                  int *http_status);
 
 /* Pure: one event as an SSE frame ("id: N\ndata: {json}\n\n").  Returns the length, or -1
  * when buf is too small. */

@@ -60,6 +60,24 @@ static const opt_def opts[] = {
      "directory holding the dashboard (templates/ and static/)"},
     {"KUMAGUARD_HTTP_THREADS", "http-threads", T_INT, O(http_threads), "2", 0, 1, 64, false,
      NULL, "HTTP worker threads"},
+    {"KUMAGUARD_HTTP_MAX_CONNECTIONS", "http-max-connections", T_INT, O(http_max_connections),
+     "512", 0, 8, 1000000, false, NULL,
+     "open HTTP connections in total; further clients wait in the listen queue"},
+    {"KUMAGUARD_HTTP_MAX_PER_CLIENT", "http-max-per-client", T_INT, O(http_max_per_client),
+     "32", 0, 1, 1000000, false, NULL,
+     "open HTTP connections per client address (IPv6: per /64); more are closed at once; "
+     "trusted proxies count only against the total"},
+    {"KUMAGUARD_HTTP_IDLE_TIMEOUT", "http-idle-timeout", T_MS, O(http_idle_timeout_ms), "30",
+     1000, 1000, 3600000, false, NULL,
+     "a connection silent this long (also while sending its request) is closed (seconds)"},
+    {"KUMAGUARD_EVENT_STREAMS", "event-streams", T_INT, O(event_streams_max), "64", 0, 1,
+     100000, false, NULL, "open /api/events streams in total"},
+    {"KUMAGUARD_EVENT_STREAMS_PER_CLIENT", "event-streams-per-client", T_INT,
+     O(event_streams_per_client), "8", 0, 1, 100000, false, NULL,
+     "open /api/events streams per client (behind a trusted proxy: per forwarded address)"},
+    {"KUMAGUARD_TRUSTED_PROXIES", "trusted-proxies", T_STR, O(trusted_proxies), NULL, 0, 0, 0,
+     false, NULL, "reverse proxies (CIDR list) whose X-Forwarded-For names the client; "
+                  "unset = none"},
     {"KUMAGUARD_LOG_LEVEL", "log-level", T_STR, O(log_level), "info", 0, 0, 0, false, NULL,
      "error, warn, info or debug"},
     {"KUMAGUARD_INSTANCE_ID", "instance-id", T_STR, O(instance_id), NULL, 0, 0, 0, false, NULL,
@@ -89,6 +107,9 @@ static const opt_def opts[] = {
     {"KUMAGUARD_PANIC_RELEASE_INTERVAL", "panic-release-interval", T_MS,
      O(panic_release_interval_ms), "60", 1000, 1000, 86400000, false, NULL,
      "panic guard: after the max hold, one more failing node every interval (seconds)"},
+    {"KUMAGUARD_NODE_NETWORKS", "node-networks", T_STR, O(node_networks), NULL, 0, 0, 0, false,
+     NULL, "networks (CIDR list) nodes may be probed at and sent KUMA_API_KEY; unset = any "
+           "address but link-local, multicast and the database's own host:port"},
     {"MONITOR_LIMIT_PER_NODE", "monitor-limit", T_INT, O(monitor_limit), "1000", 0, 1,
      100000000, false, NULL, "capacity per node"},
     {"RECOVERY_HOLD_DOWN", "recovery-hold-down", T_MS, O(recovery_hold_down_ms), "30", 1000, 0,
@@ -412,7 +433,30 @@ static int config_finish(kg_config *cfg, char *err, size_t errlen)
     if (cfg->api_token && strlen(cfg->api_token) < 8)
         return errf(err, errlen, "KUMAGUARD_API_TOKEN: too short (expected at least 8 "
                     "characters)");
+    char why[160];
+    if (netpolicy_parse_cidrs(cfg->node_networks, &cfg->node_policy.allowed, why,
+                              sizeof why) != 0)
+        return errf(err, errlen, "KUMAGUARD_NODE_NETWORKS / --node-networks: %s", why);
+    netpolicy_set_db(&cfg->node_policy, cfg->db_host, cfg->db_port);
+    if (netpolicy_parse_cidrs(cfg->trusted_proxies, &cfg->trusted_proxy_nets, why,
+                              sizeof why) != 0)
+        return errf(err, errlen, "KUMAGUARD_TRUSTED_PROXIES / --trusted-proxies: %s", why);
     return 0;
+}
+
+/* A secret on the command line is readable by every local user (ps, /proc/PID/cmdline) for
+ * as long as the process runs.  It still works — refusing it would break existing scripts —
+ * but the caller logs this. */
+static void warn_secret_flag(kg_config *cfg, const opt_def *o)
+{
+    for (int i = 0; i < cfg->n_warnings; i++)
+        if (strstr(cfg->warnings[i], o->flag))
+            return;
+    if (cfg->n_warnings >= KG_CONFIG_MAX_WARNINGS)
+        return;
+    snprintf(cfg->warnings[cfg->n_warnings++], sizeof cfg->warnings[0],
+             "--%s was given on the command line, where every local user can read it (ps, "
+             "/proc/<pid>/cmdline); set %s or %s instead", o->flag, o->env, o->file_env);
 }
 
 int config_load(kg_config *cfg, int argc, char **argv, char **envp, FILE *out, char *err,
@@ -484,6 +528,8 @@ int config_load(kg_config *cfg, int argc, char **argv, char **envp, FILE *out, c
         snprintf(src, sizeof src, "--%s", o->flag);
         if (set_value(cfg, o, val, src, err, errlen) != 0)
             return -1;
+        if (o->secret)
+            warn_secret_flag(cfg, o);
     }
     return config_finish(cfg, err, errlen) == 0 ? 0 : -1;
 }

@@ -10,9 +10,11 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "netpolicy.h"
 #include "types.h"
 
 #define KG_MAX_STATIC_NODES 64
+#define KG_CONFIG_MAX_WARNINGS 4
 
 typedef struct {
     char id[KG_NODE_ID_MAX + 1];
@@ -36,6 +38,13 @@ typedef struct {
     char *api_token;     /* secret; NULL = actions only from loopback */
     char *web_dir;
     int http_threads;
+    int http_max_connections;        /* in total */
+    int http_max_per_client;         /* per client address (IPv6: per /64); proxies exempt */
+    int http_idle_timeout_ms;        /* silence after which a connection is closed */
+    int event_streams_max;           /* /api/events streams in total */
+    int event_streams_per_client;
+    char *trusted_proxies;           /* CIDR list text; parsed into trusted_proxy_nets */
+    kg_cidr_list trusted_proxy_nets;
     char *log_level;     /* error, warn, info, debug */
     char *instance_id;   /* NULL = hostname:pid */
 
@@ -52,6 +61,8 @@ typedef struct {
     double panic_share;  /* more than this share of nodes failing at once = panic */
     int panic_max_hold_ms;         /* 0 = the guard holds until an operator overrides */
     int panic_release_interval_ms; /* after the max hold: one more failing node per interval */
+    char *node_networks; /* CIDR list text; parsed into node_policy.allowed */
+    kg_netpolicy node_policy; /* where nodes may be probed and sent the key (netpolicy.h) */
 
     /* assignments */
     int monitor_limit;
@@ -83,6 +94,11 @@ typedef struct {
     int kuma_cron_skew_ms;        /* how far a node's clock may be from ours */
     int reconcile_budget;         /* calls per node per 15 minutes */
     bool reconcile_pacing;        /* give a node no more than it can start before its cron */
+
+    /* Warnings for the caller to log once logging is set up (config does not log): secrets
+     * given as flags, which every local user can read in `ps`. */
+    char warnings[KG_CONFIG_MAX_WARNINGS][256];
+    int n_warnings;
 } kg_config;
 
 /* Fills defaults, then the environment, then argv.  On error returns -1 and writes a message

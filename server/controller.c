@@ -34,6 +34,7 @@
 #include "events.h"
 #include "health.h"
 #include "hostcheck.h"
+#include "netpolicy.h"
 #include "log.h"
 #include "mailbox.h"
 #include "nametab.h"
@@ -317,12 +318,12 @@ static bool is_static(const char *id)
 /* Host validity, with the reason and its fix when it is not usable. */
 static void check_host(ctrl_node *cn)
 {
-    char herr[64] = "";
-    bool valid = hostcheck_valid(cn->v.host, herr, sizeof herr) &&
+    char herr[KG_REASON_MAX] = "";
+    bool valid = netpolicy_host_allowed(&C.cfg->node_policy, cn->v.host, herr, sizeof herr) &&
                  hostcheck_node_id_valid(cn->v.id);
     if (!valid && cn->v.host_valid)
-        log_warn("node %s has an unusable host value (%s); it is not probed or routed",
-                 cn->v.id, herr[0] ? herr : "bad node id");
+        log_warn("node %s: host %s not used (%s); it is not probed, routed or sent the key",
+                 cn->v.id, cn->v.host, herr[0] ? herr : "bad node id");
     if (valid)
         cn->v.host_problem[0] = 0;
     else if (!hostcheck_node_id_valid(cn->v.id))
@@ -333,8 +334,8 @@ static void check_host(ctrl_node *cn)
                  "host '%.40s' has no port: set UPTIME_KUMA_NODE_HOST=host:port on the node",
                  cn->v.host);
     else
-        snprintf(cn->v.host_problem, sizeof cn->v.host_problem, "invalid host: %s",
-                 herr[0] ? herr : "empty");
+        snprintf(cn->v.host_problem, sizeof cn->v.host_problem, "%s",
+                 herr[0] ? herr : "invalid host: empty");
     if (cn->v.host_valid != valid)
         C.dirty = true;
     cn->v.host_valid = valid;
@@ -403,6 +404,11 @@ static void merge_node_rows(const store_node_row *rows, size_t n)
     for (int i = 0; i < C.n_nodes; i++)
         C.nodes[i].in_db = false;
     for (size_t r = 0; r < n; r++) {
+        if (strlen(rows[r].id) > KG_NODE_ID_MAX) { /* never cut: a cut id names no node */
+            log_warn("node row '%.50s...' ignored: node ids are at most %d characters",
+                     rows[r].id, KG_NODE_ID_MAX);
+            continue;
+        }
         node_state db_state = node_state_parse(rows[r].status);
         ctrl_node *cn = find_node(rows[r].id);
         if (!cn) {

@@ -39,6 +39,7 @@ static struct {
     bool started, stop;
     kg_event *queue;            /* ring of QUEUE_MAX */
     int head, n;
+    bool writing;               /* the writer holds an event taken from the queue */
     events_health_t health;
 } H = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -122,9 +123,11 @@ static void *writer_main(void *arg)
             kg_event ev = H.queue[H.head];
             H.head = (H.head + 1) % QUEUE_MAX;
             H.n--;
+            H.writing = true;
             pthread_mutex_unlock(&H.lock);
             int rc = insert_event(&ev);
             pthread_mutex_lock(&H.lock);
+            H.writing = false;
             if (rc == SQLITE_OK) {
                 H.health.written++;
                 set_health_locked(true, NULL, NULL);
@@ -277,10 +280,10 @@ bool events_flush(int timeout_ms)
 {
     struct timespec dl = kg_deadline_in(timeout_ms);
     pthread_mutex_lock(&H.lock);
-    while (H.started && H.n > 0)
+    while (H.started && (H.n > 0 || H.writing))
         if (pthread_cond_timedwait(&H.cond, &H.lock, &dl) != 0)
             break;
-    bool empty = H.n == 0;
+    bool empty = H.n == 0 && !H.writing;
     pthread_mutex_unlock(&H.lock);
     return empty;
 }
@@ -387,9 +390,15 @@ int events_query_run(const events_query *q, kg_event **out, int *n, char *err, s
     if (q->before_id > 0)
         sqlite3_bind_int64(st, 5, q->before_id);
     sqlite3_bind_int(st, 6, limit);
-    int got = 0, step;
+    int got = 0, step = SQLITE_DONE;
     while (got < limit && (step = sqlite3_step(st)) == SQLITE_ROW)
         row_to_event(st, &res[got++]);
+    /* A page cut short by an error (corrupt file, I/O error, lock timeout) must not pass for
+     * the end of the history. */
+    if (step != SQLITE_ROW && step != SQLITE_DONE) {
+        snprintf(err, errlen, "history query: %s", sqlite3_errmsg(rd));
+        goto done;
+    }
     *out = res;
     *n = got;
     res = NULL;

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "controller.h"
 #include "log.h"
+#include "netpolicy_curl.h"
 #include "probe.h"
 #include "snapshot.h"
 
@@ -32,6 +33,12 @@ int main(int argc, char **argv)
         return rc < 0 ? 2 : 0;
     }
     log_set_level((kg_log_level)log_parse_level(cfg.log_level));
+    for (int i = 0; i < cfg.n_warnings; i++)
+        log_warn("%s", cfg.warnings[i]);
+    /* The node network policy is complete (the database's resolved addresses included) and
+     * installed before any thread that connects to a node starts; it never changes after. */
+    netpolicy_resolve_db(&cfg.node_policy);
+    netpolicy_curl_install(&cfg.node_policy);
 
     /* Signals are taken synchronously by this thread only; block them before any thread
      * starts so every thread inherits the mask. */

@@ -25,6 +25,7 @@
 #include "hostcheck.h"
 #include "log.h"
 #include "mailbox.h"
+#include "netpolicy_curl.h"
 #include "snapshot.h"
 
 #define BODY_MAX 65536
@@ -41,6 +42,7 @@ typedef struct {
     int64_t next_due_ms;
     char *body;
     size_t body_len;
+    netpolicy_guard guard;   /* set when the connect-time policy check refused the address */
 } target;
 
 static struct {
@@ -205,10 +207,12 @@ static void sync_targets(const kg_snapshot *s, int64_t now)
 static void start_probe(target *t, int64_t now)
 {
     t->started_ms = now;
-    char err[64];
-    if (!hostcheck_valid(t->host, err, sizeof err)) {
+    char err[KG_REASON_MAX];
+    bool id_ok = hostcheck_node_id_valid(t->id);
+    if (!id_ok || !netpolicy_host_allowed(netpolicy_curl_policy(), t->host, err, sizeof err)) {
+        /* never connected: the reason ("refused: ...") is what the node's card shows */
         probe_result r = {.outcome = PROBE_ERROR, .latency_ms = 0};
-        snprintf(r.reason, sizeof r.reason, "invalid host value: %s", err);
+        snprintf(r.reason, sizeof r.reason, "%s", id_ok ? err : "invalid node id");
         post_result(t, &r);
         t->last_failed = true;
         t->next_due_ms = now + P.interval_ms;
@@ -233,6 +237,7 @@ static void start_probe(target *t, int64_t now)
      * accepting new connections */
     curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    netpolicy_curl_guard(e, &t->guard);
     if (curl_multi_add_handle(P.multi, e) == CURLM_OK)
         t->in_flight = true;
 }
@@ -268,6 +273,10 @@ static void finish_probe(CURLMsg *msg, const kg_snapshot *s)
     t->in_flight = false;
     probe_result r = probe_classify(msg->data.result, status, t->body, t->body_len, P.expected,
                                     total * 1000.0);
+    if (t->guard.refused) { /* the name resolved to an address the policy refuses */
+        r.outcome = PROBE_ERROR;
+        snprintf(r.reason, sizeof r.reason, "%s", t->guard.reason);
+    }
     t->last_failed = r.outcome != PROBE_OK;
     post_result(t, &r);
     schedule_next(t, s);

@@ -15,6 +15,7 @@
 
 #include "clock.h"
 #include "mailbox.h"
+#include "netpolicy_curl.h"
 #include "types.h"
 
 typedef struct call {
@@ -23,6 +24,7 @@ typedef struct call {
     int64_t deadline_ms;
     int64_t started_ms;
     CURL *easy;
+    netpolicy_guard guard;   /* the key never leaves for an address the policy refuses */
     struct call *next;
 } call;
 
@@ -99,6 +101,7 @@ static void start_call(call *c)
     curl_easy_setopt(c->easy, CURLOPT_PROTOCOLS_STR, "http");
     curl_easy_setopt(c->easy, CURLOPT_USERAGENT, "kumaguard-reconcile/0.2");
     curl_easy_setopt(c->easy, CURLOPT_PRIVATE, c);
+    netpolicy_curl_guard(c->easy, &c->guard);
     if (curl_multi_add_handle(R.multi, c->easy) != CURLM_OK) {
         post_outcome(c, RS_CONNECT_FAILED, 0, "curl_multi_add_handle failed");
         curl_easy_cleanup(c->easy);
@@ -126,7 +129,10 @@ static void finish_call(CURLMsg *msg)
     curl_easy_getinfo(msg->easy_handle, CURLINFO_RESPONSE_CODE, &status);
     rsched_result r = reconcile_classify(msg->data.result, status);
     char error[96] = "";
-    if (msg->data.result != CURLE_OK)
+    if (c->guard.refused) {
+        r = RS_CONNECT_FAILED; /* no socket was opened: nothing was sent */
+        snprintf(error, sizeof error, "%.95s", c->guard.reason);
+    } else if (msg->data.result != CURLE_OK)
         snprintf(error, sizeof error, "%s", curl_easy_strerror(msg->data.result));
     else if (r != RS_OK)
         snprintf(error, sizeof error, "HTTP %ld", status);

@@ -31,7 +31,9 @@ enum {
 };
 
 typedef struct {
-    char id[KG_NODE_ID_MAX + 1];
+    /* One byte more than an id may have: a longer node_id arrives as KG_NODE_ID_MAX + 1
+     * characters and is refused as too long, instead of being cut to a valid-looking id. */
+    char id[KG_NODE_ID_MAX + 2];
     char name[KG_NODE_NAME_MAX + 1];
     char host[KG_HOST_MAX + 1];
     char status[21];

@@ -676,7 +676,7 @@ typedef struct {
 
 static bool sbuf_reserve(sbuf *b, size_t more)
 {
-    if (b->len + more + 1 <= b->cap)
+    if (b->p && b->len + more + 1 <= b->cap) /* b->p: never "room" in a buffer not allocated */
         return true;
     size_t cap = b->cap ? b->cap : 1 << 16;
     while (cap < b->len + more + 1)
@@ -724,7 +724,7 @@ static const char *literal_of(my_store *m, literals *L, const kg_nametab *tab, i
 
 static void literals_free(literals *L)
 {
-    for (int i = 0; i < L->n; i++)
+    for (int i = 0; L->lit && i < L->n; i++) /* lit is NULL when its calloc failed */
         free(L->lit[i]);
     free(L->lit);
 }

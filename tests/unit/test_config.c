@@ -213,3 +213,61 @@ Test(config, help_lists_every_spec_setting)
         cr_assert(strstr(buf, names[i]), "--help does not mention %s", names[i]);
     free(buf);
 }
+
+/* Issue 13, row 5: a secret on the command line is readable by every local user (ps).  It
+ * still works, but the config hands the caller a warning to log; from the environment or a
+ * file it does not. */
+Test(config, secrets_given_as_flags_come_with_a_warning)
+{
+    kg_config c;
+    char err[256];
+    char *argv[] = {"kumaguard", "--api-token", "flag-token-123", "--db-password", "pw",
+                    "--kuma-api-key=k1", "--kuma-api-key", "k2", NULL};
+    char *envp[] = {NULL};
+    cr_assert_eq(load(&c, argv, envp, err, sizeof err), 0, "%s", err);
+    cr_expect_str_eq(c.api_token, "flag-token-123");
+    cr_expect_str_eq(c.kuma_api_key, "k2");
+    cr_assert_eq(c.n_warnings, 3, "one warning per secret flag, not per use");
+    const char *want[][3] = {{"--api-token", "KUMAGUARD_API_TOKEN", "KUMAGUARD_API_TOKEN_FILE"},
+                             {"--db-password", "DB_PASSWORD", "DB_PASSWORD_FILE"},
+                             {"--kuma-api-key", "KUMA_API_KEY", "KUMA_API_KEY_FILE"}};
+    for (int i = 0; i < 3; i++) {
+        for (int k = 0; k < 3; k++)
+            cr_expect(strstr(c.warnings[i], want[i][k]), "'%s' lacks %s", c.warnings[i],
+                      want[i][k]);
+        cr_expect(strstr(c.warnings[i], "ps"), "%s", c.warnings[i]);
+        cr_expect_null(strstr(c.warnings[i], "flag-token-123"), "the warning names the value");
+    }
+    config_free(&c);
+
+    char *plain[] = {"kumaguard", NULL};
+    char *env[] = {"KUMAGUARD_API_TOKEN=env-token-123", "KUMA_API_KEY=k", NULL};
+    cr_assert_eq(load(&c, plain, env, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(c.n_warnings, 0);
+    config_free(&c);
+}
+
+Test(config, connection_limits_and_networks_have_defaults_and_bounds)
+{
+    kg_config c;
+    char err[256];
+    char *argv[] = {"kumaguard", NULL};
+    char *envp[] = {NULL};
+    cr_assert_eq(load(&c, argv, envp, err, sizeof err), 0, "%s", err);
+    cr_expect_eq(c.http_max_connections, 512);
+    cr_expect_eq(c.http_max_per_client, 32);
+    cr_expect_eq(c.http_idle_timeout_ms, 30000);
+    cr_expect_eq(c.event_streams_max, 64);
+    cr_expect_eq(c.event_streams_per_client, 8);
+    cr_expect_eq(c.node_policy.allowed.n, 0);
+    cr_expect_eq(c.trusted_proxy_nets.n, 0);
+    config_free(&c);
+    char *bad[] = {"kumaguard", "--http-max-per-client", "0", NULL};
+    cr_expect_eq(load(&c, bad, envp, err, sizeof err), -1);
+    cr_expect(strstr(err, "--http-max-per-client"), "%s", err);
+    config_free(&c);
+    char *env[] = {"KUMAGUARD_HTTP_IDLE_TIMEOUT=500ms", NULL};
+    cr_expect_eq(load(&c, argv, env, err, sizeof err), -1);
+    cr_expect(strstr(err, "KUMAGUARD_HTTP_IDLE_TIMEOUT"), "%s", err);
+    config_free(&c);
+}
