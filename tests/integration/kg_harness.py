@@ -50,6 +50,10 @@ class SqliteCluster:
     def kumaguard_args(self):
         return ["--sqlite-path", self.path]
 
+    def kumasim_args(self):
+        """A simulated node on the same file (as a real node would be on a shared database)."""
+        return ["--sqlite-path", self.path]
+
     def _conn(self):
         c = sqlite3.connect(self.path, timeout=10)
         c.execute("PRAGMA busy_timeout=10000")
@@ -93,6 +97,10 @@ class MariaCluster:
     def kumaguard_args(self):
         return ["--db-host", self.server["socket"], "--db-user", "kuma", "--db-password", "kumapw",
                 "--db-name", self.dbname, "--init-schema"]
+
+    def kumasim_args(self):
+        return ["--db-socket", self.server["socket"], "--db-user", "kuma", "--db-password",
+                "kumapw", "--db-name", self.dbname]
 
     def _conn(self):
         return self._pymysql.connect(unix_socket=self.server["socket"], user="kuma",
