@@ -25,6 +25,19 @@ from kumasim_ctl import FleetNode, Kumasim, KumasimError, KumasimFleet, find_bin
 KEY = "any-value-a-real-node-never-checks"
 
 
+@pytest.fixture
+def procs():
+    """Processes a test started; each kumasim must then stop cleanly (exit 0, nothing on stderr
+    from a sanitizer): under the ASan build that also proves no leak and no crash."""
+    started = []
+    yield started
+    for p in reversed(started):
+        rc = p.stop() if p.running else p.proc.returncode
+        err = p.stderr_text()
+        assert "Sanitizer" not in err and "runtime error" not in err, err[-4000:]
+        assert rc in (0, None, -9), "kumasim exited %r: %s" % (rc, err[-2000:])
+
+
 def node_row(cluster, node_id):
     rows = cluster.query("SELECT node_name, host, status, is_primary, last_seen FROM node "
                          "WHERE node_id = %s", (node_id,))
