@@ -3,7 +3,7 @@
 Standard library only.  The binary is looked up in $KG_BUILD_DIR (default /work/main/build),
 or taken from $KUMASIM_BIN when that is set.
 
-A node is realistic by default (README, "kumasim"): it needs a database, which is the test's
+A node is realistic by default (tests/kumasim/README.md): it needs a database, which is the test's
 cluster store when one is given (`store=cluster`, a kg_harness SqliteCluster or MariaCluster),
 else a private SQLite file of its own.  The first user exists (`setup_done=True`) unless a test
 asks for a fresh cluster.

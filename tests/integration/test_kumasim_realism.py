@@ -6,7 +6,7 @@ avoid causing), rate-limits /api/v1/* per client IP, refuses calls before the fi
 with a Bearer key, answers 503 on health while its database is unreachable, and serves many
 node ids from one process.
 
-Each fact modelled here is one a real node showed (README, "kumasim"); where these tests pass
+Each fact modelled here is one a real node showed (tests/kumasim/README.md); where these tests pass
 and a real node would fail, kumaguard's tests would pass and a real cluster fail.
 """
 

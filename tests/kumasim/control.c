@@ -1,5 +1,5 @@
 /*
- * control.c — kumasim's test-only control surface under /_sim/ (README "kumasim" lists it).
+ * control.c — kumasim's test-only control surface under /_sim/ (tests/kumasim/README.md lists it).
  * Each node's port controls that node; /_sim/exit ends the whole process.
  *
  * Owns: the /_sim handlers and their JSON.  Must not: change a node's process state except

@@ -186,7 +186,7 @@ static void usage(FILE *f)
 	fprintf(f,
 "usage: kumasim --listen HOST:PORT --node-id ID (--sqlite-path FILE | --db-host ...) [options]\n"
 "       kumasim --listen HOST:PORT --node-id ID --instant [--api-key KEY]\n"
-"A simulated cluster-aware Uptime Kuma node.  Realistic by default (see README, kumasim).\n"
+"A simulated cluster-aware Uptime Kuma node.  Realistic by default (see tests/kumasim/README.md).\n"
 "Environment variables a real node reads are honoured; options win over them.\n"
 "Identity:\n"
 "  --node-id ID          [UPTIME_KUMA_NODE_ID, NODE_ID] 1-50 chars of [A-Za-z0-9._-]\n"
@@ -235,7 +235,7 @@ static void usage(FILE *f)
 "Prints \"kumasim ID listening on HOST:PORT\" per node once it accepts connections.\n"
 "Signals: USR1 -> every node 503, USR2 -> healthy, TERM/INT/HUP -> clean exit (code 0).\n"
 "Control: /_sim/mode, /_sim/stats, /_sim/monitors, /_sim/runs, /_sim/reset-stats,\n"
-"/_sim/clock, /_sim/rate-limit, /_sim/restart, /_sim/exit (README, kumasim).\n",
+"/_sim/clock, /_sim/rate-limit, /_sim/restart, /_sim/exit (tests/kumasim/README.md).\n",
 		MAX_NODES, DEFAULT_RATE_LIMIT, RATE_WINDOW_MS);
 }
 

@@ -6,7 +6,7 @@
  * Nothing here sleeps, locks, reads a clock or touches a socket or a database: the engine
  * (engine.c) calls these with the time and the database's answer, under the model lock.
  *
- * How a real node reconciles, and so how this model does (facts in README "kumasim"):
+ * How a real node reconciles, and so how this model does (facts in tests/kumasim/README.md):
  *   1. read the wanted set (SELECT id FROM monitor WHERE active = 1 AND
  *      COALESCE(assigned_node, node_id) = <me>), and compute "running" ONCE, from its
  *      monitorList, at the start of the run;
