@@ -40,7 +40,7 @@ import time
 import weakref
 
 DEFAULT_BUILD_DIR = "/work/main/build"
-MODES = ("healthy", "fail", "503", "hang", "slow")
+MODES = ("healthy", "fail", "503", "hang", "slow", "partition")
 _LISTEN_RE = re.compile(r"^kumasim (\S+) listening on (\S+):(\d+)$")
 # Variables kumasim reads like a real node; scrubbed from the inherited environment so a test
 # gets only what it passes.

@@ -311,6 +311,43 @@ def test_a_stopped_node_skips_the_00_it_sleeps_through(tmp_path, procs):
     assert st["next_cron_ms"] - time.time() * 1000 > 50000
 
 
+def test_a_partitioned_node_answers_nothing_but_keeps_its_cron(tmp_path, procs):
+    """Unlike SIGSTOP (nothing runs) and hang (only health hangs), a partition cuts the node
+    off from its callers while it goes on running: the :00 re-read still happens."""
+    node = Kumasim("node1", sqlite_path=str(tmp_path / "kuma.db"))
+    procs.append(node)
+    import sqlite3
+    c = sqlite3.connect(str(tmp_path / "kuma.db"))
+    c.executemany("INSERT INTO monitor (id, name, active, node_id) VALUES (?, ?, 1, 'node1')",
+                  [(i, "m%d" % i) for i in range(1, 4)])
+    c.commit()
+    c.close()
+    node.set_mode("partition")
+    with pytest.raises(socket.timeout):
+        node.health(timeout=0.5)
+    with pytest.raises(socket.timeout):
+        node.reconcile(KEY, timeout=0.5)
+    with pytest.raises(socket.timeout):
+        node.request("GET", "/", timeout=0.5)
+    node.set_clock(next_cron_in_ms=200)
+    wait_until(lambda: node.stats()["runs_cron"] == 1, timeout=5, what="cron while partitioned")
+    wait_until(lambda: node.copies() == {1: 1, 2: 1, 3: 1}, timeout=5, what="monitors started")
+    stuck = socket.create_connection((node.host, node.port), timeout=3)
+    stuck.sendall(b"POST /api/v1/reconcile-monitors HTTP/1.1\r\nHost: x\r\nAuthorization: k\r\n"
+                  b"Content-Length: 0\r\n\r\n")
+    time.sleep(0.3)
+    node.set_mode("healthy")
+    # the call sent during the partition was lost, not delivered late
+    try:
+        assert stuck.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    stuck.close()
+    st = node.stats()
+    assert st["reconcile_calls"] == 0 and st["runs_call"] == 0
+    assert node.health()[0] == 200 and node.reconcile(KEY) == 200
+
+
 # ------------------------------------------------------------------------------------------------
 # Rate limit and authentication
 # ------------------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ static enum MHD_Result serve_mode(struct sim *s, struct req *rq)
 
 	if (rq->body_too_big)
 		return reply_error(n, c, MHD_HTTP_CONTENT_TOO_LARGE, "body too large",
-				   "send one of healthy|fail|503|hang|slow", NULL);
+				   "send one of healthy|fail|503|hang|slow|partition", NULL);
 	while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n'))
 		p++;
 	while (end > p && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r' || end[-1] == '\n'))
@@ -76,7 +76,7 @@ static enum MHD_Result serve_mode(struct sim *s, struct req *rq)
 	mode = mode_from_name(p, (size_t)(end - p));
 	if (mode < 0)
 		return reply_error(n, c, MHD_HTTP_BAD_REQUEST, "unknown mode",
-				   "send one of healthy|fail|503|hang|slow", NULL);
+				   "send one of healthy|fail|503|hang|slow|partition", NULL);
 	q = query_i64(c, "slow_ms", 0, 600000, &slow);
 	if (q < 0)
 		return reply_error(n, c, MHD_HTTP_BAD_REQUEST, "bad slow_ms",

@@ -40,7 +40,8 @@
 #define CONN_MEMORY_LIMIT (16 * 1024)
 
 
-const char *const mode_names[MODE_COUNT] = { "healthy", "fail", "503", "hang", "slow" };
+const char *const mode_names[MODE_COUNT] = { "healthy", "fail", "503", "hang", "slow",
+					      "partition" };
 
 int mode_from_name(const char *name, size_t len)
 {
@@ -456,6 +457,8 @@ static enum MHD_Result serve_health(struct sim *s, struct req *rq)
 		if (mode == MODE_FAIL || mode == MODE_503)
 			return reply_health(n, rq->conn, mode == MODE_503 ? H_503_MODE : H_FAIL_MODE,
 					    NULL);
+		if (mode == MODE_PARTITION)
+			return MHD_NO; /* became partitioned after dispatch looked: never answered */
 		pthread_mutex_lock(&s->lock);
 		if (atomic_load(&s->stopping)) {
 			pthread_mutex_unlock(&s->lock);
@@ -644,10 +647,49 @@ static enum route route_of(const char *url)
 
 static bool is_get(const char *m) { return strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0; }
 
+static bool is_control(enum route r)
+{
+	return r >= R_SIM_MODE;
+}
+
+/* Partition mode: the request never reaches the node.  It stays unanswered until the client
+ * gives up or the partition ends, and is then dropped (what was lost in the network stays
+ * lost).  Returns true when rq was parked or dropped (*ret says which). */
+static bool partitioned(struct sim *s, struct req *rq, enum MHD_Result *ret)
+{
+	if (rq->partitioned) {
+		atomic_store(&rq->state, RQ_ACTIVE);
+		atomic_fetch_sub(&s->outstanding, 1);
+		*ret = MHD_NO;
+		return true;
+	}
+	if (is_control(rq->route) || atomic_load(&rq->node->mode) != MODE_PARTITION)
+		return false;
+	pthread_mutex_lock(&s->lock);
+	if (atomic_load(&s->stopping)) {
+		pthread_mutex_unlock(&s->lock);
+		*ret = MHD_NO;
+		return true;
+	}
+	if (atomic_load(&rq->node->mode) != MODE_PARTITION) {
+		pthread_mutex_unlock(&s->lock);
+		return false;
+	}
+	rq->partitioned = true;
+	suspend_locked(s, rq, WAIT_TIMER, 0);
+	pthread_mutex_unlock(&s->lock);
+	*ret = MHD_YES;
+	return true;
+}
+
 static enum MHD_Result dispatch(struct sim *s, struct req *rq, const char *method)
 {
 	struct node *n = rq->node;
 	struct MHD_Connection *c = rq->conn;
+	enum MHD_Result ret;
+
+	if (partitioned(s, rq, &ret))
+		return ret;
 
 	if (rq->rate_limited && atomic_load(&rq->state) == RQ_ACTIVE)
 		return reply_rate_limited(n, c, rq->rate_reset_in_ms);
@@ -731,7 +773,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
 		*con_cls = rq;
 		if (rq->route == R_HEALTH && is_get(method))
 			atomic_fetch_add(&rq->node->health_requests, 1);
-		if (!s->opt.instant && (rq->route == R_RECONCILE || rq->route == R_API_OTHER))
+		if (!s->opt.instant && (rq->route == R_RECONCILE || rq->route == R_API_OTHER) &&
+		    atomic_load(&rq->node->mode) != MODE_PARTITION)
 			on_api_arrival(s, rq, rq->route == R_RECONCILE && strcmp(method, "POST") == 0);
 		return MHD_YES;
 	}

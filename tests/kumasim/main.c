@@ -228,7 +228,8 @@ static void usage(FILE *f)
 "  --api-key KEY         (--instant only) key required in Authorization (raw or Bearer)\n"
 "Process:\n"
 "  --pidfile FILE        write the pid once listening, removed on clean exit\n"
-"  --mode MODE           health behaviour: healthy|fail|503|hang|slow (default healthy)\n"
+"  --mode MODE           healthy|fail|503|hang|slow|partition (default healthy); hang:\n"
+"                        health answers hang; partition: nothing but /_sim/ is answered\n"
 "  --slow-ms N           delay of a health answer in slow mode (default 1000)\n"
 "  --threads N           HTTP worker threads (default 2)\n"
 "  --verbose             log mode changes and MHD errors to stderr\n"
@@ -430,7 +431,7 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
 		case O_MODE:
 			o->mode = mode_from_name(optarg, strlen(optarg));
 			if (o->mode < 0)
-				return bad("--mode", "healthy|fail|503|hang|slow", optarg);
+				return bad("--mode", "healthy|fail|503|hang|slow|partition", optarg);
 			break;
 		case O_SLOW:
 			if (!parse_u64(optarg, 600000, &u))

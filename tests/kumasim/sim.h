@@ -34,7 +34,11 @@
 #define ANSWER_MAX 320
 #define RUN_HISTORY_MAX 1000     /* runs kept per node for /_sim/runs */
 
-enum sim_mode { MODE_HEALTHY, MODE_FAIL, MODE_503, MODE_HANG, MODE_SLOW, MODE_COUNT };
+/* hang: only health answers hang (its database check is stuck); partition: no request but
+ * /_sim/... reaches the node (accepted, never answered, dropped when the mode changes), while
+ * the node itself goes on running, cron included. */
+enum sim_mode { MODE_HEALTHY, MODE_FAIL, MODE_503, MODE_HANG, MODE_SLOW, MODE_PARTITION,
+		MODE_COUNT };
 extern const char *const mode_names[MODE_COUNT];
 
 enum route {
@@ -68,6 +72,7 @@ struct req {
 	bool is_exit;                 /* POST /_sim/exit: exit once this answer is sent */
 	bool in_flight;               /* counted in node.calls_in_flight */
 	bool rate_limited;            /* over the node's API_RATE_LIMIT: answer 429 */
+	bool partitioned;             /* parked by partition mode: dropped when released */
 	int64_t rate_reset_in_ms;
 	_Atomic int state;
 	_Atomic int refs;
