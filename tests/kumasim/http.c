@@ -771,10 +771,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *connection, 
 		atomic_init(&rq->state, RQ_ACTIVE);
 		atomic_init(&rq->refs, 1);
 		*con_cls = rq;
+		if (atomic_load(&rq->node->mode) == MODE_PARTITION)
+			return MHD_YES; /* it never reaches the node: nothing counts it */
 		if (rq->route == R_HEALTH && is_get(method))
 			atomic_fetch_add(&rq->node->health_requests, 1);
-		if (!s->opt.instant && (rq->route == R_RECONCILE || rq->route == R_API_OTHER) &&
-		    atomic_load(&rq->node->mode) != MODE_PARTITION)
+		if (!s->opt.instant && (rq->route == R_RECONCILE || rq->route == R_API_OTHER))
 			on_api_arrival(s, rq, rq->route == R_RECONCILE && strcmp(method, "POST") == 0);
 		return MHD_YES;
 	}
