@@ -34,7 +34,7 @@ def one_run(tmp, server, run):
     subprocess.run(["mariadb", "--no-defaults", "-S", server["socket"], "-uroot", "-e",
                     "CREATE DATABASE %s" % name], check=True)
     cluster = MariaCluster(server, name)
-    nodes = [Kumasim("node%d" % i, api_key=KEY) for i in (1, 2, 3)]
+    nodes = [Kumasim("node%d" % i, store=cluster) for i in (1, 2, 3)]
     kg = Kumaguard(tmp, cluster, nodes=nodes, api_key=KEY, name="kg%d" % run, extra=[
         "--health-interval", "1s", "--health-fast-interval", "250ms", "--health-timeout",
         "500ms", "--fall", "3", "--log-level", "info"])

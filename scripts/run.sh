@@ -33,11 +33,17 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
+# Realistic simulated nodes (tests/kumasim): they share kumaguard's cluster file as real nodes
+# share MariaDB, register themselves, start and stop monitors with a real node's delays, and
+# re-read their assignments at :00 of every minute.  --setup-done: the first user exists, so
+# kumaguard's reconcile calls are accepted (a real node checks no key value, only that the
+# value does not start with "Bearer ").
 api_key=demo-cluster-key
 node_flags=()
 for ((i = 1; i <= sim; i++)); do
   port=$((3000 + i))
-  build/kumasim --listen "127.0.0.1:$port" --node-id "node$i" --api-key "$api_key" >"$state/kumasim-node$i.log" 2>&1 &
+  build/kumasim --listen "127.0.0.1:$port" --node-id "node$i" --node-host "127.0.0.1:$port" \
+    --sqlite-path "$state/cluster.db" --setup-done >"$state/kumasim-node$i.log" 2>&1 &
   pids+=($!)
   node_flags+=(--node "node$i=127.0.0.1:$port")
 done
@@ -75,6 +81,7 @@ kumaguard is running: dashboard and API at http://$listen/
   curl http://$listen/lb/capacity
 Simulated nodes: $(for ((i = 1; i <= sim; i++)); do printf 'node%d=127.0.0.1:%d ' "$i" $((3000 + i)); done)
   kill one:    curl -X POST http://127.0.0.1:3002/_sim/exit      (or /_sim/mode with body 503)
+  what a node runs (copies per monitor, leaks):  curl http://127.0.0.1:3001/_sim/monitors
 State and logs: $state      Stop: Ctrl-C
 EOT
 wait "$kg"

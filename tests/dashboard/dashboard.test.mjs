@@ -101,10 +101,13 @@ function binary(name) {
   return p;
 }
 
-/* Starts kumasim on an ephemeral port and reads the port from its "listening" line. */
-function startSim(nodeId) {
+/* Starts a realistic kumasim on an ephemeral port, on the cluster file kumaguard will use (the
+   first user exists, so kumaguard's reconcile calls are accepted), and reads the port from its
+   "listening" line. */
+function startSim(nodeId, clusterDb) {
   return new Promise((resolve, reject) => {
-    const proc = track(spawn(binary('kumasim'), ['--listen', '127.0.0.1:0', '--node-id', nodeId, '--api-key', KUMA_KEY],
+    const proc = track(spawn(binary('kumasim'), ['--listen', '127.0.0.1:0', '--node-id', nodeId,
+      '--sqlite-path', clusterDb, '--setup-done'],
       { stdio: ['ignore', 'pipe', 'pipe'] }));
     let out = '';
     const timer = setTimeout(() => reject(new Error(`kumasim ${nodeId} did not say it was listening: ${out}`)), 5000);
@@ -238,7 +241,8 @@ async function screenshot(p, name) {
 
 before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kg-dashboard-'));
-  for (const id of NODES) sims.set(id, await startSim(id));
+  fs.mkdirSync(path.join(tmp, 'state'), { recursive: true });
+  for (const id of NODES) sims.set(id, await startSim(id, path.join(tmp, 'state', 'cluster.db')));
   kg = await startKumaguard();
 
   // kumaguard creates Kuma's monitor table in its embedded store; seed 20 monitors per node.

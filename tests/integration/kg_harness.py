@@ -50,6 +50,10 @@ class SqliteCluster:
     def kumaguard_args(self):
         return ["--sqlite-path", self.path]
 
+    def kumasim_args(self):
+        """A simulated node on the same file (as a real node would be on a shared database)."""
+        return ["--sqlite-path", self.path]
+
     def _conn(self):
         c = sqlite3.connect(self.path, timeout=10)
         c.execute("PRAGMA busy_timeout=10000")
@@ -93,6 +97,10 @@ class MariaCluster:
     def kumaguard_args(self):
         return ["--db-host", self.server["socket"], "--db-user", "kuma", "--db-password", "kumapw",
                 "--db-name", self.dbname, "--init-schema"]
+
+    def kumasim_args(self):
+        return ["--db-socket", self.server["socket"], "--db-user", "kuma", "--db-password",
+                "kumapw", "--db-name", self.dbname]
 
     def _conn(self):
         return self._pymysql.connect(unix_socket=self.server["socket"], user="kuma",
@@ -155,9 +163,11 @@ def seed_monitors(store, homes, start_id=1, active=1):
     return [r[0] for r in rows]
 
 
-# What a simulated node that answers reconcile calls at once costs (kumasim's instant mode): the
-# truth about those nodes, so kumaguard's pacing and cron windows do not slow tests that are not
-# about them.  Tests of exactly-once run realistic nodes with kumaguard's default costs.
+# What a simulated node that answers reconcile calls at once costs (`Kumasim(instant=True)`: no
+# database, no delays, no cron): the truth about those nodes, so kumaguard's pacing and cron
+# windows do not stretch tests about database-level invariants (failover, revert, rebalance,
+# resilience).  Exactly-once on the nodes themselves is tested with realistic nodes and
+# kumaguard's default costs (test_exactly_once.py).
 INSTANT_NODE_COSTS = ["--kuma-reconcile-base", "200ms", "--kuma-reconcile-start-cost", "2ms",
                       "--kuma-reconcile-stop-cost", "2ms"]
 

@@ -3,13 +3,25 @@
 Standard library only.  The binary is looked up in $KG_BUILD_DIR (default /work/main/build),
 or taken from $KUMASIM_BIN when that is set.
 
-    with Kumasim("node1", api_key="k") as node:
+A node is realistic by default (tests/kumasim/README.md): it needs a database, which is the test's
+cluster store when one is given (`store=cluster`, a kg_harness SqliteCluster or MariaCluster),
+else a private SQLite file of its own.  The first user exists (`setup_done=True`) unless a test
+asks for a fresh cluster.
+
+    with Kumasim("node1", store=cluster) as node:
+        assert node.reconcile("any-key") == 200     # answers when the whole reconcile is done
+        node.copies()                               # {monitor id: copies checking on this node}
         node.set_mode("503")
-        assert node.health()[0] == 503
-        node.freeze()   # SIGSTOP: accepts connections, never answers
+        node.freeze()   # SIGSTOP: accepts connections, never answers (and misses its cron)
         node.thaw()
 
-Every instance started here is SIGKILLed at interpreter exit if a test forgot to stop it, so a
+    with KumasimFleet(1000, store=cluster) as fleet:   # 1,000 node ids from one process
+        fleet.nodes[0].health()
+
+`instant=True` is the old, kinder node (no database, immediate answers, `api_key` compared);
+a test that uses it must say why in a comment.
+
+Every process started here is SIGKILLed at interpreter exit if a test forgot to stop it, so a
 failing test cannot leave simulated nodes holding ports.
 """
 
@@ -19,16 +31,22 @@ import json
 import os
 import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import weakref
 
 DEFAULT_BUILD_DIR = "/work/main/build"
-MODES = ("healthy", "fail", "503", "hang", "slow")
+MODES = ("healthy", "fail", "503", "hang", "slow", "partition")
 _LISTEN_RE = re.compile(r"^kumasim (\S+) listening on (\S+):(\d+)$")
+# Variables kumasim reads like a real node; scrubbed from the inherited environment so a test
+# gets only what it passes.
+_NODE_ENV = re.compile(r"^(UPTIME_KUMA_.*|NODE_ID|NODE_NAME|NODE_HOST|PORT|DATA_DIR|API_RATE_LIMIT)$")
 _live = weakref.WeakSet()
+_tmpdirs = []
 
 
 def find_binary():
@@ -61,85 +79,12 @@ class KumasimError(RuntimeError):
     pass
 
 
-class Kumasim:
-    """One kumasim process.  Starts on construction unless start=False."""
+# ------------------------------------------------------------------------------------------------
+# One node's HTTP surface (shared by a single-node process and each node of a fleet)
+# ------------------------------------------------------------------------------------------------
 
-    def __init__(self, node_id="node1", port=0, host="127.0.0.1", api_key=None, mode=None,
-                 slow_ms=None, pidfile=None, threads=None, extra_args=(), binary=None,
-                 start=True, startup_timeout=5.0):
-        self.node_id = node_id
-        self.host = host
-        self.requested_port = port
-        self.api_key = api_key
-        self.mode = mode
-        self.slow_ms = slow_ms
-        self.pidfile = pidfile
-        self.threads = threads
-        self.extra_args = list(extra_args)
-        self.binary = binary or find_binary()
-        self.startup_timeout = startup_timeout
-        self.proc = None
-        self.port = None
-        self.listen_line = None
-        if start:
-            self.start()
-
-    # ---------------------------------------------------------------- process control
-
-    def argv(self):
-        args = [self.binary, "--listen", "%s:%d" % (self.host, self.requested_port),
-                "--node-id", self.node_id]
-        if self.api_key is not None:
-            args += ["--api-key", self.api_key]
-        if self.mode is not None:
-            args += ["--mode", self.mode]
-        if self.slow_ms is not None:
-            args += ["--slow-ms", str(self.slow_ms)]
-        if self.pidfile is not None:
-            args += ["--pidfile", str(self.pidfile)]
-        if self.threads is not None:
-            args += ["--threads", str(self.threads)]
-        return args + self.extra_args
-
-    def start(self):
-        """Start the process and wait for its "listening" line; raises KumasimError on failure."""
-        if self.running:
-            raise KumasimError("already running")
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, start_new_session=True)
-        _live.add(self)
-        line = self._read_line(self.startup_timeout)
-        m = _LISTEN_RE.match(line or "")
-        if m is None or m.group(1) != self.node_id:
-            rc = self.proc.poll()
-            self.kill()
-            raise KumasimError("kumasim did not start (exit %r, first line %r)" % (rc, line))
-        self.listen_line = line
-        self.port = int(m.group(3))
-        return self
-
-    def _read_line(self, timeout):
-        deadline = time.monotonic() + timeout
-        buf = b""
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    return None
-                chunk = os.read(self.proc.stdout.fileno(), 4096)
-                if not chunk:
-                    break
-                buf += chunk
-        return buf.split(b"\n", 1)[0].decode("utf-8", "replace")
-
-    @property
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def pid(self):
-        return self.proc.pid if self.proc is not None else None
+class _NodeApi:
+    """Needs self.node_id, self.host, self.port."""
 
     @property
     def url(self):
@@ -150,96 +95,15 @@ class Kumasim:
         """host:port, as written in the `node.host` column."""
         return "%s:%d" % (self.host, self.port)
 
-    def signal(self, sig):
-        self.proc.send_signal(sig)
-
-    def freeze(self, timeout=5.0):
-        """SIGSTOP: the kernel still accepts connections; nothing answers. A real frozen node.
-        Returns once every thread is stopped: delivery is asynchronous, and on a loaded
-        machine a worker thread could otherwise still answer one more request."""
-        self.signal(signal.SIGSTOP)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                states = []
-                for tid in os.listdir("/proc/%d/task" % self.proc.pid):
-                    with open("/proc/%d/task/%s/stat" % (self.proc.pid, tid)) as f:
-                        states.append(f.read().rsplit(")", 1)[1].split()[0])
-            except OSError:
-                return
-            if states and all(st in ("T", "t") for st in states):
-                return
-            time.sleep(0.005)
-        raise KumasimError("kumasim %s did not stop within %.1fs" % (self.node_id, timeout))
-
-    def thaw(self):
-        self.signal(signal.SIGCONT)
-
-    def wait(self, timeout=5.0):
-        """Wait for exit; returns the exit code (negative = killed by that signal)."""
-        rc = self.proc.wait(timeout)
-        self._close_pipe()
-        return rc
-
-    def kill(self):
-        """SIGKILL, as a crash would; returns the exit status."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.kill()
-        return self.wait(5.0)
-
-    def stop(self, timeout=5.0):
-        """Clean stop with SIGTERM (thawing a frozen process first); SIGKILL if it hangs.
-
-        Returns the exit code: 0 for a clean exit.
-        """
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(signal.SIGCONT)
-                self.proc.send_signal(signal.SIGTERM)
-                return self.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.wait(5.0)
-                raise KumasimError("kumasim %s ignored SIGTERM for %.1fs" % (self.node_id, timeout))
-        return self.wait(timeout)
-
-    def restart(self):
-        """Start again on the same port (useful after kill() to simulate a node coming back)."""
-        if self.running:
-            self.stop()
-        if self.port is not None:
-            self.requested_port = self.port
-        return self.start()
-
-    def _close_pipe(self):
-        if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed:
-            self.proc.stdout.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.stop()
-            except KumasimError:
-                pass
-        self._close_pipe()
-        return False
-
-    # ---------------------------------------------------------------- HTTP
-
-    def request(self, method, path, body=None, headers=None, timeout=5.0):
+    def request(self, method, path, body=None, headers=None, timeout=5.0, source=None):
         """One request on a fresh connection; returns (status, headers dict, body bytes).
 
-        Header names in the returned dict are lower-case.  Raises socket.timeout /
+        Header names in the returned dict are lower-case.  `source` binds the client to that
+        local address (e.g. "127.0.0.2"), to act as another client IP.  Raises socket.timeout /
         ConnectionError as the transport does.
         """
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout,
+                                          source_address=(source, 0) if source else None)
         try:
             if isinstance(body, str):
                 body = body.encode()
@@ -276,16 +140,322 @@ class Kumasim:
     def reset_stats(self):
         self._json("POST", "/_sim/reset-stats")
 
-    def reconcile(self, authorization=None, timeout=5.0):
-        """POST /api/v1/reconcile-monitors as kumaguard would -> status code."""
+    def monitors(self):
+        """GET /_sim/monitors: the node's list, every copy checking, duplicates, leaks."""
+        return self._json("GET", "/_sim/monitors")
+
+    def copies(self):
+        """{monitor id: number of copies checking on this node} (listed and leaked)."""
+        return {m["id"]: m["copies"] for m in self.monitors()["monitors"]}
+
+    def runs(self, since=0):
+        """Reconcile runs, finished (oldest first) then in progress; ids > since."""
+        return self._json("GET", "/_sim/runs?since=%d" % since)["runs"]
+
+    def set_clock(self, skew_ms=None, next_cron_in_ms=None):
+        """Sets the node clock's skew, or places its next :00 next_cron_in_ms from now.
+        Returns {clock_skew_ms, node_clock_ms, cron_phase_ms, next_cron_ms}."""
+        if (skew_ms is None) == (next_cron_in_ms is None):
+            raise ValueError("give exactly one of skew_ms, next_cron_in_ms")
+        q = ("skew_ms=%d" % skew_ms) if skew_ms is not None else (
+            "next_cron_in_ms=%d" % next_cron_in_ms)
+        return self._json("POST", "/_sim/clock?" + q)
+
+    def set_rate_limit(self, limit=None, window_ms=None):
+        """Sets API_RATE_LIMIT (0 = none) and/or its window; every client's count restarts."""
+        q = []
+        if limit is not None:
+            q.append("limit=%d" % limit)
+        if window_ms is not None:
+            q.append("window_ms=%d" % window_ms)
+        return self._json("POST", "/_sim/rate-limit?" + "&".join(q))
+
+    def restart_process(self, timeout=10.0):
+        """What a restart does to this node: leaks and runs gone, row re-registered online,
+        assigned monitors started.  Returns the answer ({"ok", "monitors"})."""
+        return self._json("POST", "/_sim/restart", timeout=timeout)
+
+    def reconcile(self, authorization=None, timeout=30.0, source=None):
+        """POST /api/v1/reconcile-monitors as kumaguard would -> status code.  A realistic node
+        answers only when the whole reconcile is done, hence the long default timeout."""
         headers = {} if authorization is None else {"Authorization": authorization}
-        return self.request("POST", "/api/v1/reconcile-monitors", body=b"", headers=headers,
-                            timeout=timeout)[0]
+        return self.request("POST", "/api/v1/reconcile-monitors", body=b"{}", headers=headers,
+                            timeout=timeout, source=source)[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# The process
+# ------------------------------------------------------------------------------------------------
+
+class _Process:
+    """A kumasim process; subclasses say what to run and how many nodes it prints."""
+
+    def __init__(self, binary, startup_timeout, env):
+        self.binary = binary or find_binary()
+        self.startup_timeout = startup_timeout
+        self.env = env
+        self.proc = None
+
+    def _base_args(self, store, sqlite_path, instant, api_key, setup_done, primary, node_host,
+                   rate_limit, rate_window_ms, delay_scale, seed, clock_skew_ms, cron,
+                   cron_phase_ms, mode, slow_ms, pidfile, threads):
+        args = []
+        if instant:
+            args.append("--instant")
+            if api_key is not None:
+                args += ["--api-key", api_key]
+        else:
+            if api_key is not None:
+                raise ValueError("api_key is for instant=True only: a real node checks no key")
+            if store is not None:
+                args += store.kumasim_args()
+            else:
+                if sqlite_path is None:
+                    d = tempfile.mkdtemp(prefix="kumasim-db-")
+                    _tmpdirs.append(d)
+                    sqlite_path = os.path.join(d, "kuma.db")
+                args += ["--sqlite-path", str(sqlite_path)]
+            if setup_done:
+                args.append("--setup-done")
+            if primary:
+                args.append("--primary")
+            if not cron:
+                args.append("--no-cron")
+        for flag, value in (("--node-host", node_host), ("--rate-limit", rate_limit),
+                            ("--rate-window-ms", rate_window_ms),
+                            ("--delay-scale", delay_scale), ("--seed", seed),
+                            ("--clock-skew-ms", clock_skew_ms),
+                            ("--cron-phase-ms", cron_phase_ms), ("--mode", mode),
+                            ("--slow-ms", slow_ms), ("--pidfile", pidfile),
+                            ("--threads", threads)):
+            if value is not None:
+                args += [flag, str(value)]
+        return args
+
+    def _spawn(self, argv, expect):
+        """Starts argv and waits for `expect` "listening" lines; returns [(id, host, port)]."""
+        if self.running:
+            raise KumasimError("already running")
+        env = {k: v for k, v in os.environ.items() if not _NODE_ENV.match(k)}
+        env.update(self.env or {})
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self._stderr, env=env, start_new_session=True)
+        _live.add(self)
+        lines = self._read_lines(expect, self.startup_timeout)
+        out = []
+        for line in lines:
+            m = _LISTEN_RE.match(line)
+            if m:
+                out.append((m.group(1), m.group(2), int(m.group(3))))
+        if len(out) != expect:
+            rc = self.proc.poll()
+            self.kill()
+            raise KumasimError("kumasim did not start (exit %r, output %r, stderr %r)"
+                               % (rc, lines[:3], self.stderr_text()[-2000:]))
+        self.listen_line = lines[0] if lines else None
+        return out
+
+    def stderr_text(self):
+        """What the process wrote on stderr so far (its errors, sanitizer reports)."""
+        f = getattr(self, "_stderr", None)
+        if f is None or f.closed:
+            return ""
+        f.seek(0)
+        return f.read().decode("utf-8", "replace")
+
+    def _read_lines(self, count, timeout):
+        deadline = time.monotonic() + timeout
+        buf = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while buf.count(b"\n") < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    break
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                buf += chunk
+        return [l.decode("utf-8", "replace") for l in buf.split(b"\n") if l]
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def freeze(self, timeout=5.0):
+        """SIGSTOP: the kernel still accepts connections; nothing answers. A real frozen node.
+        Returns once every thread is stopped: delivery is asynchronous, and on a loaded
+        machine a worker thread could otherwise still answer one more request."""
+        self.signal(signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                states = []
+                for tid in os.listdir("/proc/%d/task" % self.proc.pid):
+                    with open("/proc/%d/task/%s/stat" % (self.proc.pid, tid)) as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                return
+            if states and all(st in ("T", "t") for st in states):
+                return
+            time.sleep(0.005)
+        raise KumasimError("kumasim %d did not stop within %.1fs" % (self.proc.pid, timeout))
+
+    def thaw(self):
+        self.signal(signal.SIGCONT)
+
+    def wait(self, timeout=5.0):
+        """Wait for exit; returns the exit code (negative = killed by that signal)."""
+        rc = self.proc.wait(timeout)
+        self._close_pipe()
+        return rc
+
+    def kill(self):
+        """SIGKILL, as a crash would; returns the exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.wait(5.0)
+
+    def stop(self, timeout=5.0):
+        """Clean stop with SIGTERM (thawing a frozen process first); SIGKILL if it hangs.
+
+        Returns the exit code: 0 for a clean exit.
+        """
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGCONT)
+                self.proc.send_signal(signal.SIGTERM)
+                return self.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.wait(5.0)
+                raise KumasimError("kumasim %d ignored SIGTERM for %.1fs" % (self.proc.pid, timeout))
+        return self.wait(timeout)
+
+    def _close_pipe(self):
+        if self.proc is not None and self.proc.stdout is not None and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop()
+            except KumasimError:
+                pass
+        self._close_pipe()
+        return False
+
+
+class Kumasim(_Process, _NodeApi):
+    """One kumasim process serving one node.  Starts on construction unless start=False."""
+
+    def __init__(self, node_id="node1", port=0, host="127.0.0.1", store=None, sqlite_path=None,
+                 instant=False, api_key=None, setup_done=True, primary=False, node_host=None,
+                 rate_limit=None, rate_window_ms=None, delay_scale=None, seed=None,
+                 clock_skew_ms=None, cron=True, cron_phase_ms=None, mode=None, slow_ms=None,
+                 pidfile=None, threads=None, extra_args=(), binary=None, start=True,
+                 startup_timeout=10.0, env=None):
+        _Process.__init__(self, binary, startup_timeout, env)
+        self.node_id = node_id
+        self.host = host
+        self.requested_port = port
+        self.port = None
+        self.listen_line = None
+        self.options = self._base_args(store, sqlite_path, instant, api_key, setup_done,
+                                       primary, node_host, rate_limit, rate_window_ms,
+                                       delay_scale, seed, clock_skew_ms, cron, cron_phase_ms,
+                                       mode, slow_ms, pidfile, threads) + list(extra_args)
+        if start:
+            self.start()
+
+    def argv(self):
+        return [self.binary, "--listen", "%s:%d" % (self.host, self.requested_port),
+                "--node-id", self.node_id] + self.options
+
+    def start(self):
+        """Start the process and wait for its "listening" line; raises KumasimError on failure."""
+        (node_id, _, port), = self._spawn(self.argv(), 1)
+        if node_id != self.node_id:
+            self.kill()
+            raise KumasimError("kumasim announced %r, expected %r" % (node_id, self.node_id))
+        self.port = port
+        return self
+
+    def restart(self):
+        """Start again on the same port (useful after kill() to simulate a node coming back)."""
+        if self.running:
+            self.stop()
+        if self.port is not None:
+            self.requested_port = self.port
+        return self.start()
 
     def exit_via_api(self, timeout=5.0):
         """POST /_sim/exit, then wait for the process; returns the exit code."""
         self._json("POST", "/_sim/exit")
         return self.wait(timeout)
+
+
+class FleetNode(_NodeApi):
+    """One node of a KumasimFleet (its HTTP surface; the process is the fleet's)."""
+
+    def __init__(self, fleet, node_id, host, port):
+        self.fleet = fleet
+        self.node_id = node_id
+        self.host = host
+        self.port = port
+
+
+class KumasimFleet(_Process):
+    """One kumasim process serving `count` node ids (PREFIX1..PREFIXcount), one port each."""
+
+    def __init__(self, count, prefix="node", host="127.0.0.1", base_port=0, store=None,
+                 sqlite_path=None, instant=False, setup_done=True, primary=False,
+                 node_host="listen", rate_limit=None, rate_window_ms=None, delay_scale=None,
+                 seed=None, clock_skew_ms=None, cron=True, cron_phase_ms=None, mode=None,
+                 threads=None, extra_args=(), binary=None, start=True, startup_timeout=60.0,
+                 env=None):
+        _Process.__init__(self, binary, startup_timeout, env)
+        self.count = count
+        self.prefix = prefix
+        self.host = host
+        self.base_port = base_port
+        self.nodes = []
+        self.options = self._base_args(store, sqlite_path, instant, None, setup_done, primary,
+                                       node_host, rate_limit, rate_window_ms, delay_scale, seed,
+                                       clock_skew_ms, cron, cron_phase_ms, mode, None, None,
+                                       threads) + list(extra_args)
+        if start:
+            self.start()
+
+    def argv(self):
+        return [self.binary, "--nodes", str(self.count), "--node-prefix", self.prefix,
+                "--listen-base", "%s:%d" % (self.host, self.base_port)] + self.options
+
+    def start(self):
+        found = self._spawn(self.argv(), self.count)
+        self.nodes = [FleetNode(self, node_id, self.host, port) for node_id, _, port in found]
+        return self
+
+    def node(self, node_id):
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise KeyError(node_id)
 
 
 @atexit.register
@@ -297,3 +467,5 @@ def _kill_leftovers():
                 sim.proc.wait(5)
         except Exception:  # best effort at interpreter exit
             pass
+    for d in _tmpdirs:
+        shutil.rmtree(d, ignore_errors=True)

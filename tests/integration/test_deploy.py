@@ -1,8 +1,8 @@
 """The container's start-up script, run for real outside a container (there is no Docker engine
 here): docker/entrypoint.sh starts a real nginx (own prefix and port in a temporary directory)
 with the shipped site config docker/nginx-site.conf, then the real kumaguard against a real
-MariaDB, with three simulated Kuma nodes that register themselves in the `node` table the way
-the Kuma nodes of docker-compose-cluster.yaml do.  Secrets arrive through *_FILE variables, as
+MariaDB, with three realistic simulated Kuma nodes that create Kuma's tables and register
+themselves in the `node` table the way the Kuma nodes of docker-compose-cluster.yaml do.  Secrets arrive through *_FILE variables, as
 in the compose file.
 
 What an operator would notice is asserted: traffic on nginx's published port reaches the Kuma
@@ -272,14 +272,6 @@ def mariadb_env(tmp_path, db):
     }
 
 
-def register_nodes(db, nodes):
-    """What each Kuma node does at start-up: upsert its own row, status online."""
-    for n in nodes:
-        db.execute("INSERT INTO node (node_id, node_name, host, status) VALUES (%s, %s, %s, "
-                   "'online') ON DUPLICATE KEY UPDATE host = VALUES(host), status = 'online'",
-                   (n.node_id, n.node_id, n.address))
-
-
 def answering_node(dep, **kw):
     status, headers, _ = dep.get("/dashboard", **kw)
     return status, headers.get("x-kuma-node")
@@ -308,7 +300,9 @@ def capacity(dep):
 
 def test_entrypoint_runs_nginx_and_kumaguard_against_mariadb(tmp_path, kuma_db, procs,
                                                             deployments):
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2, 3)]
+    # Realistic nodes on the deployment's MariaDB: each registers its own row at start, with
+    # UPTIME_KUMA_NODE_HOST carrying its port as in the compose file (node_host="listen").
+    nodes = [Kumasim("node%d" % i, store=kuma_db, node_host="listen") for i in (1, 2, 3)]
     procs.extend(nodes)
     env = mariadb_env(tmp_path, kuma_db)
     dep = Deployment(tmp_path, env)
@@ -322,9 +316,9 @@ def test_entrypoint_runs_nginx_and_kumaguard_against_mariadb(tmp_path, kuma_db, 
     with open("/proc/%d/stat" % nginx_pid) as f:
         assert int(f.read().rsplit(")", 1)[1].split()[1]) == dep.proc.pid
 
-    # kumaguard created the schema (KUMAGUARD_INIT_SCHEMA=1); the nodes register themselves
-    dep.wait_for(kuma_db.schema_ready, timeout=20, what="schema created by kumaguard")
-    register_nodes(kuma_db, nodes)
+    # the nodes created Kuma's tables and registered themselves before kumaguard started;
+    # kumaguard (KUMAGUARD_INIT_SCHEMA=1) adds its own
+    dep.wait_for(kuma_db.schema_ready, timeout=20, what="schema")
     kuma_db.executemany("INSERT INTO monitor (id, name, active, user_id, node_id) VALUES "
                         "(%s, %s, 1, 1, %s)",
                         [(i, "m%d" % i, "node%d" % (i % 3 + 1)) for i in range(1, 31)])
@@ -425,7 +419,7 @@ def test_entrypoint_runs_nginx_and_kumaguard_against_mariadb(tmp_path, kuma_db, 
 @pytest.mark.parametrize("victim", ["nginx", "kumaguard"])
 def test_when_one_process_dies_the_other_is_stopped_and_the_exit_is_nonzero(
         tmp_path, procs, deployments, victim):
-    node = Kumasim("node1", api_key=API_KEY)
+    node = Kumasim("node1")
     procs.append(node)
     dep = Deployment(tmp_path, {"KUMAGUARD_NODES": "node1=%s" % node.address})
     deployments.append(dep)
@@ -469,7 +463,7 @@ def test_runs_unprivileged_like_the_image(procs, deployments):
             os.chown(d, unprivileged, unprivileged)
             run_as = unprivileged
         expected_uid = unprivileged if run_as is not None else os.geteuid()
-        nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2)]
+        nodes = [Kumasim("node%d" % i) for i in (1, 2)]
         procs.extend(nodes)
         # no Kuma API key yet: an empty secret file (as `touch` leaves it) means no nudge
         empty_key = write_secret(d, "kuma_api_key", "")
@@ -511,7 +505,7 @@ def test_dashboard_through_the_proxy_loads_its_assets_from_kumaguard(tmp_path, p
                                                                     deployments):
     """The sample site serves the dashboard at /kumaguard/: its stylesheets and scripts must come
     from kumaguard too, not from a Kuma node (which answers every path)."""
-    node = Kumasim("node1", api_key=API_KEY)
+    node = Kumasim("node1")
     procs.append(node)
     dep = Deployment(tmp_path, {"KUMAGUARD_NODES": "node1=%s" % node.address})
     deployments.append(dep)

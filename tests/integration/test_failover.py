@@ -19,7 +19,7 @@ FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--heal
 
 
 def start_cluster(tmp_path, cluster, procs, n=3, extra=()):
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in range(1, n + 1)]
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in range(1, n + 1)]
     procs.extend(nodes)
     kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST + list(extra))
     procs.append(kg)

@@ -43,7 +43,7 @@ def panic(kg):
 
 
 def three_nodes(tmp_path, procs, cluster, extra=()):
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2, 3)]
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in (1, 2, 3)]
     procs.extend(nodes)
     kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST + list(extra))
     procs.append(kg)
@@ -227,7 +227,7 @@ def test_a_full_state_dir_is_reported_and_shutdown_is_clean(tmp_path, procs):
         pytest.skip("cannot mount a tmpfs for the state directory here: %s" % why)
     try:
         cluster = SqliteCluster(str(tmp_path / "cluster.db"))  # the store stays writable
-        nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2)]
+        nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in (1, 2)]
         procs.extend(nodes)
         kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST)
         procs.append(kg)

@@ -484,8 +484,8 @@ def node_doc(kg, node_id):
 def test_nodes_outside_the_allowed_networks_are_never_probed_or_sent_the_key(tmp_path, sqlite,
                                                                              procs):
     key = "hardening-cluster-key"
-    outside = Kumasim("outside", host="127.0.0.1", api_key=key)
-    inside = Kumasim("inside", host="127.0.0.2", api_key=key)
+    outside = Kumasim("outside", host="127.0.0.1", instant=True, api_key=key)
+    inside = Kumasim("inside", host="127.0.0.2", instant=True, api_key=key)
     procs.extend([outside, inside])
     kg = start_kg(tmp_path, sqlite, procs, env={"KUMA_API_KEY": key}, extra=FAST + [
         "--node-networks", "127.0.0.2/32",

@@ -1,6 +1,8 @@
-"""Behaviour of kumasim, the simulated Kuma node other integration tests rely on.
+"""Behaviour of kumasim, the simulated Kuma node other integration tests rely on: its HTTP
+surface (health modes, pages, WebSocket echo, signals) and, in test_kumasim_realism.py, the
+behaviours of a real cluster-aware Kuma node it models.
 
-Run: KG_BUILD_DIR=/work/main/build-sim /usr/bin/python3 -m pytest -q tests/integration/test_kumasim.py
+Run: KG_BUILD_DIR=$PWD/build-asan /usr/bin/python3 -m pytest -q tests/integration/test_kumasim.py
 """
 
 import base64
@@ -25,9 +27,10 @@ WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 @pytest.fixture
 def node():
-    """A node with an API key; after the test it must still stop cleanly (exit code 0), which
-    under an ASan build also means no leak and no crash on shutdown."""
-    n = Kumasim("node1", api_key=API_KEY)
+    """A realistic node on a private SQLite database with its first user; after the test it
+    must still stop cleanly (exit code 0), which under an ASan build also means no leak and no
+    crash on shutdown."""
+    n = Kumasim("node1")
     try:
         yield n
     finally:
@@ -196,9 +199,23 @@ def test_second_node_on_a_taken_port_fails_instead_of_sharing_it(node):
     (["--listen", "127.0.0.1:0", "--node-id", "n1", "--mode", "sleepy"], "--mode"),
     (["--listen", "127.0.0.1:0", "--node-id", "n1", "--slow-ms", "-5"], "--slow-ms"),
     (["--node-id", "n1"], "required"),
+    (["--listen", "127.0.0.1:0", "--node-id", "n1"], "needs its database"),
+    (["--listen", "127.0.0.1:0", "--node-id", "n1", "--sqlite-path", "x.db", "--api-key", "k"],
+     "--api-key"),
+    (["--listen", "127.0.0.1:0", "--node-id", "n1", "--instant", "--sqlite-path", "x.db"],
+     "--instant"),
+    (["--listen", "127.0.0.1:0", "--node-id", "n1", "--instant", "--delay-scale", "fast"],
+     "--delay-scale"),
+    (["--listen", "127.0.0.1:0", "--nodes", "0", "--instant"], "--nodes"),
+    (["--listen", "127.0.0.1:65530", "--nodes", "10", "--instant"], "--nodes"),
+    (["--listen", "127.0.0.1:0", "--node-id", "n1", "--instant", "--clock-skew-ms", "x"],
+     "--clock-skew-ms"),
+    (["--listen", "127.0.0.1:0", "--node-id", "n1", "--instant", "--node-host", "a b"],
+     "--node-host"),
 ])
 def test_bad_arguments_exit_2_naming_the_setting(args, needle):
-    p = subprocess.run([find_binary()] + args, capture_output=True, text=True, timeout=5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UPTIME_KUMA_")}
+    p = subprocess.run([find_binary()] + args, capture_output=True, text=True, timeout=5, env=env)
     assert p.returncode == 2
     assert needle in p.stderr
     assert p.stdout == ""
@@ -368,26 +385,40 @@ def test_unknown_mode_rejected_and_mode_kept(node):
 
 # ------------------------------------------------------------------ reconcile + stats
 
-def test_reconcile_requires_the_key_and_counts_calls(node):
-    node.reset_stats()
-    status, headers, body = node.request("POST", "/api/v1/reconcile-monitors")
-    assert status == 401
-    assert headers["x-kuma-node"] == "node1"
-    assert json.loads(body)["error"]
-    assert node.reconcile("wrong") == 401
-    assert node.reconcile("Bearer wrong") == 401
-    assert node.reconcile(API_KEY + "x") == 401
-    before = node.stats()
-    assert before["reconcile_calls"] == 0 and before["last_reconcile_ms"] == 0
+def test_instant_reconcile_requires_the_key_and_counts_calls():
+    """--instant (the old node) is tested here as an option of its own; no test that claims
+    exactly-once uses it."""
+    with Kumasim("node1", instant=True, api_key=API_KEY) as node:
+        status, headers, body = node.request("POST", "/api/v1/reconcile-monitors")
+        assert status == 401
+        assert headers["x-kuma-node"] == "node1"
+        assert json.loads(body)["error"]
+        assert node.reconcile("wrong") == 401
+        assert node.reconcile("Bearer wrong") == 401
+        assert node.reconcile(API_KEY + "x") == 401
+        before = node.stats()
+        assert before["reconcile_calls"] == 0 and before["last_reconcile_ms"] == 0
+        assert before["realistic"] is False and before["next_cron_ms"] is None
 
-    t0 = int(time.time() * 1000)
-    assert node.reconcile(API_KEY) == 200
-    assert node.reconcile("Bearer " + API_KEY) == 200
-    t1 = int(time.time() * 1000)
-    st = node.stats()
-    assert st["reconcile_calls"] == 2
-    assert st["reconcile_unauthorized"] == 4
-    assert t0 - 5 <= st["last_reconcile_ms"] <= t1 + 5
+        t0 = int(time.time() * 1000)
+        assert node.reconcile(API_KEY) == 200
+        assert node.reconcile("Bearer " + API_KEY) == 200
+        t1 = int(time.time() * 1000)
+        st = node.stats()
+        assert st["reconcile_calls"] == 2
+        assert st["reconcile_unauthorized"] == 4
+        assert t0 - 5 <= st["last_reconcile_ms"] <= t1 + 5
+        # nothing is rate-limited on the old node
+        for _ in range(5):
+            assert node.reconcile("Bearer wrong") == 401
+        # and it has no process state to restart
+        assert node.request("POST", "/_sim/restart")[0] == 409
+
+
+def test_instant_without_configured_key_accepts_anyone():
+    with Kumasim("node1", instant=True) as n:
+        assert n.reconcile() == 200
+        assert n.stats()["reconcile_calls"] == 1
 
 
 def test_reconcile_body_is_accepted_and_only_post_allowed(node):
@@ -403,30 +434,27 @@ def test_reconcile_body_is_accepted_and_only_post_allowed(node):
     assert node.stats()["reconcile_calls"] == 1
 
 
-def test_reconcile_without_configured_key_accepts_anyone():
-    with Kumasim("node1") as n:
-        assert n.reconcile() == 200
-        assert n.stats()["reconcile_calls"] == 1
-
-
 def test_stats_count_health_and_reset_clears_them(node):
     node.reset_stats()
     for _ in range(3):
         assert node.health()[0] == 200
     node.request("POST", "/api/v1/health")  # 405, not a probe
     assert node.reconcile(API_KEY) == 200
-    assert node.reconcile("nope") == 401
+    assert node.reconcile("Bearer nope") == 401
     st = node.stats()
     assert st["nodeId"] == "node1"
     assert st["mode"] == "healthy"
+    assert st["realistic"] is True
     assert st["health_requests"] == 3
     assert st["reconcile_calls"] == 1
     assert st["reconcile_unauthorized"] == 1
     assert st["last_reconcile_ms"] > 0
+    assert st["runs_call"] == 1
     node.reset_stats()
     st = node.stats()
     assert (st["health_requests"], st["reconcile_calls"], st["reconcile_unauthorized"],
-            st["last_reconcile_ms"]) == (0, 0, 0, 0)
+            st["last_reconcile_ms"], st["runs_call"]) == (0, 0, 0, 0, 0)
+    assert node.runs() == []
 
 
 # ------------------------------------------------------------------ other paths

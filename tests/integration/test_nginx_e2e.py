@@ -46,7 +46,8 @@ class Stack:
 
     def start(self):
         for n in NODES:
-            self.sims[n] = Kumasim(n)
+            # realistic nodes on the cluster file kumaguard uses below
+            self.sims[n] = Kumasim(n, sqlite_path=os.path.join(self.tmp, "cluster.db"))
         self.kg_port = free_port()
         port = free_port()
         ngx_dir = os.path.join(self.tmp, "nginx")

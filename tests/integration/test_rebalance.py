@@ -14,7 +14,7 @@ FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--heal
 
 
 def start(tmp_path, cluster, procs, extra=()):
-    nodes = [Kumasim("node%d" % i, api_key=KEY) for i in (1, 2, 3)]
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=KEY) for i in (1, 2, 3)]
     procs.extend(nodes)
     kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=KEY, extra=FAST + list(extra))
     procs.append(kg)

@@ -26,7 +26,7 @@ def mariadb_cluster(server, name):
 
 def test_database_outage_keeps_serving_and_recovers(tmp_path, mariadb_server, procs):
     cluster = mariadb_cluster(mariadb_server, "kg_outage_%d" % os.getpid())
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2, 3)]
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in (1, 2, 3)]
     procs.extend(nodes)
     kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST)
     procs.append(kg)
@@ -70,7 +70,7 @@ def test_hostile_node_rows_are_not_probed_or_routed(tmp_path, request, procs, st
     else:
         cluster = mariadb_cluster(request.getfixturevalue("mariadb_server"),
                                   "kg_hostile_%d" % os.getpid())
-    good = Kumasim("node1", api_key=API_KEY)
+    good = Kumasim("node1", instant=True, api_key=API_KEY)
     procs.append(good)
     include = tmp_path / "upstream.conf"
     kg = Kumaguard(tmp_path, cluster, nodes=[good], api_key=API_KEY, extra=FAST + [
@@ -105,7 +105,7 @@ def test_hostile_node_rows_are_not_probed_or_routed(tmp_path, request, procs, st
 
 def test_two_controllers_one_leader_and_takeover(tmp_path, mariadb_server, procs):
     cluster = mariadb_cluster(mariadb_server, "kg_leader_%d" % os.getpid())
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2, 3)]
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in (1, 2, 3)]
     procs.extend(nodes)
     a = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, name="a",
                   extra=FAST + ["--instance-id", "ctl-a"])
@@ -141,7 +141,7 @@ def test_two_controllers_on_one_sqlite_file_one_leader(tmp_path, procs):
     pointed at the same file do not both act."""
     from kg_harness import SqliteCluster
     cluster = SqliteCluster(str(tmp_path / "cluster.db"))
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2)]
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in (1, 2)]
     procs.extend(nodes)
     a = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, name="a", extra=FAST)
     procs.append(a)
@@ -164,7 +164,7 @@ def test_slow_nginx_validation_does_not_delay_failover(tmp_path, procs):
     from kg_harness import SqliteCluster
     import time
     cluster = SqliteCluster(str(tmp_path / "cluster.db"))
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2, 3)]
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in (1, 2, 3)]
     procs.extend(nodes)
     kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST + [
         "--nginx-include", str(tmp_path / "upstream.conf"), "--nginx-test-cmd", "sleep 4",
