@@ -25,6 +25,7 @@
 #include "events.h"
 #include "health.h"
 #include "hostcheck.h"
+#include "lease.h"
 #include "log.h"
 #include "mailbox.h"
 #include "nametab.h"
@@ -87,6 +88,7 @@ static struct {
     bool leader;
     int64_t generation;
     int64_t next_lease_ms;
+    lease_state lease;       /* lease.h: how long this controller may still lead */
 
     bool panic;
     char panic_reason[192];
@@ -98,7 +100,6 @@ static struct {
     int64_t next_revert_ms;    /* earliest next revert batch */
     int64_t next_auto_rebalance_ms;
     int64_t confirm_since_ms;  /* a node just left online: every node re-probed since then? */
-    int64_t last_lease_ok_ms;
     int64_t next_prune_ms;
 
     rebalance_op reb;
@@ -143,7 +144,7 @@ static void compensate_clock_step(int64_t now)
     int64_t *timers[] = {&C.next_refresh_ms, &C.next_lease_ms, &C.next_converge_ms,
                          &C.next_revert_ms, &C.next_db_retry_ms, &C.reb.next_batch_ms,
                          &C.next_auto_rebalance_ms, &C.confirm_since_ms,
-                         &C.panic_settle_until_ms, &C.last_lease_ok_ms, &C.next_prune_ms,
+                         &C.panic_settle_until_ms, &C.next_prune_ms,
                          &C.reb.started_ms};
     for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
         if (*timers[i])
@@ -1211,40 +1212,80 @@ static void handle(kg_msg *m, int64_t now)
  * Leader lease
  * ------------------------------------------------------------------------------------------ */
 
+/* The clock leadership is measured on (lease.h): never steps, counts suspended time. */
+static int64_t lease_clock_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_BOOTTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void publish(int64_t now);
+
+/* Reports what lease_decide() decided and takes the role it implies. */
+static void lease_acted(lease_action act, lease_answer answer, const lease_timing *t,
+                        const char *err)
+{
+    switch (act) {
+    case LEASE_BECAME_LEADER:
+        emit(EV_LEADER, NULL, C.leader ? "leader" : "follower", "leader", 0, 0,
+             "%s is the leader (generation %lld)", C.cfg->instance_id,
+             (long long)C.lease.generation);
+        C.need_converge = true;
+        break;
+    case LEASE_STEP_DOWN_LOST:
+        if (answer == LEASE_LOST)
+            emit(EV_LEADER, NULL, "leader", "follower", 0, 0, "lease lost: %.160s", err);
+        else
+            emit(EV_LEADER, NULL, "leader", "follower", 0, 0,
+                 "%s is a follower (generation %lld)", C.cfg->instance_id,
+                 (long long)C.lease.generation);
+        break;
+    case LEASE_STEP_DOWN_EXPIRED:
+        emit(EV_LEADER, NULL, "leader", "follower", 0, 0,
+             "lease not renewed within %lld ms: stepped down (%.120s)",
+             (long long)(t->ttl_ms - t->margin_ms), err[0] ? err : "database unavailable");
+        break;
+    case LEASE_KEEP:
+        break;
+    }
+    bool stepped_down = C.leader && !C.lease.leader;
+    set_role(C.lease.leader, C.lease.generation);
+    if (stepped_down)
+        publish(now_ms()); /* at once: the next database call may block for seconds */
+}
+
+/* Asks the store for the lease (when the database is usable) and lets lease_decide() say what
+ * that means: a renewal counts from when it was sent, and without one in time this controller
+ * stops leading on its own clock, before the lease can expire in the database. */
 static void renew_lease(int64_t now)
 {
-    C.next_lease_ms = now + C.cfg->lease_ttl_ms / 3;
-    if (!ensure_db()) {
-        /* the lease could not be renewed: after a whole lease period another controller may
-         * hold it, so stop claiming to lead (writes were fenced anyway) */
-        if (C.leader && C.cfg->db_host && now - C.last_lease_ok_ms > C.cfg->lease_ttl_ms) {
-            set_role(false, C.generation);
-            emit(EV_LEADER, NULL, "leader", "follower", 0, 0,
-                 "lease not renewed for %d ms (database unavailable)", C.cfg->lease_ttl_ms);
-        }
-        return;
-    }
+    lease_timing t = {C.cfg->lease_ttl_ms, lease_margin_ms(C.cfg->lease_ttl_ms)};
+    C.lease.leader = C.leader; /* fenced() may have stepped down since */
+    int64_t sent = lease_clock_ms();
+    /* already past the deadline (the loop was busy): step down before a call that may block */
+    lease_acted(lease_decide(&C.lease, &t, LEASE_NO_ANSWER, 0, 0, sent), LEASE_NO_ANSWER, &t, "");
+    lease_answer answer = LEASE_NO_ANSWER;
     bool leader = false;
     int64_t gen = 0;
-    char err[256];
-    if (C.store->ops->lease(C.store, C.cfg->instance_id, C.cfg->lease_ttl_ms, &leader, &gen, err,
-                            sizeof err) != STORE_OK) {
-        db_failed("leader lease", err);
-        if (C.leader) {
-            set_role(false, C.generation);
-            emit(EV_LEADER, NULL, "leader", "follower", 0, 0, "lease lost: %.120s", err);
-        }
-        return;
+    char err[256] = "";
+    if (ensure_db()) {
+        int rc = C.store->ops->lease(C.store, C.cfg->instance_id, C.cfg->lease_ttl_ms, &leader,
+                                     &gen, err, sizeof err);
+        if (rc == STORE_OK)
+            answer = leader ? LEASE_GRANTED : LEASE_REFUSED;
+        else if (rc == STORE_FENCED)
+            answer = LEASE_LOST; /* the database works: another node's write won */
+        else
+            db_failed("leader lease", err);
     }
-    if (leader != C.leader || (leader && gen != C.generation)) {
-        emit(EV_LEADER, NULL, C.leader ? "leader" : "follower", leader ? "leader" : "follower",
-             0, 0, "%s is %s (generation %lld)", C.cfg->instance_id,
-             leader ? "the leader" : "a follower", (long long)gen);
-        if (leader)
-            C.need_converge = true;
-    }
-    set_role(leader, gen);
-    C.last_lease_ok_ms = now;
+    int64_t after = lease_clock_ms();
+    lease_acted(lease_decide(&C.lease, &t, answer, gen, sent, after), answer, &t, err);
+    /* next renewal after ttl/3, and never later than the moment leading must stop */
+    int64_t next = C.cfg->lease_ttl_ms / 3;
+    if (C.lease.leader && lease_ms_left(&C.lease, after) < next)
+        next = lease_ms_left(&C.lease, after);
+    C.next_lease_ms = now + (after - sent) + next;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1425,7 +1466,7 @@ static void *controller_main(void *arg)
         now = now_ms();
         if (now >= C.next_refresh_ms)
             refresh(now);
-        if (now >= C.next_lease_ms)
+        if (now >= C.next_lease_ms || (C.leader && lease_ms_left(&C.lease, lease_clock_ms()) <= 0))
             renew_lease(now);
         if (now >= C.next_prune_ms)
             prune_history(now);
@@ -1447,6 +1488,12 @@ static void *controller_main(void *arg)
             maybe_auto_rebalance(now);
         if (C.dirty)
             publish(now);
+    }
+    if (C.leader && C.store) { /* clean shutdown: let another controller lead at once */
+        char err[256];
+        if (C.store->ops->release_lease(C.store, err, sizeof err) != STORE_OK)
+            log_warn("could not release the leader lease: %s", err);
+        set_role(false, C.generation);
     }
     return NULL;
 }

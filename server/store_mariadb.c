@@ -270,7 +270,6 @@ static int fence_check(kg_store *s, char *err, size_t errlen)
     if (s->fence_generation <= 0)
         return STORE_OK;
     my_store *m = s->impl;
-    m->lease_at_stake = true;
     char sql[128];
     snprintf(sql, sizeof(sql),
              "UPDATE kumaguard_leader SET fence_seq = fence_seq + 1 WHERE id = 1"
@@ -294,6 +293,7 @@ static int fence_check(kg_store *s, char *err, size_t errlen)
 static int begin_write(kg_store *s, char *err, size_t errlen)
 {
     my_store *m = s->impl;
+    m->lease_at_stake = s->fence_generation > 0;
     int rc = my_begin(m, err, errlen);
     if (rc != STORE_OK)
         return rc;
