@@ -80,15 +80,30 @@ check_prerequisites() {
     command -v python3 >/dev/null || die "python3 is needed to pick free ports"
 }
 
-free_ports() { # free_ports N: N distinct loopback ports that were free a moment ago
+# N distinct loopback ports that were free a moment ago, below the kernel's ephemeral range:
+# a node binds its SQL port only after its state transfer, tens of seconds after the pick,
+# and an ephemeral port is soon handed to some outgoing connection.
+free_ports() {
     python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
+import random, socket, sys
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    low = 32768
+picked = []
+while len(picked) < int(sys.argv[1]):
+    p = random.randrange(10000, max(low, 10001))
+    if p in picked:
+        continue
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
+    try:
+        s.bind(("127.0.0.1", p))
+        picked.append(p)
+    except OSError:
+        pass
+    finally:
+        s.close()
+print(" ".join(map(str, picked)))
 EOF
 }
 
@@ -146,10 +161,10 @@ launch_node() { # launch_node DIR K [--wsrep-new-cluster]
         --wsrep-provider-options="$opts" $extra) </dev/null >/dev/null 2>&1 &
 }
 
-# Waits until node K answers, is Synced and sees `size` members (bounded: 60 s).
+# Waits until node K answers, is Synced and sees `size` members (bounded: 90 s).
 wait_synced() {
-    local dir=$1 k=$2 size=$3
-    for _ in $(seq 600); do
+    local dir=$1 k=$2 size=$3 deadline=$((SECONDS + 90))
+    while [ "$SECONDS" -lt "$deadline" ]; do
         if [ "$(wsrep_status "$dir" "$k" wsrep_local_state_comment)" = Synced ] \
             && [ "$(wsrep_status "$dir" "$k" wsrep_cluster_size)" = "$size" ]; then
             return 0
@@ -174,8 +189,43 @@ cluster_size_now() { # the size seen by any live node
     echo 0
 }
 
+# One attempt at starting the cluster on fresh ports; returns 1 (nodes stopped) on failure.
+start_attempt() {
+    local dir=$1 template=$2 k
+    local p=($(free_ports $((NODES * 4))))
+    : >"$dir/ports"
+    for k in $(seq "$NODES"); do
+        local i=$(((k - 1) * 4))
+        echo "node$k ${p[i]} ${p[i + 1]} ${p[i + 2]} ${p[i + 3]}" >>"$dir/ports"
+        [ -f "$dir/node$k/err.log" ] && mv "$dir/node$k/err.log" "$dir/node$k.failed-start.log"
+        rm -rf "$dir/node$k"
+        mkdir -p "$dir/node$k"
+        cp -a "$template/data" "$dir/node$k/data" || die "cannot copy the template"
+    done
+    launch_node "$dir" 1 --wsrep-new-cluster
+    if ! wait_synced "$dir" 1 1; then
+        echo "galera-test-cluster: node1 did not bootstrap the cluster" >&2
+        cmd_stop "$dir"
+        return 1
+    fi
+    # Tests create a database each (as the MariaDB fixture allows); replicated to joiners.
+    sql "$dir" 1 "GRANT ALL ON *.* TO 'kuma'@'localhost'; GRANT ALL ON *.* TO 'kuma'@'127.0.0.1'" \
+        >/dev/null || true
+    # The joiners start together; the donor serves their state transfers one after the other.
+    for k in $(seq 2 "$NODES"); do
+        launch_node "$dir" "$k"
+    done
+    for k in $(seq 2 "$NODES"); do
+        if ! wait_synced "$dir" "$k" "$NODES"; then
+            echo "galera-test-cluster: node$k did not join" >&2
+            cmd_stop "$dir"
+            return 1
+        fi
+    done
+}
+
 cmd_start() {
-    local dir=$1
+    local dir=$1 attempt
     check_prerequisites
     mkdir -p "$dir" || die "cannot create $dir"
     dir=$(cd "$dir" && pwd) || die "cannot enter $dir"
@@ -189,24 +239,13 @@ cmd_start() {
     done
     local template
     template=$("$ROOT/scripts/mariadb-test-server.sh" template) || die "no template datadir"
-    local p=($(free_ports $((NODES * 4))))
-    : >"$dir/ports"
-    for k in $(seq "$NODES"); do
-        local i=$(((k - 1) * 4))
-        echo "node$k ${p[i]} ${p[i + 1]} ${p[i + 2]} ${p[i + 3]}" >>"$dir/ports"
-        rm -rf "$dir/node$k"
-        mkdir -p "$dir/node$k"
-        cp -a "$template/data" "$dir/node$k/data" || die "cannot copy the template"
+    # A port that was free when picked can be taken before a node binds it (other tests pick
+    # ports too): up to three attempts, each on fresh ports.
+    for attempt in 1 2 3; do
+        start_attempt "$dir" "$template" && return 0
+        echo "galera-test-cluster: attempt $attempt failed" >&2
     done
-    launch_node "$dir" 1 --wsrep-new-cluster
-    wait_synced "$dir" 1 1 || { cmd_stop "$dir"; die "node1 did not bootstrap the cluster"; }
-    # Tests create a database each (as the MariaDB fixture allows); replicated to joiners.
-    sql "$dir" 1 "GRANT ALL ON *.* TO 'kuma'@'localhost'; GRANT ALL ON *.* TO 'kuma'@'127.0.0.1'" \
-        >/dev/null || true
-    for k in $(seq 2 "$NODES"); do
-        launch_node "$dir" "$k"
-        wait_synced "$dir" "$k" "$k" || { cmd_stop "$dir"; die "node$k did not join"; }
-    done
+    die "the cluster did not start (see above)"
 }
 
 stop_one() { # stop_one DIR K SIGNAL
@@ -228,7 +267,7 @@ stop_one() { # stop_one DIR K SIGNAL
 }
 
 cmd_stop() {
-    local dir=$1
+    local dir=$1 k
     for k in $(seq "$NODES" -1 1); do
         [ -f "$dir/node$k/pid" ] && stop_one "$dir" "$k" TERM
     done
