@@ -12,9 +12,9 @@
  * server restart between two calls costs nothing, while a loss during COMMIT (outcome
  * unknown) is reported, never replayed.  A deadlock (whole transaction rolled back) is
  * retried once too, also when it comes at COMMIT: that is Galera's certification failure,
- * whose outcome is known (rolled back everywhere).  Sessions run with time_zone '+00:00' so every TIMESTAMP we write or
- * read is UTC, and with lock waits shorter than the read timeout so a blocked statement
- * fails with a lock error instead of a dropped connection.
+ * whose outcome is known (rolled back everywhere).  Sessions run with time_zone '+00:00' so
+ * every TIMESTAMP we write or read is UTC, and with lock waits shorter than the read timeout
+ * so a blocked statement fails with a lock error instead of a dropped connection.
  *
  * Moves.  apply_moves bulk-loads the plan into a session-private temporary table (multi-row
  * INSERTs, names escaped with mysql_real_escape_string), then in one transaction runs a few
@@ -424,7 +424,6 @@ static const char *const OWN_TABLES[] = {
 #define LEASE_COLUMNS_ADD                                                                      \
     "ALTER TABLE kumaguard_leader ADD COLUMN IF NOT EXISTS expires_at DATETIME(3) NULL,"      \
     " ADD COLUMN IF NOT EXISTS fence_seq BIGINT NOT NULL DEFAULT 0"
-
 
 /* Minimal tables compatible with the Kuma nodes' schema (SPEC section 1), for tests/trials. */
 static const char *const KUMA_TABLES[] = {
@@ -1100,8 +1099,11 @@ static int read_lease(my_store *m, lease_row *r, char *err, size_t errlen)
 }
 
 /* The three compare-and-set writes.  Each is one autocommit statement: on Galera a losing
- * one fails certification (1213) as a whole.  Parameters: holder, ttl (microseconds), then
- * the generation it expects (not for create). */
+ * one fails certification as a whole; the server retries it once by itself
+ * (wsrep_retry_autocommit), when it simply matches nothing, or we get 1213 and run_op
+ * retries.  On a node that lags, the commit waits until the node has certified what came
+ * before it.  Parameters: holder, ttl (microseconds), then the generation it expects (not for
+ * create). */
 static const char *const LEASE_RENEW_SQL =
     "UPDATE kumaguard_leader SET holder = ?,"
     " expires_at = UTC_TIMESTAMP(3) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(3)"

@@ -29,7 +29,7 @@ from kg_harness import Kumaguard, effective_counts, seed_monitors, wait_until
 from kumasim_ctl import Kumasim, free_port
 
 API_KEY = "ha-test-key"
-TTL_S = 2
+TTL_S = int(os.environ.get("KG_HA_LEASE_TTL", "2"))  # seconds; 10 is the product default
 FLAGS = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--health-timeout",
          "300ms", "--fall", "3", "--rise", "3", "--recovery-hold-down", "1s",
          "--db-timeout", "1s", "--lease-ttl", "%ds" % TTL_S]
@@ -375,7 +375,8 @@ def test_leaders_galera_node_dies_takeover_without_overlap(galera, tmp_path, pro
                        what="%s takes over when node%d dies" % (follower.name, leader.k))
             took = follower.became_leader_after(t0 - 0.001) - t0
             stepped = [e for s, e in leader.intervals() if e >= t0]
-            figures.append(("takeover after the leader's Galera node is killed", took, "s"))
+            figures.append(("takeover after the leader's Galera node is killed (TTL %d s)"
+                            % TTL_S, took, "s"))
             if stepped:
                 figures.append(("old leader stepped down after its node was killed",
                                 stepped[0] - t0, "s"))
