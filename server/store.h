@@ -11,8 +11,8 @@
  * node's write won (Galera 1213/1180/1047).
  *
  * Owns: connections, SQL text, schema creation for kumaguard_* tables (and node/monitor only
- * with init_schema).  Must not: decide what to move, log on hot paths, or keep cluster state
- * beyond the connection. */
+ * with init_schema), and which lease generation it took (kept across reconnects).  Must not:
+ * decide what to move, log on hot paths, or keep cluster state beyond the connection. */
 #ifndef KG_STORE_H
 #define KG_STORE_H
 

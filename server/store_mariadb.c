@@ -1,8 +1,8 @@
 /* store_mariadb.c — the cluster store on the MariaDB the Kuma nodes share (DB_HOST set).
  *
  * Owns: one libmariadb connection (reconnected after a loss), all SQL for it, the
- * kumaguard_* tables, and node/monitor only with --init-schema (they belong to the Kuma
- * nodes' migrations).  Must not: decide what to move, log, keep cluster state between calls,
+ * kumaguard_* tables, node/monitor only with --init-schema (they belong to the Kuma nodes'
+ * migrations), and the generation of the lease it took.  Must not: decide what to move, log, keep cluster state between calls,
  * or put the password anywhere (error texts name host, user and database only).
  *
  * Connection model.  The connection is opened lazily by the first operation.  Every operation
