@@ -2,7 +2,8 @@
 # install-deps.sh — installs the Debian packages kumaguard needs, and only those missing.
 #   scripts/install-deps.sh          build + run (the daemon and its simulated nodes)
 #   scripts/install-deps.sh --test   also everything the test suite drives for real
-#                                    (MariaDB, nginx, Chromium, clang/libFuzzer, clang-tidy,
+#                                    (MariaDB + Galera, nginx, Chromium, clang/libFuzzer,
+#                                    clang-tidy,
 #                                    pytest, wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ pkgs=(build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev li
       libmariadb-dev libjson-c-dev libcriterion-dev sqlite3 curl)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(mariadb-server mariadb-client nginx wrk python3 python3-pytest python3-pymysql python3-yaml
-         chromium clang libclang-rt-14-dev clang-tidy docker-compose)
+         chromium clang libclang-rt-14-dev clang-tidy docker-compose
+         galera-4 rsync iproute2 procps)  # the Galera test cluster (rsync state transfer)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 

@@ -14,6 +14,9 @@
 #       SIGTERM to the server in DIR/pid, then waits (at most 30 s, then SIGKILL) until the pid
 #       file is gone.  Does nothing when no server runs there.  Does NOT delete DIR: the caller
 #       removes it (rm -rf DIR) when done.
+#   scripts/mariadb-test-server.sh template
+#       Builds the template data directory if needed and prints its path (the Galera test
+#       cluster copies it too).
 #
 # KG_MARIADB_OPTS adds server options at start (benchmarks use it for production-like InnoDB
 # sizes, e.g. "--innodb-log-file-size=256M --innodb-buffer-pool-size=512M").
@@ -147,7 +150,11 @@ stop)
     [ $# -eq 2 ] || die "usage: $0 stop DIR"
     cmd_stop "$2"
     ;;
+template)
+    ensure_template
+    echo "$TEMPLATE"
+    ;;
 *)
-    die "usage: $0 start DIR PORT | stop DIR"
+    die "usage: $0 start DIR PORT | stop DIR | template"
     ;;
 esac

@@ -46,6 +46,10 @@ stage "integration tests (pytest, TSan daemon)" \
   env KG_BUILD_DIR="$root/build-tsan" KUMASIM_BIN="$root/build-test/kumasim" \
   TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1" \
   /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+# Two kumaguards on different nodes of a real 3-node Galera cluster (skipped, with the reason,
+# only where Galera cannot run); prints takeover/overlap/churn figures at the end.
+stage "HA on Galera (pytest, ASan+UBSan daemon)" \
+  env KG_BUILD_DIR="$root/build-asan" /usr/bin/python3 -m pytest -q -rs -p no:cacheprovider tests/ha
 if [[ -x scripts/fuzz-short.sh ]]; then
   stage "fuzz (libFuzzer, ${KG_FUZZ_SECONDS:-30} s per target)" scripts/fuzz-short.sh
 fi

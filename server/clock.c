@@ -8,7 +8,7 @@ static int64_t read_ms(clockid_t id)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-int64_t kg_mono_ms(void) { return read_ms(CLOCK_MONOTONIC); }
+int64_t kg_mono_ms(void) { return read_ms(CLOCK_BOOTTIME); }
 
 int64_t kg_wall_ms(void) { return read_ms(CLOCK_REALTIME); }
 

@@ -3,6 +3,8 @@
  * Two clocks, for two purposes:
  *   - monotonic (kg_mono_ms): every timer, deadline, interval and "how long since".  A step of
  *     the wall clock (NTP at boot, a VM restored from a snapshot) cannot stretch or cut them.
+ *     (Timed waits below use CLOCK_MONOTONIC, which does not count a suspend; they are only
+ *     ever relative waits of a second or so, re-checked against kg_mono_ms.)
  *   - wall (kg_wall_ms): what is shown and stored (event times, node.last_seen) and the Kuma
  *     nodes' minute cron, which runs on their wall clocks.
  * Condition variables that are waited on with a timeout are created on the monotonic clock
@@ -16,7 +18,9 @@
 #include <stdint.h>
 #include <time.h>
 
-/* Milliseconds on CLOCK_MONOTONIC (arbitrary origin). */
+/* Milliseconds on CLOCK_BOOTTIME (arbitrary origin): monotonic, and it keeps counting while
+ * the machine is suspended — the database's clock and the nodes' do too, so a lease or a
+ * hold-down is not stretched by a suspend. */
 int64_t kg_mono_ms(void);
 /* Milliseconds since the Unix epoch, UTC (CLOCK_REALTIME). */
 int64_t kg_wall_ms(void);

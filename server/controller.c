@@ -34,6 +34,7 @@
 #include "events.h"
 #include "health.h"
 #include "hostcheck.h"
+#include "lease.h"
 #include "netpolicy.h"
 #include "log.h"
 #include "mailbox.h"
@@ -147,8 +148,7 @@ static struct {
     bool leader;
     int64_t generation;
     int64_t next_lease_ms;
-    int64_t lease_valid_until;
-    bool lease_asked;
+    lease_state lease;       /* lease.h: how long this controller may still lead */
 
     panic_state panic;
     panic_cfg pcfg;
@@ -528,15 +528,36 @@ static void set_role(bool leader, int64_t generation, const char *why)
     C.dirty = true;
 }
 
-/* The lease is trusted on our own monotonic clock: it was granted at the earliest when its
- * request started, so it holds until then + TTL elsewhere; we stop acting a margin before. */
-static int64_t lease_margin_ms(void) { return C.cfg->lease_ttl_ms / 5; }
+/* What lease_decide() (lease.h) said, as a role.  A grant counts from when the job that asked
+ * for it started (no later than the database ran it); without a newer one in time this
+ * controller stops leading on its own clock, before the lease can expire in the database. */
+static void lease_answered(lease_answer answer, int64_t generation, int64_t sent,
+                           const char *err)
+{
+    lease_timing t = {C.cfg->lease_ttl_ms, lease_margin_ms(C.cfg->lease_ttl_ms)};
+    C.lease.leader = C.leader; /* a fenced write may have stepped down since */
+    C.lease.generation = C.generation ? C.generation : C.lease.generation;
+    switch (lease_decide(&C.lease, &t, answer, generation, sent, C.now)) {
+    case LEASE_BECAME_LEADER:
+        set_role(true, C.lease.generation, "lease held");
+        break;
+    case LEASE_STEP_DOWN_LOST:
+        set_role(false, C.lease.generation,
+                 answer == LEASE_LOST ? err : "another controller holds the lease");
+        break;
+    case LEASE_STEP_DOWN_EXPIRED:
+        set_role(false, C.generation, "lease not renewed in time: stepped down before it "
+                                      "could expire elsewhere");
+        break;
+    case LEASE_KEEP:
+        break;
+    }
+}
 
 static void check_lease_expiry(void)
 {
-    if (C.leader && C.cfg->db_host && C.now >= C.lease_valid_until)
-        set_role(false, C.generation, "lease not renewed in time: stepping down before it "
-                                      "could expire elsewhere");
+    if (C.leader && C.cfg->db_host)
+        lease_answered(LEASE_NO_ANSWER, 0, 0, "");
 }
 
 /* ==========================================================================================
@@ -635,15 +656,11 @@ static void on_db_done(db_job *j)
         C.schema_ready = true;
     if (j->n_events && !j->events_done && C.leader)
         requeue_db_events(j);
-    if (j->lease_done) {
-        C.lease_asked = false;
-        if (j->lease_leader) {
-            C.lease_valid_until = j->started_mono_ms + C.cfg->lease_ttl_ms - lease_margin_ms();
-            set_role(true, j->lease_generation, "lease held");
-        } else if (C.leader) {
-            set_role(false, C.generation, "another controller holds the lease");
-        }
-    }
+    if (j->lease_done)
+        lease_answered(j->lease_leader ? LEASE_GRANTED : LEASE_REFUSED, j->lease_generation,
+                       j->started_mono_ms, "");
+    else if (j->lease_lost)
+        lease_answered(LEASE_LOST, C.generation, j->started_mono_ms, j->error);
     if (j->rc == STORE_FENCED) {
         if (C.leader) {
             log_warn("fenced during %s: generation %lld is no longer current", j->failed_step,
@@ -663,8 +680,6 @@ static void on_db_done(db_job *j)
     } else if (j->rc != STORE_OK) {
         C.db_state = "down";
         db_down(j->failed_step, j->error);
-        if (j->lease && !j->lease_done)
-            C.lease_asked = false;
     } else {
         db_up();
     }
@@ -718,7 +733,6 @@ static db_job *build_job(plan_move *moves, size_t n_moves, const kg_nametab *tab
     bool lease_due = C.cfg->db_host ? C.now >= C.next_lease_ms : !C.leader;
     if (lease_due) {
         j->lease = true;
-        C.lease_asked = true;
         C.next_lease_ms = C.now + C.cfg->lease_ttl_ms / 3;
     }
     if (C.leader && C.db_ok) {
@@ -1865,7 +1879,7 @@ static int64_t step(void)
     due = min_due(due, C.next_converge_ms);
     due = min_due(due, C.db_busy ? C.db_job_started + C.cfg->db_timeout_ms + 260 : 0);
     due = min_due(due, !C.db_busy && C.db_next_try_ms > C.now ? C.db_next_try_ms : 0);
-    due = min_due(due, C.leader && C.cfg->db_host ? C.lease_valid_until : 0);
+    due = min_due(due, C.leader && C.cfg->db_host ? C.lease.valid_until_ms : 0);
     due = min_due(due, panic_next_due(&C.panic, &C.pcfg, C.now));
     if (C.reb.running)
         due = min_due(due, C.reb.next_batch_ms);
@@ -1873,6 +1887,45 @@ static int64_t step(void)
     if (C.dirty)
         publish();
     return due;
+}
+
+/* Waits (bounded) for the running database job and handles its result. */
+static void wait_db_idle(int64_t deadline)
+{
+    while (C.db_busy && kg_mono_ms() < deadline) {
+        kg_msg *m = mailbox_wait(100);
+        refresh_clocks();
+        if (m && m->kind == MSG_DB_DONE)
+            on_db_done(m->data);
+        else if (m && m->reply)
+            reply_finish(m->reply, 503, "shutting_down", "kumaguard is stopping");
+        mailbox_free(m);
+    }
+}
+
+/* A clean stop gives the lease up, so another controller takes over at once instead of after
+ * the lease expires. */
+static void release_lease_at_exit(void)
+{
+    if (!C.leader || !C.cfg->db_host)
+        return;
+    int64_t deadline = kg_mono_ms() + C.cfg->db_timeout_ms + 500;
+    wait_db_idle(deadline);
+    if (C.db_busy || !C.leader)
+        return;
+    db_job *j = db_job_new();
+    if (!j)
+        return;
+    j->generation = C.generation;
+    j->leader = true;
+    j->release_lease = true;
+    if (!submit_job(j)) {
+        db_job_free(j);
+        return;
+    }
+    wait_db_idle(deadline);
+    if (!C.db_busy)
+        set_role(false, C.generation, "stopping: lease released");
 }
 
 static void *controller_main(void *arg)
@@ -1906,6 +1959,7 @@ static void *controller_main(void *arg)
         if (!stop)
             due = step();
     }
+    release_lease_at_exit();
     return NULL;
 }
 

@@ -105,10 +105,17 @@ static void run_job(db_job *j)
     j->rc = STORE_OK;
     if (!prepare(j))
         goto out;
+    if (j->release_lease) {
+        rc = W.store->ops->release_lease(W.store, err, sizeof err);
+        if (rc != STORE_OK)
+            fail(j, "release lease", rc, err);
+        goto out;
+    }
     if (j->lease) {
         rc = W.store->ops->lease(W.store, W.cfg->instance_id, W.cfg->lease_ttl_ms,
                                  &j->lease_leader, &j->lease_generation, err, sizeof err);
         if (rc != STORE_OK) {
+            j->lease_lost = rc == STORE_FENCED;
             fail(j, "leader lease", rc, err);
             goto out;
         }

@@ -34,6 +34,7 @@ typedef struct db_job {
     bool leader;                  /* the store may maintain override records */
     bool upsert_static;           /* (re)write the configured static nodes' rows */
     bool lease;                   /* take or renew the leader lease */
+    bool release_lease;           /* give the lease up (clean shutdown); nothing else runs */
     store_node_state *states;     /* node.status / last_seen to write */
     size_t n_states;
     kg_event *events;             /* kumaguard_event rows to append */
@@ -51,6 +52,7 @@ typedef struct db_job {
     char error[256];
     bool schema_ready;            /* the store is usable (connected, schema there) */
     bool lease_done;
+    bool lease_lost;              /* the lease call said: lost in a conflict (STORE_FENCED) */
     bool lease_leader;
     int64_t lease_generation;
     bool states_done, events_done, moves_done, prune_done;

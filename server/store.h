@@ -4,12 +4,15 @@
  * Only the controller thread uses a store; it is not thread safe.  Every write operation is one
  * transaction; moves are applied set-based (a temporary table of moves joined to `monitor`),
  * each row guarded by the values the plan saw, so a row a Kuma node changed meanwhile is
- * skipped, not clobbered.  When `fence_generation` > 0 every write transaction first checks
- * that kumaguard_leader still holds that generation and aborts with STORE_FENCED otherwise.
+ * skipped, not clobbered.  When `fence_generation` > 0 every write transaction begins with
+ * the fence: it *writes* the kumaguard_leader row where that generation still holds (so the
+ * database arbitrates it against a takeover: a row lock on one server, certification on
+ * Galera) and aborts with STORE_FENCED when it does not, or when the database says another
+ * node's write won (Galera 1213/1180/1047).
  *
  * Owns: connections, SQL text, schema creation for kumaguard_* tables (and node/monitor only
- * with init_schema).  Must not: decide what to move, log on hot paths, or keep cluster state
- * beyond the connection. */
+ * with init_schema), and which lease generation it took (kept across reconnects).  Must not:
+ * decide what to move, log on hot paths, or keep cluster state beyond the connection. */
 #ifndef KG_STORE_H
 #define KG_STORE_H
 
@@ -26,7 +29,8 @@
 enum {
     STORE_OK = 0,
     STORE_ERROR = -1,        /* SQL or connection error; err says which */
-    STORE_FENCED = -2,       /* leader generation changed: another controller leads */
+    STORE_FENCED = -2,       /* lease lost: the generation changed (another controller leads)
+                                or another database node's write won; not a database outage */
     STORE_SCHEMA_MISSING = -3/* node/monitor tables not there yet (MariaDB without init) */
 };
 
@@ -83,10 +87,20 @@ typedef struct {
     /* Deletes kumaguard_event rows older than before_ms (history retention), at most 10,000
      * per call so a large backlog never holds a long transaction. */
     int (*prune_events)(kg_store *s, int64_t before_ms, char *err, size_t errlen);
-    /* Leader lease.  Sets *leader and *generation (a new, larger generation each time this
-     * instance newly becomes leader).  SQLite: always leader, generation 1. */
+    /* Leader lease: takes the lease when it is free (expired or released), renews it when
+     * ours.  STORE_OK: *leader says whether we hold it; *generation is ours, or the current
+     * holder's.  The generation grows each time the lease is *taken*; renewing keeps it, also
+     * across reconnects.  A grant lasts ttl_ms from when the database ran the call, by the
+     * database's clock: the caller must stop acting as leader ttl_ms (less a margin for clock
+     * skew between database nodes) after it *sent* its last successful call (lease.h).
+     * STORE_FENCED: lost in a conflict with another database node (*leader false; the
+     * database works, call again).  STORE_ERROR: could not ask (*leader false).
+     * SQLite: an flock beside the file; always the same generation. */
     int (*lease)(kg_store *s, const char *instance_id, int ttl_ms, bool *leader,
                  int64_t *generation, char *err, size_t errlen);
+    /* Gives up a lease this store holds (clean shutdown), so another controller can take it
+     * at once instead of after the TTL.  No-op when it holds none. */
+    int (*release_lease)(kg_store *s, char *err, size_t errlen);
 } kg_store_ops;
 
 struct kg_store {

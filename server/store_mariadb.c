@@ -1,8 +1,8 @@
 /* store_mariadb.c — the cluster store on the MariaDB the Kuma nodes share (DB_HOST set).
  *
  * Owns: one libmariadb connection (reconnected after a loss), all SQL for it, the
- * kumaguard_* tables, and node/monitor only with --init-schema (they belong to the Kuma
- * nodes' migrations).  Must not: decide what to move, log, keep cluster state between calls,
+ * kumaguard_* tables, node/monitor only with --init-schema (they belong to the Kuma nodes'
+ * migrations), and the generation of the lease it took.  Must not: decide what to move, log, keep cluster state between calls,
  * or put the password anywhere (error texts name host, user and database only).
  *
  * Connection model.  The connection is opened lazily by the first operation.  Every operation
@@ -11,20 +11,33 @@
  * COMMIT had not been sent yet, the operation is retried once on a fresh connection — so a
  * server restart between two calls costs nothing, while a loss during COMMIT (outcome
  * unknown) is reported, never replayed.  A deadlock (whole transaction rolled back) is
- * retried once too.  Sessions run with time_zone '+00:00' so every TIMESTAMP we write or
- * read is UTC, and with lock waits shorter than the read timeout so a blocked statement
- * fails with a lock error instead of a dropped connection.
+ * retried once too, also when it comes at COMMIT: that is Galera's certification failure,
+ * whose outcome is known (rolled back everywhere).  Sessions run with time_zone '+00:00' so
+ * every TIMESTAMP we write or read is UTC, and with lock waits shorter than the read timeout
+ * so a blocked statement fails with a lock error instead of a dropped connection.
  *
  * Moves.  apply_moves bulk-loads the plan into a session-private temporary table (multi-row
  * INSERTs, names escaped with mysql_real_escape_string), then in one transaction runs a few
  * set-based statements per range of 10,000 moves (see APPLY_STEPS): set-based, yet no single
  * statement runs long enough to trip the read timeout on a large failover.
  *
- * Leader lease.  GET_LOCK on a name derived from the database (two clusters on one server do
- * not contend) is held by this connection; the session's wait_timeout is set to the lease TTL
- * so a controller that hangs loses the lock when its session times out.  Each fresh
- * acquisition increments kumaguard_leader.generation; every write transaction of a fenced
- * store first locks that row and compares (STORE_FENCED on mismatch). */
+ * Leader lease.  One row, kumaguard_leader id 1 (holder, generation, expires_at), taken and
+ * renewed by compare-and-set UPDATEs whose expiry the database computes with its own clock
+ * (UTC_TIMESTAMP(3) + ttl): renewed while its generation is still ours, taken by anyone only
+ * once expired or released (expires_at NULL), each taking adding one to the generation.  It
+ * is not tied to a session (GET_LOCK is per Galera node, so it is not used): a reconnect
+ * keeps the lease, a dead controller loses it at expiry.  Every write transaction of a fenced
+ * store begins by *writing* that row (fence_check: fence_seq + 1 where the generation is
+ * ours), because a write is what the database arbitrates: on one server the row lock orders
+ * it against a takeover; on Galera certification does — a takeover certified first makes our
+ * transaction fail with 1213 even where this node had not applied it yet and we matched the
+ * old generation (a read, even SELECT ... FOR UPDATE, is not certified).  The Galera errors
+ * that mean "another node's write won" — 1213 (certification failure / deadlock), 1180
+ * (error during COMMIT), 1047 (node not ready: outside the primary component) — are reported
+ * on the lease and on fenced writes as STORE_FENCED (lease lost), not as an unavailable
+ * database.  On a Galera node the lease read waits until the node has applied everything the
+ * cluster committed before it (wsrep_sync_wait), so a lagging node does not show a stale
+ * lease as free. */
 #include "store.h"
 
 #include <errmsg.h>
@@ -34,7 +47,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOCK_NAME_SQL "LEFT(CONCAT('kumaguard_leader.', DATABASE()), 64)"
 #define MOVES_PER_INSERT 4000 /* rows per multi-row INSERT: ~200 KB, far below max_allowed_packet */
 #define MOVES_PER_STATEMENT 10000 /* moves per guarded UPDATE (see apply_guarded_moves) */
 #define MAX_BINDS 12
@@ -52,17 +64,33 @@ typedef struct {
     bool broken;            /* a connection error happened: drop the connection */
     bool commit_sent;       /* COMMIT was sent: the outcome may be unknown, never retry */
     unsigned int last_errno;
+    bool lease_at_stake;    /* the operation is the lease or a fenced write: Galera's
+                               "another node won" errors mean lease lost (STORE_FENCED) */
+    /* per connection */
+    bool galera;            /* the server is a Galera node (wsrep_on): lease reads sync-wait */
     /* lease */
-    bool lock_held;         /* GET_LOCK succeeded on the current connection */
-    int64_t lock_generation;
+    int64_t lease_gen;      /* generation we took and renew; 0 = we hold no lease */
 } my_store;
 
 /* ---- errors and connection ------------------------------------------------------------- */
 
+/* 1047 (ER_UNKNOWN_COM_ERROR) is what a Galera node answers while it is not in the primary
+ * component: "WSREP has not yet prepared node for application use". */
+#define ER_WSREP_NOT_READY ER_UNKNOWN_COM_ERROR
+
 static bool is_connection_error(unsigned int e)
 {
+    /* A node outside the primary component is dropped too: a reconnect through DB_HOST (a
+     * balancer) may reach a node that is in it. */
     return (e >= CR_MIN_ERROR && e <= CR_MAX_ERROR) || e == ER_CONNECTION_KILLED
-           || e == ER_SERVER_SHUTDOWN;
+           || e == ER_SERVER_SHUTDOWN || e == ER_WSREP_NOT_READY;
+}
+
+/* Errors by which Galera says that another node's write won, or that this node cannot take
+ * part in deciding: on the lease or a fenced write they mean the lease is lost. */
+static bool is_lease_lost_error(unsigned int e)
+{
+    return e == ER_LOCK_DEADLOCK || e == ER_ERROR_DURING_COMMIT || e == ER_WSREP_NOT_READY;
 }
 
 static void record_error(my_store *m, unsigned int e)
@@ -94,7 +122,6 @@ static void my_disconnect(my_store *m)
     if (m->db)
         mysql_close(m->db);
     m->db = NULL;
-    m->lock_held = false; /* the server released GET_LOCK with the session */
 }
 
 static void describe_target(const my_store *m, char *buf, size_t len)
@@ -121,8 +148,10 @@ static int my_connect(my_store *m, char *err, size_t errlen)
     mysql_options(db, MYSQL_OPT_WRITE_TIMEOUT, &t);
     mysql_options(db, MYSQL_OPT_RECONNECT, &no); /* we reconnect ourselves, knowing the lease */
     mysql_options(db, MYSQL_SET_CHARSET_NAME, "utf8mb4");
+    /* CLIENT_FOUND_ROWS: affected rows = rows matched, so a compare-and-set that matched says
+     * so even when it wrote the values already there. */
     if (!mysql_real_connect(db, m->host, m->user, m->password, m->dbname, m->port, m->socket,
-                            0)) {
+                            CLIENT_FOUND_ROWS)) {
         snprintf(err, errlen, "mariadb: cannot connect to %s (database %s, user %s): %s",
                  where, m->dbname, m->user, mysql_error(db));
         mysql_close(db);
@@ -138,8 +167,20 @@ static int my_connect(my_store *m, char *err, size_t errlen)
         mysql_close(db);
         return STORE_ERROR;
     }
+    /* A Galera node?  A server without wsrep has no such variable (error 1193): no. */
+    bool galera = false;
+    if (mysql_query(db, "SELECT @@GLOBAL.wsrep_on") == 0) {
+        MYSQL_RES *res = mysql_store_result(db);
+        MYSQL_ROW row = res ? mysql_fetch_row(res) : NULL;
+        galera = row && row[0] && strtol(row[0], NULL, 10) == 1;
+        mysql_free_result(res);
+    } else if (mysql_errno(db) != ER_UNKNOWN_SYSTEM_VARIABLE) {
+        snprintf(err, errlen, "mariadb: session setup on %s: %s", where, mysql_error(db));
+        mysql_close(db);
+        return STORE_ERROR;
+    }
     m->db = db;
-    m->lock_held = false;
+    m->galera = galera;
     return STORE_OK;
 }
 
@@ -157,14 +198,21 @@ static int run_op(kg_store *s, op_fn fn, void *arg, char *err, size_t errlen)
         m->broken = false;
         m->commit_sent = false;
         m->last_errno = 0;
+        m->lease_at_stake = false;
         rc = fn(s, arg, err, errlen);
         bool lost = m->broken;
         if (lost)
             my_disconnect(m);
-        bool retry = rc == STORE_ERROR && !m->commit_sent
-                     && ((lost && reused) || m->last_errno == ER_LOCK_DEADLOCK);
+        bool retry = rc == STORE_ERROR
+                     && ((lost && reused && !m->commit_sent) || m->last_errno == ER_LOCK_DEADLOCK);
         if (!retry)
             break;
+    }
+    if (rc == STORE_ERROR && m->lease_at_stake && is_lease_lost_error(m->last_errno)) {
+        char why[512];
+        snprintf(why, sizeof(why), "%s", err);
+        snprintf(err, errlen, "lease lost (another database node's write won): %s", why);
+        rc = STORE_FENCED;
     }
     return rc;
 }
@@ -215,38 +263,37 @@ static int my_end(my_store *m, int rc, char *err, size_t errlen)
     return rc;
 }
 
-static int read_generation(my_store *m, bool for_update, int64_t *gen, char *err,
-                           size_t errlen)
-{
-    bool found;
-    return my_query_int(m,
-                        for_update ? "SELECT generation FROM kumaguard_leader WHERE id = 1"
-                                     " FOR UPDATE"
-                                   : "SELECT generation FROM kumaguard_leader WHERE id = 1",
-                        gen, &found, "read leader generation", err, errlen);
-}
-
-/* Inside a write transaction: locks the leader row and compares generations. */
+/* The fence, first statement of every write transaction of a fenced store: it *writes* the
+ * lease row where the generation is still ours (see the top of the file for why a write). */
 static int fence_check(kg_store *s, char *err, size_t errlen)
 {
     if (s->fence_generation <= 0)
         return STORE_OK;
-    int64_t gen;
-    int rc = read_generation(s->impl, true, &gen, err, errlen);
+    my_store *m = s->impl;
+    char sql[128];
+    snprintf(sql, sizeof(sql),
+             "UPDATE kumaguard_leader SET fence_seq = fence_seq + 1 WHERE id = 1"
+             " AND generation = %lld", (long long)s->fence_generation);
+    if (mysql_query(m->db, sql))
+        return my_fail(m, "fence", err, errlen);
+    if (mysql_affected_rows(m->db) == 1)
+        return STORE_OK;
+    int64_t gen = 0;
+    bool found;
+    int rc = my_query_int(m, "SELECT generation FROM kumaguard_leader WHERE id = 1", &gen, &found,
+                          "read leader generation", err, errlen);
     if (rc != STORE_OK)
         return rc;
-    if (gen != s->fence_generation) {
-        snprintf(err, errlen, "fenced: leader generation is %lld, this controller holds %lld",
-                 (long long)gen, (long long)s->fence_generation);
-        return STORE_FENCED;
-    }
-    return STORE_OK;
+    snprintf(err, errlen, "fenced: leader generation is %lld, this controller holds %lld",
+             (long long)gen, (long long)s->fence_generation);
+    return STORE_FENCED;
 }
 
 /* START TRANSACTION + fence check; on failure the transaction is already ended. */
 static int begin_write(kg_store *s, char *err, size_t errlen)
 {
     my_store *m = s->impl;
+    m->lease_at_stake = s->fence_generation > 0;
     int rc = my_begin(m, err, errlen);
     if (rc != STORE_OK)
         return rc;
@@ -317,17 +364,26 @@ static int stmt_run(my_store *m, MYSQL_STMT *st, binds *bs, const char *what, ch
     return STORE_OK;
 }
 
-/* Prepare, bind, execute, close: for statements run once. */
-static int stmt_once(my_store *m, const char *sql, binds *bs, const char *what, char *err,
-                     size_t errlen)
+/* Prepare, bind, execute, close: for statements run once.  *matched (when not NULL) gets
+ * the rows the statement matched (CLIENT_FOUND_ROWS). */
+static int stmt_once_rows(my_store *m, const char *sql, binds *bs, const char *what,
+                          uint64_t *matched, char *err, size_t errlen)
 {
     MYSQL_STMT *st;
     int rc = stmt_prepare(m, sql, &st, what, err, errlen);
     if (rc != STORE_OK)
         return rc;
     rc = stmt_run(m, st, bs, what, err, errlen);
+    if (rc == STORE_OK && matched)
+        *matched = (uint64_t)mysql_stmt_affected_rows(st);
     mysql_stmt_close(st);
     return rc;
+}
+
+static int stmt_once(my_store *m, const char *sql, binds *bs, const char *what, char *err,
+                     size_t errlen)
+{
+    return stmt_once_rows(m, sql, bs, what, NULL, err, errlen);
 }
 
 /* ---- schema ----------------------------------------------------------------------------- */
@@ -354,8 +410,20 @@ static const char *const OWN_TABLES[] = {
     " id INT NOT NULL PRIMARY KEY,"
     " holder VARCHAR(128) NULL,"
     " generation BIGINT NOT NULL DEFAULT 0,"
-    " renewed_at DATETIME(3) NULL) ENGINE=InnoDB",
+    " renewed_at DATETIME(3) NULL,"
+    " expires_at DATETIME(3) NULL,"
+    " fence_seq BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB",
 };
+
+/* kumaguard_leader as created by versions that leased with GET_LOCK lacks the lease columns.
+ * Their leader row then reads as released (expires_at NULL): stop those controllers before
+ * starting this version (they do not look at the row's expiry). */
+#define LEASE_COLUMNS_SQL                                                                      \
+    "SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = DATABASE()"         \
+    " AND table_name = 'kumaguard_leader' AND column_name IN ('expires_at', 'fence_seq')"
+#define LEASE_COLUMNS_ADD                                                                      \
+    "ALTER TABLE kumaguard_leader ADD COLUMN IF NOT EXISTS expires_at DATETIME(3) NULL,"      \
+    " ADD COLUMN IF NOT EXISTS fence_seq BIGINT NOT NULL DEFAULT 0"
 
 /* Minimal tables compatible with the Kuma nodes' schema (SPEC section 1), for tests/trials. */
 static const char *const KUMA_TABLES[] = {
@@ -397,11 +465,16 @@ static int op_ensure_schema(kg_store *s, void *arg, char *err, size_t errlen)
     for (size_t i = 0; i < sizeof(OWN_TABLES) / sizeof(OWN_TABLES[0]); i++)
         if (my_exec(m, OWN_TABLES[i], "create kumaguard tables", err, errlen) != STORE_OK)
             return STORE_ERROR;
+    int64_t columns;
+    bool found;
+    if (my_query_int(m, LEASE_COLUMNS_SQL, &columns, &found, "check lease table", err, errlen)
+        != STORE_OK)
+        return STORE_ERROR;
+    if (columns < 2 && my_exec(m, LEASE_COLUMNS_ADD, "add lease columns", err, errlen) != STORE_OK)
+        return STORE_ERROR;
     for (size_t i = 0; init_schema && i < sizeof(KUMA_TABLES) / sizeof(KUMA_TABLES[0]); i++)
         if (my_exec(m, KUMA_TABLES[i], "create node/monitor tables", err, errlen) != STORE_OK)
             return STORE_ERROR;
-    int64_t columns;
-    bool found;
     if (my_query_int(m, KUMA_COLUMNS_SQL, &columns, &found, "check node/monitor tables", err,
                      errlen) != STORE_OK)
         return STORE_ERROR;
@@ -993,87 +1066,70 @@ typedef struct {
     int64_t *generation;
 } lease_args;
 
-/* We hold the lock: renew renewed_at unless the generation moved under us (an operator or a
- * split brain), in which case we step down and let the next call re-acquire. */
-static int lease_renew(kg_store *s, lease_args *a, char *err, size_t errlen)
+/* The lease row as the cluster committed it: on a Galera node the read first waits until
+ * this node has applied every write committed anywhere before it (wsrep_sync_wait = 1). */
+typedef struct {
+    bool exists;
+    bool free;          /* expired or released: anyone may take it */
+    int64_t generation;
+} lease_row;
+
+#define LEASE_READ_SQL                                                                         \
+    "SELECT generation, expires_at IS NULL OR expires_at <= UTC_TIMESTAMP(3)"                  \
+    " FROM kumaguard_leader WHERE id = 1"
+
+static int read_lease(my_store *m, lease_row *r, char *err, size_t errlen)
 {
-    my_store *m = s->impl;
-    int rc = my_begin(m, err, errlen);
-    int64_t gen = 0;
-    if (rc == STORE_OK)
-        rc = read_generation(m, true, &gen, err, errlen);
-    if (rc == STORE_OK && gen == m->lock_generation) {
-        binds bs;
-        binds_reset(&bs);
-        bind_str(&bs, a->instance_id);
-        rc = stmt_once(m,
-                       "UPDATE kumaguard_leader SET holder = ?, renewed_at = UTC_TIMESTAMP(3)"
-                       " WHERE id = 1",
-                       &bs, "renew lease", err, errlen);
+    memset(r, 0, sizeof(*r));
+    const char *sql = m->galera ? "SET STATEMENT wsrep_sync_wait = 1 FOR " LEASE_READ_SQL
+                                : LEASE_READ_SQL;
+    if (mysql_query(m->db, sql))
+        return my_fail(m, "read lease", err, errlen);
+    MYSQL_RES *res = mysql_store_result(m->db);
+    if (!res)
+        return my_fail(m, "read lease", err, errlen);
+    MYSQL_ROW row = mysql_fetch_row(res);
+    if (row && row[0]) {
+        r->exists = true;
+        r->generation = strtoll(row[0], NULL, 10);
+        r->free = row[1] && row[1][0] == '1';
     }
-    rc = my_end(m, rc, err, errlen);
-    if (rc != STORE_OK)
-        return rc;
-    *a->generation = gen;
-    if (gen == m->lock_generation) {
-        *a->leader = true;
-        return STORE_OK;
-    }
-    m->lock_held = false;
-    return my_exec(m, "DO RELEASE_LOCK(" LOCK_NAME_SQL ")", "release lease", err, errlen);
+    mysql_free_result(res);
+    return STORE_OK;
 }
 
-static int lease_acquire(kg_store *s, lease_args *a, char *err, size_t errlen)
+/* The three compare-and-set writes.  Each is one autocommit statement: on Galera a losing
+ * one fails certification as a whole; the server retries it once by itself
+ * (wsrep_retry_autocommit), when it simply matches nothing, or we get 1213 and run_op
+ * retries.  On a node that lags, the commit waits until the node has certified what came
+ * before it.  Parameters: holder, ttl (microseconds), then the generation it expects (not for
+ * create). */
+static const char *const LEASE_RENEW_SQL =
+    "UPDATE kumaguard_leader SET holder = ?,"
+    " expires_at = UTC_TIMESTAMP(3) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(3)"
+    " WHERE id = 1 AND generation = ?";
+static const char *const LEASE_TAKE_SQL =
+    "UPDATE kumaguard_leader SET holder = ?, generation = generation + 1,"
+    " expires_at = UTC_TIMESTAMP(3) + INTERVAL ? MICROSECOND, renewed_at = UTC_TIMESTAMP(3)"
+    " WHERE id = 1 AND generation = ?"
+    " AND (expires_at IS NULL OR expires_at <= UTC_TIMESTAMP(3))";
+static const char *const LEASE_CREATE_SQL =
+    "INSERT IGNORE INTO kumaguard_leader (id, holder, generation, expires_at, renewed_at)"
+    " VALUES (1, ?, 1, UTC_TIMESTAMP(3) + INTERVAL ? MICROSECOND, UTC_TIMESTAMP(3))";
+
+/* Runs one of them; *won = it matched the row it expected. */
+static int lease_cas(my_store *m, const char *sql, const lease_args *a, int64_t expect_gen,
+                     bool *won, char *err, size_t errlen)
 {
-    my_store *m = s->impl;
-    int64_t got;
-    bool found;
-    int rc = STORE_OK;
-    if (a->ttl_ms > 0) {
-        /* A hung controller keeps its TCP session open; the server drops the session (and
-         * with it the lock) after wait_timeout seconds of silence.  Set before GET_LOCK: a
-         * session lost between the two would otherwise keep the lock for the server's
-         * default wait_timeout (often 8 hours), and nobody could lead. */
-        char sql[64];
-        snprintf(sql, sizeof(sql), "SET SESSION wait_timeout = %d",
-                 a->ttl_ms < 1000 ? 1 : (a->ttl_ms + 999) / 1000);
-        rc = my_exec(m, sql, "set lease timeout", err, errlen);
-        if (rc != STORE_OK)
-            return rc;
-    }
-    rc = my_query_int(m, "SELECT GET_LOCK(" LOCK_NAME_SQL ", 0)", &got, &found,
-                      "acquire lease", err, errlen);
-    if (rc != STORE_OK)
-        return rc;
-    if (!found || got != 1) /* someone else leads: report their generation */
-        return read_generation(m, false, a->generation, err, errlen);
-    m->lock_held = true;
-    rc = my_begin(m, err, errlen);
-    if (rc == STORE_OK) {
-        binds bs;
-        binds_reset(&bs);
-        bind_str(&bs, a->instance_id);
-        rc = stmt_once(m,
-                       "INSERT INTO kumaguard_leader (id, holder, generation, renewed_at)"
-                       " VALUES (1, ?, 1, UTC_TIMESTAMP(3)) ON DUPLICATE KEY UPDATE"
-                       " generation = generation + 1, holder = VALUES(holder),"
-                       " renewed_at = VALUES(renewed_at)",
-                       &bs, "take lease", err, errlen);
-        int64_t gen = 0;
-        if (rc == STORE_OK)
-            rc = read_generation(m, false, &gen, err, errlen);
-        rc = my_end(m, rc, err, errlen);
-        if (rc == STORE_OK) {
-            m->lock_generation = gen;
-            *a->generation = gen;
-            *a->leader = true;
-            return STORE_OK;
-        }
-    }
-    /* Holding the lock without a committed generation would block every other controller. */
-    if (!m->broken && mysql_query(m->db, "DO RELEASE_LOCK(" LOCK_NAME_SQL ")"))
-        record_error(m, mysql_errno(m->db));
-    m->lock_held = false;
+    binds bs;
+    binds_reset(&bs);
+    bind_str(&bs, a->instance_id);
+    bind_i64(&bs, (long long)a->ttl_ms * 1000);
+    if (sql != LEASE_CREATE_SQL)
+        bind_i64(&bs, expect_gen);
+    uint64_t matched = 0;
+    int rc = stmt_once_rows(m, sql, &bs, "write lease", &matched, err, errlen);
+    *won = rc == STORE_OK && matched == 1;
     return rc;
 }
 
@@ -1083,18 +1139,40 @@ static int op_lease(kg_store *s, void *arg, char *err, size_t errlen)
     lease_args *a = arg;
     *a->leader = false;
     *a->generation = 0;
-    if (m->lock_held) {
-        int64_t mine;
-        bool found;
-        int rc = my_query_int(m, "SELECT IS_USED_LOCK(" LOCK_NAME_SQL ") = CONNECTION_ID()",
-                              &mine, &found, "check lease", err, errlen);
+    m->lease_at_stake = true;
+    bool won = false;
+    int rc;
+    if (m->lease_gen > 0) { /* ours unless someone took it: renew */
+        rc = lease_cas(m, LEASE_RENEW_SQL, a, m->lease_gen, &won, err, errlen);
         if (rc != STORE_OK)
-            return rc;
-        if (found && mine == 1)
-            return lease_renew(s, a, err, errlen);
-        m->lock_held = false;
+            return rc; /* keep lease_gen: a renewal that lost a race is retried */
+        if (won) {
+            *a->leader = true;
+            *a->generation = m->lease_gen;
+            return STORE_OK;
+        }
+        m->lease_gen = 0; /* another controller took it */
     }
-    return lease_acquire(s, a, err, errlen);
+    lease_row r;
+    rc = read_lease(m, &r, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    *a->generation = r.generation;
+    if (r.exists && !r.free)
+        return STORE_OK; /* another controller holds it (or we did, in a former process) */
+    rc = lease_cas(m, r.exists ? LEASE_TAKE_SQL : LEASE_CREATE_SQL, a, r.generation, &won, err,
+                   errlen);
+    if (rc != STORE_OK)
+        return rc;
+    if (won) {
+        m->lease_gen = r.exists ? r.generation + 1 : 1;
+        *a->leader = true;
+        *a->generation = m->lease_gen;
+        return STORE_OK;
+    }
+    rc = read_lease(m, &r, err, errlen); /* someone was faster: report their generation */
+    *a->generation = r.generation;
+    return rc;
 }
 
 static int my_lease(kg_store *s, const char *instance_id, int ttl_ms, bool *leader,
@@ -1104,6 +1182,29 @@ static int my_lease(kg_store *s, const char *instance_id, int ttl_ms, bool *lead
     *generation = 0;
     lease_args a = {instance_id, ttl_ms, leader, generation};
     return run_op(s, op_lease, &a, err, errlen);
+}
+
+static int op_release_lease(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    (void)arg;
+    my_store *m = s->impl;
+    m->lease_at_stake = true;
+    char sql[128];
+    snprintf(sql, sizeof(sql),
+             "UPDATE kumaguard_leader SET expires_at = NULL WHERE id = 1 AND generation = %lld",
+             (long long)m->lease_gen);
+    int rc = my_exec(m, sql, "release lease", err, errlen);
+    if (rc == STORE_OK)
+        m->lease_gen = 0;
+    return rc;
+}
+
+static int my_release_lease(kg_store *s, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    if (m->lease_gen <= 0)
+        return STORE_OK;
+    return run_op(s, op_release_lease, NULL, err, errlen);
 }
 
 /* ---- open / close ----------------------------------------------------------------------- */
@@ -1142,6 +1243,7 @@ static const kg_store_ops mariadb_ops = {
     .append_event = my_append_event,
     .prune_events = my_prune_events,
     .lease = my_lease,
+    .release_lease = my_release_lease,
 };
 
 static bool dup_opt(char **dst, const char *src, const char *fallback)

@@ -619,6 +619,17 @@ static int sq_lease(kg_store *s, const char *instance_id, int ttl_ms, bool *lead
     return rc;
 }
 
+static int sq_release_lease(kg_store *s, char *err, size_t errlen)
+{
+    (void)err;
+    (void)errlen;
+    sq_store *q = s->impl;
+    if (q->lock_fd >= 0)
+        close(q->lock_fd); /* releases the flock */
+    q->lock_fd = -1;
+    return STORE_OK;
+}
+
 /* ---- open / close ------------------------------------------------------------------------ */
 
 static void sq_close(kg_store *s)
@@ -646,6 +657,7 @@ static const kg_store_ops sqlite_ops = {
     .append_event = sq_append_event,
     .prune_events = sq_prune_events,
     .lease = sq_lease,
+    .release_lease = sq_release_lease,
 };
 
 kg_store *store_sqlite_open(const char *path, char *err, size_t errlen)
