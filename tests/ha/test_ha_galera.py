@@ -25,14 +25,14 @@ import time
 
 import pytest
 
-from kg_harness import Kumaguard, effective_counts, seed_monitors, wait_until
+from kg_harness import INSTANT_NODE_COSTS, Kumaguard, effective_counts, seed_monitors, wait_until
 from kumasim_ctl import Kumasim, free_port
 
 API_KEY = "ha-test-key"
 TTL_S = int(os.environ.get("KG_HA_LEASE_TTL", "2"))  # seconds; 10 is the product default
 FLAGS = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--health-timeout",
          "300ms", "--fall", "3", "--rise", "3", "--recovery-hold-down", "1s",
-         "--db-timeout", "1s", "--lease-ttl", "%ds" % TTL_S]
+         "--db-timeout", "1s", "--lease-ttl", "%ds" % TTL_S] + INSTANT_NODE_COSTS
 _counter = [0]
 
 
@@ -262,7 +262,8 @@ def check_audit(db, what):
 
 
 def start_nodes(procs):
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2, 3)]
+    # instant nodes: this is about who leads and who writes, not about the nodes' reconcile
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in (1, 2, 3)]
     procs.extend(nodes)
     return nodes
 
