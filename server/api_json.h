@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "snapshot.h"
+#include "webhook.h"
 
 /* Formats ms since the epoch as "YYYY-MM-DDThh:mm:ss.mmmZ".  buf needs 25 bytes; returns buf,
  * or "" for ms <= 0. */
@@ -55,6 +56,12 @@ json_object *api_doc_fixed_node_status(const kg_snapshot *s, const char *cookie)
 json_object *api_doc_history(const kg_event *ev, int n, int limit);
 /* Lines from the in-memory log ring. */
 json_object *api_doc_logs(char **lines, int n);
+
+/* Issue 14.  /lb/ping (no snapshot needed); /api/setup-status (first-run setup routing);
+ * /api/webhook-status (the webhook sinks, URLs as scheme://host only). */
+json_object *api_doc_ping(int64_t now_ms);
+json_object *api_doc_setup_status(const kg_snapshot *s);
+json_object *api_doc_webhook_status(const webhook_sink_status *st, int n);
 
 /* Why a node cannot be a fixed-node target: NULL when it can (exists, routable, valid host),
  * else a short reason; *http_status gets 404 (unknown) or 409 (not routable). */

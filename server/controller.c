@@ -27,13 +27,16 @@
 #include "hostcheck.h"
 #include "log.h"
 #include "mailbox.h"
+#include "monitor_ops.h"
 #include "nametab.h"
 #include "nginx_feed.h"
 #include "nginx_worker.h"
 #include "probe.h"
 #include "reconcile.h"
+#include "setup_watch.h"
 #include "snapshot.h"
 #include "store.h"
+#include "webhook.h"
 
 /* ------------------------------------------------------------------------------------------
  * State owned by the controller thread
@@ -180,6 +183,7 @@ static void emit(kg_event_kind kind, const char *node, const char *from, const c
     va_end(ap);
     if (events_append(&ev) != 0)
         log_warn("could not write event %lld to the local history", (long long)ev.id);
+    webhook_submit(&ev); /* queued for the webhook threads; never waits */
     if (C.store && C.db_ok && C.leader) { /* followers keep history locally only */
         char err[256];
         int rc = C.store->ops->append_event(C.store, &ev, err, sizeof err);
@@ -561,6 +565,7 @@ static void nudge(const bool *changed, int n_changed)
 {
     if (!C.cfg->kuma_api_key)
         return;
+    bool setup_done = setup_watch_complete(); /* before the first user, nodes answer 401 */
     reconcile_target *t = calloc((size_t)(C.n_nodes ? C.n_nodes : 1), sizeof *t);
     if (!t)
         return;
@@ -571,6 +576,10 @@ static void nudge(const bool *changed, int n_changed)
         bool want = cn->needs_nudge || (changed && idx >= 0 && idx < n_changed && changed[idx]);
         if (!want || !node_state_routable(cn->h.state) || !cn->v.host_valid)
             continue;
+        if (!setup_done) {
+            cn->needs_nudge = true; /* sent by the refresh after setup completes */
+            continue;
+        }
         snprintf(t[n].node, sizeof t[n].node, "%s", cn->v.id);
         snprintf(t[n].host, sizeof t[n].host, "%s", cn->v.host);
         n++;
@@ -1149,6 +1158,41 @@ static void on_node_action(const kg_msg *m, node_state target, int64_t now)
     reply_finish(m->reply, 200, "", detail);
 }
 
+/* Move / pin / unpin monitors for an operator: monitor_ops.c reads, validates and writes
+ * (fenced, all or nothing); here only the leader check, the event and the nudge. */
+static void on_monitor_op(const kg_msg *m, int64_t now)
+{
+    if (!C.leader) {
+        reply_finish(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        return;
+    }
+    if (!ensure_db()) {
+        reply_finish(m->reply, 503, "database_unavailable", C.db_error);
+        return;
+    }
+    kg_snapshot *s = snapshot_acquire();
+    monitor_ops_outcome o;
+    monitor_ops_run(C.store, m->data, s, m->actor, &o);
+    snapshot_release(s);
+    if (o.store_rc == STORE_FENCED)
+        fenced("monitor operation");
+    else if (o.store_rc != STORE_OK)
+        db_failed("monitor operation", o.v.detail);
+    if (o.changed > 0) {
+        emit(EV_MONITOR, o.ev_node, o.ev_from, o.ev_to, (int)o.changed, now_ms() - now, "%s",
+             o.ev_reason);
+        for (int i = 0; i < o.n_touched; i++) {
+            ctrl_node *cn = find_node(o.touched[i]);
+            if (cn)
+                cn->needs_nudge = true;
+        }
+        load_monitors(now);
+        nudge(NULL, 0);
+        C.need_converge = true;
+    }
+    reply_finish_count(m->reply, o.v.status, o.v.error, o.v.detail, (int64_t)o.changed);
+}
+
 static void handle(kg_msg *m, int64_t now)
 {
     char detail[160];
@@ -1203,6 +1247,14 @@ static void handle(kg_msg *m, int64_t now)
         break;
     case MSG_SHUTDOWN:
         reply_finish(m->reply, 200, "", "stopping");
+        break;
+    case MSG_MONITOR_OP:
+        on_monitor_op(m, now);
+        break;
+    case MSG_SETUP_CHANGED: /* setup_watch.c: publish (setup_watch_fill) and record it */
+        C.dirty = true;
+        if (m->text[0])
+            emit(EV_SETUP, m->node, "", "", 0, 0, "%s", m->text);
         break;
     }
 }
@@ -1335,8 +1387,10 @@ static void publish(int64_t now)
     s->n_recent_events = C.n_recent;
 
     /* nginx follows the nodes (frozen while the panic guard is engaged), on its own thread:
-     * a slow `nginx -t` must not delay probing or failover */
-    nginx_worker_submit(s->nodes, s->n_nodes, C.panic);
+     * a slow `nginx -t` must not delay probing or failover; before the cluster's first user
+     * exists, only the primary node is routed (setup_watch.h) */
+    setup_watch_fill(s);
+    setup_gate_submit(s, C.panic);
     nginx_worker_status(&s->nginx);
     snapshot_publish(s);
     C.dirty = false;

@@ -1,8 +1,8 @@
 /* main.c — kumaguard's entry point: parse settings, start the threads, wait for a signal,
  * stop everything in reverse order.
  *
- * Threads: the controller (owner of cluster state), the prober (HTTP health checks) and the
- * HTTP server's pool.  They share state only through snapshot.h (outward) and mailbox.h
+ * Threads: the controller (owner of cluster state), the prober (HTTP health checks), the
+ * HTTP server's pool, and (issue 14) the webhook senders and the first-run setup watcher.  They share state only through snapshot.h (outward) and mailbox.h
  * (inward).  Must not: contain product logic. */
 #include <curl/curl.h>
 #include <signal.h>
@@ -15,7 +15,9 @@
 #include "controller.h"
 #include "log.h"
 #include "probe.h"
+#include "setup_watch.h"
 #include "snapshot.h"
+#include "webhook.h"
 
 extern char **environ;
 
@@ -50,6 +52,12 @@ int main(int argc, char **argv)
     int exit_code = 1;
     kg_api *api = NULL;
     bool prober_up = false;
+    /* before the controller: its first events go out, and its first nginx render already
+     * knows whether first-run setup is pending */
+    if (webhook_start(&cfg, err, sizeof err) != 0 || setup_watch_start(&cfg, err, sizeof err)) {
+        fprintf(stderr, "kumaguard: %s\n", err);
+        goto out;
+    }
     if (controller_start(&cfg, err, sizeof err) != 0) {
         fprintf(stderr, "kumaguard: %s\n", err);
         goto out;
@@ -80,6 +88,8 @@ stop_controller:
     if (prober_up)
         prober_stop();
 out:
+    setup_watch_stop();
+    webhook_stop(); /* after the controller: its last events were queued */
     snapshot_shutdown();
     snapshot_clear();
     curl_global_cleanup();

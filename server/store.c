@@ -58,3 +58,12 @@ void store_free_monitors(store_monitor_set *m)
     m->monitors = NULL;
     m->n = 0;
 }
+
+void store_free_page(store_monitor_page *p)
+{
+    if (!p)
+        return;
+    free(p->rows);
+    p->rows = NULL;
+    p->n = 0;
+}
