@@ -762,7 +762,7 @@ int api_parse_monitor_op(monitor_op_kind kind, int64_t path_id, const char *body
     bool has_ids = json_object_object_get_ex(o, "ids", &v);
     if (path_id > 0 && has_ids) {
         snprintf(err, errlen, "\"ids\" belongs to the batch form POST /api/monitors/%s",
-                 monitor_op_name(kind));
+                 kind == MONITOR_OP_MOVE ? "move" : kind == MONITOR_OP_PIN ? "pin" : "unpin");
         goto out;
     }
     if (path_id > 0) {
