@@ -418,6 +418,15 @@ static void record(wh_sink *k, const wh_item *sent, bool ok, const char *err)
         return;
     wh_item *head = item_at(k, 0);
     head->attempts++;
+    if (mono_ms() - head->queued_mono_ms > H.window_ms) {
+        /* failing since longer than the retry window: let the next event go */
+        k->st.given_up++;
+        log_warn("webhook %d (%s): gave up event %lld (%s) after %d attempts: %s", k->index,
+                 k->st.target, (long long)head->ev.id, event_kind_name(head->ev.kind),
+                 head->attempts, err);
+        pop_head(k);
+        return;
+    }
     k->next_attempt_mono_ms = mono_ms() + webhook_backoff_ms(head->attempts);
 }
 
@@ -432,14 +441,6 @@ static void *sink_main(void *arg)
             continue;
         }
         wh_item it = *item_at(k, 0);
-        if (it.attempts > 0 && mono_ms() - it.queued_mono_ms > H.window_ms) {
-            k->st.given_up++;
-            log_warn("webhook %d (%s): gave up event %lld (%s) after %d attempts: %s",
-                     k->index, k->st.target, (long long)it.ev.id, event_kind_name(it.ev.kind),
-                     it.attempts, k->st.last_error);
-            pop_head(k);
-            continue;
-        }
         if (it.attempts > 0)
             k->st.retries++;
         pthread_mutex_unlock(&H.lock);

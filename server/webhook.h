@@ -12,10 +12,10 @@
  *     (Unix seconds) and, with a secret, X-Kumaguard-Signature: sha256=<hex HMAC-SHA256 of
  *     "<timestamp>.<body>" keyed with the secret>;
  *   - a 2xx answer delivers; anything else (an error status, a refused connection, no answer
- *     within KUMAGUARD_WEBHOOK_TIMEOUT) is retried after 1 s, 2 s, 4 s ... up to 60 s, until the
- *     event is older than KUMAGUARD_WEBHOOK_RETRY_WINDOW; then it is given up (counted) and the
- *     next one goes.  So a receiver outage shorter than the window loses nothing.  A full queue
- *     drops its oldest event (counted).
+ *     within KUMAGUARD_WEBHOOK_TIMEOUT) is retried after 1 s, 2 s, 4 s ... up to 60 s apart;
+ *     the first attempt that fails when the event is older than KUMAGUARD_WEBHOOK_RETRY_WINDOW
+ *     gives it up (counted) and the next one goes.  So a receiver outage shorter than the
+ *     window loses nothing.  A full queue drops its oldest waiting event (counted).
  *
  * HMAC-SHA256 comes from OpenSSL's libcrypto, which libcurl already loads into the process:
  * no second implementation of a hash to get wrong.
