@@ -78,36 +78,50 @@ static json_object *str_or_null(const char *s, bool present)
     return present ? json_object_new_string(s) : NULL;
 }
 
-/* Where the monitor runs and why, in one sentence. */
-static void why(const store_monitor_row *r, const kg_node_view *eff, char *out, size_t len)
+/* Where the monitor runs and why, in one sentence.  `eff` and `home` are the effective and
+ * home nodes as the snapshot knows them (NULL when it does not). */
+static void why(const store_monitor_row *r, const kg_node_view *eff, const kg_node_view *home,
+                char *out, size_t len)
 {
     const char *effective = r->has_over ? r->over : (r->has_home ? r->home : NULL);
     const char *state = eff ? node_state_name(eff->state) : "not a known node";
     bool live = node_live(eff);
-    if (!r->active)
+    if (!r->active) {
         snprintf(out, len, "paused (inactive): no node runs it");
-    else if (!effective)
+    } else if (!effective) {
         snprintf(out, len, "no home and no override: kumaguard gives it a home on the least "
                  "loaded node at its next convergence");
-    else if (r->has_over && !r->ours)
+    } else if (r->has_over && !r->ours) {
         snprintf(out, len, "pinned to %s by an operator: kumaguard never moves it%s%s%s",
                  r->over, live ? "" : "; ", live ? "" : state,
                  live ? "" : ", so it runs nowhere until unpinned or the node returns");
-    else if (r->has_over)
-        snprintf(out, len, "kumaguard's override (%s) to %s; it goes back to %s once that node "
-                 "is online past the hold-down", r->over_reason[0] ? r->over_reason : "failover",
-                 r->over, r->has_home ? r->home : "its home");
-    else if (live)
+    } else if (r->has_over) {
+        /* kumaguard_override.reason: "converge" for a failover, "move by <actor>" */
+        bool failover = !r->over_reason[0] || strcmp(r->over_reason, "converge") == 0;
+        char home_state[300] = "", moved[512];
+        if (r->has_home && home && !node_live(home))
+            snprintf(home_state, sizeof home_state, " (%s is %s now)", r->home,
+                     node_state_name(home->state));
+        if (failover)
+            snprintf(moved, sizeof moved, "failed over by kumaguard to %s", r->over);
+        else
+            snprintf(moved, sizeof moved, "moved to %s (%s), kumaguard's temporary override",
+                     r->over, r->over_reason);
+        snprintf(out, len, "%s: it goes back to its home %s once that node is online past the "
+                 "hold-down%s", moved, r->has_home ? r->home : "node", home_state);
+    } else if (live) {
         snprintf(out, len, "runs on its home node %s", r->home);
-    else
+    } else {
         snprintf(out, len, "its home node %s is %s: kumaguard fails it over at the next "
                  "convergence", r->home, state);
+    }
 }
 
 static json_object *monitor_json(const store_monitor_row *r, const kg_snapshot *s)
 {
     const char *effective = r->has_over ? r->over : (r->has_home ? r->home : NULL);
     const kg_node_view *eff = effective ? snapshot_find_node(s, effective) : NULL;
+    const kg_node_view *home = r->has_home ? snapshot_find_node(s, r->home) : NULL;
     json_object *o = json_object_new_object();
     json_object_object_add(o, "id", json_object_new_int64(r->id));
     json_object_object_add(o, "name", json_object_new_string(r->name));
@@ -134,8 +148,8 @@ static json_object *monitor_json(const store_monitor_row *r, const kg_snapshot *
                                      : NULL);
     json_object_object_add(o, "effective_live", json_object_new_boolean(r->active &&
                                                                         node_live(eff)));
-    char because[1024];
-    why(r, eff, because, sizeof because);
+    char because[1536];
+    why(r, eff, home, because, sizeof because);
     json_object_object_add(o, "why", json_object_new_string(because));
     return o;
 }

@@ -86,7 +86,8 @@ def test_listing_filters_and_pages(tmp_path, cluster, procs):
     assert all(not m["effective_live"] and "offline" in m["why"] for m in stranded["monitors"])
     ours = listing(kg, "?override=ours&limit=1")["monitors"][0]
     assert ours["override_kind"] == "kumaguard" and ours["override_since"]
-    assert ours["home"] == "node3" and "goes back to node3" in ours["why"]
+    assert ours["home"] == "node3" and "goes back to its home node3" in ours["why"]
+    assert "node3 is offline now" in ours["why"]
 
     for bad in ("?limit=0", "?limit=501", "?state=dead", "?node=a%20b", "?after=x",
                 "?pinned=true&override=ours"):
