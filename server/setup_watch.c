@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "kg_clock.h"
 #include "log.h"
 #include "mailbox.h"
 #include "nginx_worker.h"
@@ -29,13 +30,6 @@ static struct {
     bool stop;
     setup_state st;
 } W = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- pure ------------------------------------------------------------------------------- */
 
@@ -156,7 +150,7 @@ static int look(kg_store *store, const setup_state *before, setup_state *now)
     now->known = true;
     now->gated = got != STORE_SETUP_NOT_GATED;
     now->complete = got == STORE_SETUP_COMPLETE;
-    now->checked_ms = wall_ms();
+    now->checked_ms = kg_wall_ms();
     now->error[0] = '\0';
     return got == STORE_SETUP_COMPLETE ? POLL_COMPLETE_MS : POLL_PENDING_MS;
 }
@@ -173,14 +167,7 @@ static void *watch_main(void *arg)
     int wait = POLL_PENDING_MS;
     pthread_mutex_lock(&W.lock);
     while (!W.stop) {
-        struct timespec dl;
-        clock_gettime(CLOCK_MONOTONIC, &dl);
-        dl.tv_sec += wait / 1000;
-        dl.tv_nsec += (long)(wait % 1000) * 1000000L;
-        if (dl.tv_nsec >= 1000000000L) {
-            dl.tv_sec++;
-            dl.tv_nsec -= 1000000000L;
-        }
+        struct timespec dl = kg_deadline_in(wait);
         while (!W.stop && pthread_cond_timedwait(&W.cond, &W.lock, &dl) != ETIMEDOUT)
             ;
         if (W.stop)

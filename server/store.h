@@ -197,6 +197,11 @@ kg_store *store_mariadb_open(const kg_config *cfg, char *err, size_t errlen);
 void store_close(kg_store *s);
 void store_free_monitors(store_monitor_set *m);
 void store_free_page(store_monitor_page *p);
+/* Both backends: whether a change rewrites the monitor row (else only its record changes). */
+bool store_change_writes_row(const store_monitor_change *c);
+/* Both backends: rows[0..n) were fetched with LIMIT limit + 1; hands limit of them to out and
+ * says whether more exist. */
+void store_page_take(store_monitor_page *out, store_monitor_row *rows, size_t n, int limit);
 /* Both backends call this before applying: STORE_ERROR naming the first move with an unknown
  * kind or a node index that is not -1/interned (a target is required except for
  * CLEAR_OVERRIDE). */

@@ -1310,9 +1310,7 @@ static int op_query_monitors(kg_store *s, void *arg, char *err, size_t errlen)
         free(rows);
         return rc;
     }
-    out->more = n > (size_t)q->limit;
-    out->n = out->more ? (size_t)q->limit : n;
-    out->rows = rows;
+    store_page_take(out, rows, n, q->limit);
     return STORE_OK;
 }
 
@@ -1333,11 +1331,6 @@ typedef struct {
 } changes_args;
 
 enum { CH_GUARD, CH_UPDATE, CH_FORGET, CH_RECORD, CH_STATEMENTS };
-
-static bool same_value(const char *a, const char *b)
-{
-    return (!a && !b) || (a && b && strcmp(a, b) == 0);
-}
 
 /* One change inside the transaction: the guard locks the row and checks it still holds what
  * the caller read, then the row (when a column changes), then its override record. */
@@ -1361,7 +1354,7 @@ static int apply_change(my_store *m, MYSQL_STMT *const st[CH_STATEMENTS],
         snprintf(err, errlen, "monitor %lld changed since it was read", (long long)c->id);
         return STORE_CONFLICT;
     }
-    if (!same_value(c->new_home, c->expect_home) || !same_value(c->new_over, c->expect_over)) {
+    if (store_change_writes_row(c)) {
         binds_reset(&bs);
         bind_str(&bs, c->new_home);
         bind_str(&bs, c->new_over);

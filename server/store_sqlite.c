@@ -717,9 +717,7 @@ static int sq_query_monitors(kg_store *s, const store_monitor_query *q, store_mo
         free(rows);
         return rc;
     }
-    out->more = n > (size_t)q->limit;
-    out->n = out->more ? (size_t)q->limit : n;
-    out->rows = rows;
+    store_page_take(out, rows, n, q->limit);
     return STORE_OK;
 }
 
@@ -739,11 +737,7 @@ static int sq_apply_change(sqlite3 *db, sqlite3_stmt *const st[4], const store_m
     }
     if (step != SQLITE_ROW)
         return sq_fail(db, "check monitor", err, errlen);
-    bool same_home = (!c->new_home && !c->expect_home) ||
-                     (c->new_home && c->expect_home && strcmp(c->new_home, c->expect_home) == 0);
-    bool same_over = (!c->new_over && !c->expect_over) ||
-                     (c->new_over && c->expect_over && strcmp(c->new_over, c->expect_over) == 0);
-    if (!same_home || !same_over) {
+    if (store_change_writes_row(c)) {
         sqlite3_reset(st[1]);
         bind_text_or_null(st[1], 1, c->new_home);
         bind_text_or_null(st[1], 2, c->new_over);

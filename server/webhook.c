@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "api_json.h"
+#include "kg_clock.h"
 #include "log.h"
 
 #define RESPONSE_KEEP 512 /* bytes of a refusal's body kept for the error text */
@@ -53,20 +54,6 @@ static struct {
     int window_ms;
     char instance[128];
 } H = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static int64_t wall_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------------------------------------
  * Pure helpers
@@ -251,7 +238,7 @@ void webhook_submit(const kg_event *ev)
 {
     if (ev->kind < 0 || ev->kind >= EV_KIND_COUNT)
         return;
-    int64_t now = mono_ms();
+    int64_t now = kg_mono_ms();
     bool any = false;
     pthread_mutex_lock(&H.lock);
     for (int s = 0; s < H.n_sinks && !H.stop; s++) {
@@ -328,7 +315,7 @@ static bool deliver(CURL *h, const wh_sink *k, const kg_event *ev, char *err, si
         return false;
     }
     char ts[24], line[128];
-    snprintf(ts, sizeof ts, "%lld", (long long)(wall_ms() / 1000));
+    snprintf(ts, sizeof ts, "%lld", (long long)(kg_wall_ms() / 1000));
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
     hdr = curl_slist_append(hdr, "User-Agent: kumaguard-webhook/1");
     snprintf(line, sizeof line, "X-Kumaguard-Event: %s", event_kind_name(ev->kind));
@@ -379,17 +366,10 @@ static bool deliver(CURL *h, const wh_sink *k, const kg_event *ev, char *err, si
 
 static void wait_until(int64_t due_mono_ms)
 {
-    int64_t wait = due_mono_ms > 0 ? due_mono_ms - mono_ms() : 60000;
+    int64_t wait = due_mono_ms > 0 ? due_mono_ms - kg_mono_ms() : 60000;
     if (wait <= 0)
         return;
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += wait / 1000;
-    dl.tv_nsec += (long)(wait % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) {
-        dl.tv_sec++;
-        dl.tv_nsec -= 1000000000L;
-    }
+    struct timespec dl = kg_deadline_in(wait);
     pthread_cond_timedwait(&H.cond, &H.lock, &dl);
 }
 
@@ -401,7 +381,7 @@ static void record(wh_sink *k, const wh_item *sent, bool ok, const char *err)
                       item_at(k, 0)->queued_mono_ms == sent->queued_mono_ms;
     if (ok) {
         k->st.delivered++;
-        k->st.last_success_ms = wall_ms();
+        k->st.last_success_ms = kg_wall_ms();
         if (k->st.last_error[0])
             log_info("webhook %d (%s): delivering again", k->index, k->st.target);
         k->st.last_error[0] = '\0';
@@ -410,7 +390,7 @@ static void record(wh_sink *k, const wh_item *sent, bool ok, const char *err)
         return;
     }
     k->st.failures++;
-    k->st.last_failure_ms = wall_ms();
+    k->st.last_failure_ms = kg_wall_ms();
     if (!k->st.last_error[0])
         log_warn("webhook %d (%s): delivery failed: %s (retrying)", k->index, k->st.target, err);
     snprintf(k->st.last_error, sizeof k->st.last_error, "%s", err);
@@ -418,7 +398,7 @@ static void record(wh_sink *k, const wh_item *sent, bool ok, const char *err)
         return;
     wh_item *head = item_at(k, 0);
     head->attempts++;
-    if (mono_ms() - head->queued_mono_ms > H.window_ms) {
+    if (kg_mono_ms() - head->queued_mono_ms > H.window_ms) {
         /* failing since longer than the retry window: let the next event go */
         k->st.given_up++;
         log_warn("webhook %d (%s): gave up event %lld (%s) after %d attempts: %s", k->index,
@@ -427,7 +407,7 @@ static void record(wh_sink *k, const wh_item *sent, bool ok, const char *err)
         pop_head(k);
         return;
     }
-    k->next_attempt_mono_ms = mono_ms() + webhook_backoff_ms(head->attempts);
+    k->next_attempt_mono_ms = kg_mono_ms() + webhook_backoff_ms(head->attempts);
 }
 
 static void *sink_main(void *arg)
@@ -436,7 +416,7 @@ static void *sink_main(void *arg)
     CURL *h = curl_easy_init();
     pthread_mutex_lock(&H.lock);
     while (!H.stop) {
-        if (k->n == 0 || (k->next_attempt_mono_ms && mono_ms() < k->next_attempt_mono_ms)) {
+        if (k->n == 0 || (k->next_attempt_mono_ms && kg_mono_ms() < k->next_attempt_mono_ms)) {
             wait_until(k->n ? k->next_attempt_mono_ms : 0);
             continue;
         }
