@@ -233,7 +233,7 @@ void monitor_ops_run(kg_store *store, const monitor_op_request *req, const kg_sn
         verdict(&o->v, 503, "starting", "kumaguard has no cluster picture yet");
         return;
     }
-    if (req->n_ids == 0 || req->n_ids > MONITOR_OPS_MAX_BATCH) {
+    if (!req || req->n_ids == 0 || req->n_ids > MONITOR_OPS_MAX_BATCH) {
         verdict(&o->v, 400, "bad_request", "between 1 and %d monitor ids",
                 MONITOR_OPS_MAX_BATCH);
         return;
