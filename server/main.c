@@ -1,9 +1,11 @@
 /* main.c — kumaguard's entry point: parse settings, start the threads, wait for a signal,
  * stop everything in reverse order.
  *
- * Threads: the controller (owner of cluster state), the prober (HTTP health checks), the
- * HTTP server's pool, and (issue 14) the webhook senders and the first-run setup watcher.  They share state only through snapshot.h (outward) and mailbox.h
- * (inward).  Must not: contain product logic. */
+ * Threads: the controller (owner of cluster state), the prober (HTTP health checks) and the
+ * HTTP server's pool.  They share state only through snapshot.h (outward) and mailbox.h
+ * (inward).  Beside them, the webhook senders take events from the controller through their
+ * own queues (webhook.h) and the first-run setup watcher reports through the mailbox
+ * (setup_watch.h).  Must not: contain product logic. */
 #include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
