@@ -269,7 +269,8 @@ char *api_metrics_render(const kg_snapshot *s, size_t *len)
 /* ---- webhooks (issue 14) ---------------------------------------------------------------- */
 
 static void per_sink(sbuf *b, const webhook_sink_status *st, int n, const char *name,
-                     const char *type, const char *help, long long (*get)(const webhook_sink_status *))
+                     const char *type, const char *help,
+                     long long (*get)(const webhook_sink_status *))
 {
     family(b, name, type, help);
     for (int i = 0; i < n; i++) {

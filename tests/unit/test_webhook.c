@@ -108,7 +108,8 @@ Test(webhook, payload_formats)
     cr_expect_str_eq(get_str(o, "instance"), "kg1:42");
     cr_expect_str_eq(get_str(o, "source"), "kumaguard");
     json_object *v;
-    cr_assert(json_object_object_get_ex(o, "timestamp", &v) && json_object_is_type(v, json_type_int));
+    cr_assert(json_object_object_get_ex(o, "timestamp", &v) &&
+              json_object_is_type(v, json_type_int));
     cr_expect_eq(json_object_get_int64(v), 1795701600);
     cr_assert(json_object_object_get_ex(o, "count", &v) && json_object_get_int(v) == 40);
     cr_expect(strstr(get_str(o, "text"), "node2 → several") != NULL, "%s", get_str(o, "text"));
