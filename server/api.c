@@ -42,6 +42,7 @@
 #include "api_json.h"
 #include "api_limits.h"
 #include "api_metrics.h"
+#include "api_monitors.h"
 #include "api_route.h"
 #include "api_sse.h"
 #include "events.h"
@@ -111,6 +112,10 @@ typedef struct {
     int act_status;
     char act_error[128];
     char act_detail[256];
+
+    /* state of a handler outside this file across a suspension (api_monitors.c) */
+    void *ext;
+    void (*ext_free)(void *ext);
 } api_req;
 
 /* ------------------------------------------------------------------------------------------
@@ -234,7 +239,7 @@ static bool sockaddr_is_loopback(const struct sockaddr *sa)
     return false;
 }
 
-static void peer_string(struct MHD_Connection *c, char *out, size_t len)
+void api_peer_string(struct MHD_Connection *c, char *out, size_t len)
 {
     const struct sockaddr *sa = peer_addr(c);
     char host[INET6_ADDRSTRLEN] = "?";
@@ -463,6 +468,7 @@ static enum MHD_Result serve_doc(kg_api *a, struct MHD_Connection *c, api_route_
     case API_R_LB_HEALTH: o = api_doc_lb_health(s, &st); break;
     case API_R_CAPACITY: o = api_doc_capacity(s); break;
     case API_R_AVAILABLE_NODES: o = api_doc_available_nodes(s); break;
+    case API_R_SETUP_STATUS: o = api_doc_setup_status(s); break;
     default: break;
     }
     snapshot_release(s);
@@ -473,13 +479,7 @@ static enum MHD_Result serve_doc(kg_api *a, struct MHD_Connection *c, api_route_
 
 static enum MHD_Result serve_ping(struct MHD_Connection *c)
 {
-    char t[40];
-    json_object *o = json_object_new_object();
-    json_object_object_add(o, "status", json_object_new_string("ok"));
-    json_object_object_add(o, "pong", json_object_new_boolean(true));
-    json_object_object_add(o, "time", json_object_new_string(api_format_time(now_ms(), t,
-                                                                             sizeof t)));
-    return api_queue_json(c, MHD_HTTP_OK, o, NULL);
+    return api_queue_json(c, MHD_HTTP_OK, api_doc_ping(now_ms()), NULL);
 }
 
 static enum MHD_Result serve_metrics(struct MHD_Connection *c)
@@ -490,6 +490,7 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c)
     size_t len = 0;
     char *text = api_metrics_render(s, &len);
     snapshot_release(s);
+    text = api_monitors_metrics(text, &len); /* webhook counters, read now */
     if (!text)
         return api_queue_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "out of memory");
     return queue_buffer(c, MHD_HTTP_OK, text, len, API_METRICS_CONTENT_TYPE, NULL, NULL);
@@ -755,7 +756,7 @@ static enum MHD_Result start_action(kg_api *a, api_req *r, struct MHD_Connection
             return api_queue_error(c, MHD_HTTP_NOT_FOUND, "unknown_node", r->m.node);
     }
     r->act_kind = action_kind(r->m.id);
-    peer_string(c, r->actor, sizeof r->actor);
+    api_peer_string(c, r->actor, sizeof r->actor);
 
     pthread_mutex_lock(&a->act_lock);
     bool refuse = a->stopping || a->actions_in_flight >= ACTION_MAX_IN_FLIGHT;
@@ -833,7 +834,14 @@ static enum MHD_Result dispatch(kg_api *a, api_req *r, struct MHD_Connection *c,
     case API_R_HEALTH_STATUS:
     case API_R_LB_HEALTH:
     case API_R_CAPACITY:
+    case API_R_SETUP_STATUS:
     case API_R_AVAILABLE_NODES: return serve_doc(a, c, m->id);
+    case API_R_MONITORS:
+    case API_R_MONITOR_MOVE:
+    case API_R_MONITOR_PIN:
+    case API_R_MONITOR_UNPIN:
+    case API_R_WEBHOOK_STATUS:
+        return api_monitors_serve(a->cfg, c, m, r->body, r->body_len, &r->ext, &r->ext_free);
     case API_R_PING: return serve_ping(c);
     case API_R_METRICS: return serve_metrics(c);
     case API_R_FAILOVER_HISTORY: return serve_history(c);
@@ -1004,6 +1012,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     api_req *r = *req_cls;
     if (!r)
         return;
+    if (r->ext_free)
+        r->ext_free(r->ext);
     free(r->body);
     free(r);
     *req_cls = NULL;
@@ -1173,6 +1183,7 @@ kg_api *api_start(const kg_config *cfg, char *err, size_t errlen)
             snprintf(err, errlen, "out of memory");
         goto fail;
     }
+    api_monitors_start();
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
@@ -1244,6 +1255,7 @@ void api_stop(kg_api *a)
     while (a->actions_in_flight > 0)
         pthread_cond_wait(&a->act_cond, &a->act_lock);
     pthread_mutex_unlock(&a->act_lock);
+    api_monitors_stop();
     MHD_stop_daemon(a->daemon);
     api_sse_free(a->sse);
     api_limits_free(a->conns);

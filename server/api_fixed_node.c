@@ -53,6 +53,9 @@ enum MHD_Result api_fixed_node_set(struct MHD_Connection *c, const char *body, s
     json_object_object_add(o, "node", json_object_new_string(node));
     json_object_object_add(o, "expires_in_seconds", json_object_new_int(API_FIXED_NODE_MAX_AGE));
     json_object_object_add(o, "clear_url", json_object_new_string("/lb/clear-fixed-node"));
+    char msg[128]; /* compat: the Lua version's confirmation */
+    snprintf(msg, sizeof msg, "Fixed node cookie set: this browser now goes to %s", node);
+    json_object_object_add(o, "message", json_object_new_string(msg));
     return api_queue_json(c, MHD_HTTP_OK, o, cookie);
 }
 

@@ -1,5 +1,6 @@
-/* api_internal.h — what the files of the HTTP server (api.c, api_fixed_node.c) share: response
- * helpers and the fixed-node handlers.  Not for use outside server/api*.c.
+/* api_internal.h — what the files of the HTTP server (api.c, api_fixed_node.c,
+ * api_monitors.c) share: response helpers and the fixed-node handlers.  Not for use outside
+ * server/api*.c.
  *
  * Owns: nothing.  Must not: be included by pure code (it pulls in microhttpd.h). */
 #ifndef KG_API_INTERNAL_H
@@ -22,6 +23,8 @@ void api_add_common_headers(struct MHD_Response *resp);
 /* Queues `o` (consumed) as application/json with `status`; `set_cookie` may be NULL. */
 enum MHD_Result api_queue_json(struct MHD_Connection *c, unsigned status, json_object *o,
                                const char *set_cookie);
+/* The peer's address as text (the actor of an action). */
+void api_peer_string(struct MHD_Connection *c, char *out, size_t len);
 /* {"error": error, "detail": detail} */
 enum MHD_Result api_queue_error(struct MHD_Connection *c, unsigned status, const char *error,
                                 const char *detail);

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "api_route.h"
+#include "setup_watch.h"
 
 #define RECENT_IN_SYSTEM_STATUS 50 /* newest events carried in /api/system-status */
 
@@ -223,6 +224,8 @@ json_object *api_json_node(const kg_node_view *n, int default_limit)
     int limit = node_limit(n, default_limit);
     add(o, "node_id", jstr(n->id));
     add(o, "name", jstr(n->name));
+    add(o, "node_name", jstr(n->name));                    /* compat */
+    add(o, "status", jstr(node_state_name(n->state)));     /* compat: the state */
     add(o, "host", jstr(n->host));
     add_bool(o, "host_valid", n->host_valid);
     add_bool(o, "is_primary", n->is_primary);
@@ -436,6 +439,86 @@ static json_object *new_doc(const kg_snapshot *s)
     json_object *o = json_object_new_object();
     add(o, "generated_at", jtime(s->built_ms));
     add_int(o, "snapshot_seq", (int64_t)s->seq);
+    return o;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Keys of the Lua version (issue 14).  Added next to kumaguard's own, with the Lua meaning;
+ * docs/API.md marks them "compat".  `timestamp` is Unix seconds as a number, as the Lua
+ * version's os.time(): here the time the snapshot was taken (kumaguard's `generated_at`).
+ * ------------------------------------------------------------------------------------------ */
+
+static void add_compat_timestamp(json_object *o, int64_t ms)
+{
+    add_int(o, "timestamp", ms > 0 ? ms / 1000 : 0);
+}
+
+/* check_count / success_count / fail_count: probes since start, over every node. */
+static void add_probe_counts(json_object *o, const kg_snapshot *s)
+{
+    int64_t total = 0, failed = 0;
+    for (int i = 0; i < s->n_nodes; i++) {
+        total += s->nodes[i].probes_total;
+        failed += s->nodes[i].probes_failed;
+    }
+    add_int(o, "check_count", total);
+    add_int(o, "success_count", total - failed);
+    add_int(o, "fail_count", failed);
+}
+
+/* The Lua version's cluster status (its /lb/health body, also /lb/fixed-node-status's
+ * cluster_status): per node id, status, last_seen and monitor_count. */
+static json_object *lb_health_nodes(const kg_snapshot *s)
+{
+    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_node_view *n = &s->nodes[i];
+        json_object *e = json_object_new_object();
+        add(e, "node_id", jstr(n->id));
+        add(e, "status", jstr(node_state_name(n->state)));
+        add_bool(e, "routable", node_state_routable(n->state) && n->host_valid);
+        add_int(e, "monitor_count", n->effective_monitors);
+        add(e, "last_seen", jtime(n->last_seen_ms));
+        json_object_array_add(a, e);
+    }
+    return a;
+}
+
+/* First-run setup (setup_watch.h): the body of /api/setup-status and system-status "setup". */
+static json_object *setup_obj(const kg_snapshot *s)
+{
+    json_object *o = json_object_new_object();
+    const char *mode = setup_routing_mode(s);
+    const kg_node_view *p = s->setup_primary[0] ? snapshot_find_node(s, s->setup_primary) : NULL;
+    add_bool(o, "setup_complete", s->setup_complete);
+    add(o, "routing_mode", jstr(mode));
+    add(o, "primary_node", jstr_or_null(s->setup_primary));
+    char msg[256];
+    if (!s->setup_gated && strcmp(s->db_backend, "mariadb") == 0 && !s->setup_checked_ms)
+        snprintf(msg, sizeof msg, "not known yet (the database has not answered): requests "
+                 "are spread over the cluster");
+    else if (!s->setup_gated)
+        snprintf(msg, sizeof msg, "not gated: this database has no Uptime Kuma `user` table "
+                 "(embedded store, or created by kumaguard); requests are spread over the "
+                 "cluster");
+    else if (s->setup_complete)
+        snprintf(msg, sizeof msg, "setup complete: a user exists; requests are spread over the "
+                 "cluster");
+    else if (p)
+        snprintf(msg, sizeof msg, "setup pending: no Uptime Kuma user yet; every request goes "
+                 "to the primary node %s, where the first user is created", p->id);
+    else
+        snprintf(msg, sizeof msg, "setup pending: no Uptime Kuma user yet and no primary node "
+                 "(no is_primary row, no node1): create the first user on the node started "
+                 "with UPTIME_KUMA_PRIMARY=true");
+    add(o, "message", jstr(msg));
+    add_bool(o, "gated", s->setup_gated);
+    add_bool(o, "reconcile_allowed", s->setup_complete);
+    add(o, "primary_host", p ? jstr_or_null(p->host) : NULL);
+    char url[KG_HOST_MAX + 16];
+    snprintf(url, sizeof url, "http://%s/", p ? p->host : "");
+    add(o, "setup_url", p && p->host_valid ? jstr(url) : NULL);
+    add(o, "checked_at", jtime(s->setup_checked_ms));
     return o;
 }
 
@@ -664,6 +747,8 @@ static void fill_capacity(json_object *o, const kg_snapshot *s)
         add_int(e, "home", n->home_monitors);
         add_int(e, "pinned", n->pinned_monitors);
         add_int(e, "limit", limit);
+        add_int(e, "current_count", n->effective_monitors); /* compat */
+        add_int(e, "limit_per_node", limit);                /* compat */
         add_int(e, "available", limit > n->effective_monitors ? limit - n->effective_monitors : 0);
         add(e, "usage_percent", jnum(usage_percent(n->effective_monitors, limit), 2));
         json_object_array_add(a, e);
@@ -672,6 +757,7 @@ static void fill_capacity(json_object *o, const kg_snapshot *s)
             cap_total += limit;
     }
     add_int(o, "monitor_limit", s->monitor_limit);
+    add_int(o, "limit_per_node", s->monitor_limit); /* compat */
     add(o, "nodes", a);
     json_object *t = json_object_new_object();
     add_int(t, "effective", eff_total);
@@ -768,6 +854,22 @@ json_object *api_doc_system_status(const kg_snapshot *s, const kg_config *cfg)
     for (int i = 0; i < n; i++) /* newest first */
         json_object_array_add(ev, api_json_event(&s->recent_events[s->n_recent_events - 1 - i]));
     add(o, "recent_events", ev);
+
+    /* compat (the Lua version's system-status): timestamp, and `health` as its health module
+     * reported it (the cluster verdict and the probe counts) */
+    add_compat_timestamp(o, s->built_ms);
+    json_object *h = json_object_new_object();
+    add(h, "status", jstr(api_cluster_status(s)));
+    add_int(h, "nodes_total", s->n_nodes);
+    add_int(h, "nodes_online", s->nodes_online);
+    add_probe_counts(h, s);
+    int64_t last = 0;
+    for (int i = 0; i < s->n_nodes; i++)
+        if (s->nodes[i].last_probe_ms > last)
+            last = s->nodes[i].last_probe_ms;
+    add(h, "last_check", jtime(last));
+    add(o, "health", h);
+    add(o, "setup", setup_obj(s));
     return o;
 }
 
@@ -782,6 +884,7 @@ json_object *api_doc_node_status(const kg_snapshot *s)
      * monitors do not move, whatever the nodes say */
     add(o, "database", database_obj(s));
     add(o, "history", history_obj(s));
+    add_compat_timestamp(o, s->built_ms);
     return o;
 }
 
@@ -789,6 +892,17 @@ json_object *api_doc_load_balancer_status(const kg_snapshot *s)
 {
     json_object *o = new_doc(s);
     fill_load_balancer(o, s, true);
+    /* compat: what balances, how, the capacity and the cluster it balances over */
+    add_compat_timestamp(o, s->built_ms);
+    add(o, "load_balancer", jstr("nginx"));
+    add(o, "algorithm", jstr("consistent-hash-remote-addr"));
+    json_object *cap = json_object_new_object();
+    fill_capacity(cap, s);
+    add(o, "capacity", cap);
+    json_object *cl = json_object_new_object();
+    add_cluster_summary(cl, s);
+    add(cl, "routing_mode", jstr(setup_routing_mode(s)));
+    add(o, "cluster", cl);
     return o;
 }
 
@@ -810,6 +924,22 @@ json_object *api_doc_rebalancing_status(const kg_snapshot *s, const kg_config *c
 {
     json_object *o = new_doc(s);
     fill_rebalancing(o, s, cfg, true);
+    /* compat: `status` is "running" while an operation runs and "idle" otherwise (whatever
+     * the last one's phase), so a script waiting for "idle" ends; `message` in words */
+    const kg_rebalance_view *r = &s->rebalance;
+    add_compat_timestamp(o, s->built_ms);
+    add(o, "status", jstr(r->running ? "running" : "idle"));
+    char msg[256];
+    if (r->running)
+        snprintf(msg, sizeof msg, "%s %s: %d of %d moves", r->operation[0] ? r->operation
+                 : "rebalance", r->phase[0] ? r->phase : "running", r->moved, r->total);
+    else if (r->operation[0])
+        snprintf(msg, sizeof msg, "idle; the last %s ended %s after %d of %d moves%s%.120s",
+                 r->operation, r->phase[0] ? r->phase : "done", r->moved, r->total,
+                 r->last_error[0] ? ": " : "", r->last_error);
+    else
+        snprintf(msg, sizeof msg, "idle; no rebalance since kumaguard started");
+    add(o, "message", jstr(msg));
     return o;
 }
 
@@ -827,6 +957,7 @@ json_object *api_doc_health_status(const kg_snapshot *s)
     add(o, "last_check", jtime(last));
     add_int(o, "probes_total", total);
     add_int(o, "probes_failed", failed);
+    add_probe_counts(o, s); /* compat */
     add(o, "database", database_obj(s));
     add(o, "leader", leader_obj(s));
     return o;
@@ -841,17 +972,8 @@ json_object *api_doc_lb_health(const kg_snapshot *s, int *http_status)
     int routable = count_routable(s);
     add_int(o, "nodes_routable", routable);
     add_bool(o, "panic", s->panic);
-    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
-    for (int i = 0; i < s->n_nodes; i++) {
-        const kg_node_view *n = &s->nodes[i];
-        json_object *e = json_object_new_object();
-        add(e, "node_id", jstr(n->id));
-        add(e, "status", jstr(node_state_name(n->state)));
-        add_bool(e, "routable", node_state_routable(n->state) && n->host_valid);
-        add_int(e, "monitor_count", n->effective_monitors);
-        json_object_array_add(a, e);
-    }
-    add(o, "nodes", a);
+    add(o, "nodes", lb_health_nodes(s)); /* with the Lua version's last_seen */
+    add_compat_timestamp(o, s->built_ms);
     /* A load balancer or uptime check in front can act on this: nothing to route to. */
     *http_status = routable > 0 ? 200 : 503;
     return o;
@@ -927,6 +1049,12 @@ json_object *api_doc_fixed_node_status(const kg_snapshot *s, const char *cookie)
     }
     add_bool(o, "is_valid", has && !reason);
     add(o, "invalid_reason", has ? jstr_or_null(reason) : NULL);
+    /* compat: the Lua version embedded its cluster status (the /lb/health picture) */
+    json_object *cs = json_object_new_object();
+    add_compat_timestamp(cs, s->built_ms);
+    add(cs, "status", jstr(api_cluster_status(s)));
+    add(cs, "nodes", lb_health_nodes(s));
+    add(o, "cluster_status", cs);
     return o;
 }
 
@@ -951,6 +1079,64 @@ json_object *api_doc_logs(char **lines, int n)
     for (int i = 0; i < n; i++)
         json_object_array_add(a, jstr(lines[i]));
     add(o, "lines", a);
+    add_int(o, "count", n);
+    return o;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Issue 14: ping, setup status, webhooks
+ * ------------------------------------------------------------------------------------------ */
+
+json_object *api_doc_ping(int64_t now_ms)
+{
+    json_object *o = json_object_new_object();
+    add(o, "status", jstr("healthy")); /* the Lua version's word; scripts wait for it */
+    add_bool(o, "pong", true);
+    add(o, "time", jtime(now_ms));
+    add_compat_timestamp(o, now_ms);
+    add(o, "service", jstr("kumaguard"));
+    return o;
+}
+
+json_object *api_doc_setup_status(const kg_snapshot *s)
+{
+    json_object *o = new_doc(s);
+    add_compat_timestamp(o, s->built_ms);
+    json_object *b = setup_obj(s);
+    json_object_object_foreach(b, key, val)
+        add(o, key, json_object_get(val));
+    json_object_put(b);
+    return o;
+}
+
+json_object *api_doc_webhook_status(const webhook_sink_status *st, int n)
+{
+    json_object *o = json_object_new_object();
+    json_object *a = json_object_new_array_ext(n > 0 ? n : 1);
+    for (int i = 0; i < n; i++) {
+        const webhook_sink_status *w = &st[i];
+        json_object *e = json_object_new_object();
+        add_int(e, "sink", i + 1);
+        add(e, "target", jstr(w->target));
+        add(e, "format", jstr(webhook_format_name(w->format)));
+        json_object *kinds = json_object_new_array();
+        for (int k = 0; k < EV_KIND_COUNT; k++)
+            if (w->kinds & (1u << k))
+                json_object_array_add(kinds, jstr(event_kind_name((kg_event_kind)k)));
+        add(e, "events", kinds);
+        add_bool(e, "signed", w->signed_);
+        add_int(e, "delivered", w->delivered);
+        add_int(e, "failures", w->failures);
+        add_int(e, "retries", w->retries);
+        add_int(e, "given_up", w->given_up);
+        add_int(e, "dropped", w->dropped);
+        add_int(e, "queued", w->queued);
+        add(e, "last_success", jtime(w->last_success_ms));
+        add(e, "last_failure", jtime(w->last_failure_ms));
+        add(e, "last_error", jstr_or_null(w->last_error));
+        json_object_array_add(a, e);
+    }
+    add(o, "webhooks", a);
     add_int(o, "count", n);
     return o;
 }

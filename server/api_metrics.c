@@ -265,3 +265,49 @@ char *api_metrics_render(const kg_snapshot *s, size_t *len)
         *len = b.len;
     return b.buf;
 }
+
+/* ---- webhooks (issue 14) ---------------------------------------------------------------- */
+
+static void per_sink(sbuf *b, const webhook_sink_status *st, int n, const char *name,
+                     const char *type, const char *help,
+                     long long (*get)(const webhook_sink_status *))
+{
+    family(b, name, type, help);
+    for (int i = 0; i < n; i++) {
+        char lbl[200];
+        label_value(st[i].target, lbl, sizeof lbl);
+        sb_printf(b, "%s{sink=\"%d\",target=\"%s\"} %lld\n", name, i + 1, lbl, get(&st[i]));
+    }
+}
+
+static long long wh_delivered(const webhook_sink_status *w) { return w->delivered; }
+static long long wh_failures(const webhook_sink_status *w) { return w->failures; }
+static long long wh_retries(const webhook_sink_status *w) { return w->retries; }
+static long long wh_given_up(const webhook_sink_status *w) { return w->given_up; }
+static long long wh_dropped(const webhook_sink_status *w) { return w->dropped; }
+static long long wh_queued(const webhook_sink_status *w) { return w->queued; }
+
+char *api_metrics_append_webhooks(char *text, size_t *len, const webhook_sink_status *st, int n)
+{
+    if (!text || n <= 0)
+        return text;
+    sbuf b = {.buf = text, .len = *len, .cap = *len + 1};
+    per_sink(&b, st, n, "kumaguard_webhook_deliveries_total", "counter",
+             "Events a webhook receiver accepted (2xx).", wh_delivered);
+    per_sink(&b, st, n, "kumaguard_webhook_failures_total", "counter",
+             "Failed webhook delivery attempts (each retry counts).", wh_failures);
+    per_sink(&b, st, n, "kumaguard_webhook_retries_total", "counter",
+             "Webhook delivery attempts after the first for an event.", wh_retries);
+    per_sink(&b, st, n, "kumaguard_webhook_given_up_total", "counter",
+             "Events dropped after failing for the whole retry window.", wh_given_up);
+    per_sink(&b, st, n, "kumaguard_webhook_dropped_total", "counter",
+             "Events dropped because the webhook queue was full.", wh_dropped);
+    per_sink(&b, st, n, "kumaguard_webhook_queue_length", "gauge",
+             "Events waiting for delivery.", wh_queued);
+    if (b.failed) {
+        free(b.buf);
+        return NULL;
+    }
+    *len = b.len;
+    return b.buf;
+}

@@ -59,6 +59,22 @@ static const route_def routes[] = {
     {"/lb/fixed-node-status", API_R_FIXED_NODE_STATUS, M_READ, 0},
     {"/lb/set-fixed-node", API_R_SET_FIXED_NODE, API_M_POST, 0},
     {"/lb/clear-fixed-node", API_R_CLEAR_FIXED_NODE, M_READ | API_M_POST, 0},
+    {"/api/setup-status", API_R_SETUP_STATUS, M_READ, F_LB_ALIAS},
+    {"/api/monitors", API_R_MONITORS, M_READ, F_LB_ALIAS},
+    {"/api/monitors/move", API_R_MONITOR_MOVE, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/api/monitors/pin", API_R_MONITOR_PIN, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/api/monitors/unpin", API_R_MONITOR_UNPIN, API_M_POST, F_LB_ALIAS | F_AUTH},
+    {"/api/webhook-status", API_R_WEBHOOK_STATUS, M_READ, F_LB_ALIAS},
+};
+
+/* "/<prefix>monitors/<id>/<op>": the single-monitor form of the batch routes above. */
+static const struct {
+    const char *suffix;
+    api_route_id id;
+} monitor_actions[] = {
+    {"move", API_R_MONITOR_MOVE},
+    {"pin", API_R_MONITOR_PIN},
+    {"unpin", API_R_MONITOR_UNPIN},
 };
 
 static const struct {
@@ -104,6 +120,12 @@ static const char *const route_names[API_R_COUNT] = {
     [API_R_FIXED_NODE_PAGE] = "fixed-node",
     [API_R_INDEX] = "index",
     [API_R_STATIC] = "static",
+    [API_R_SETUP_STATUS] = "setup-status",
+    [API_R_MONITORS] = "monitors",
+    [API_R_MONITOR_MOVE] = "move",
+    [API_R_MONITOR_PIN] = "pin",
+    [API_R_MONITOR_UNPIN] = "unpin",
+    [API_R_WEBHOOK_STATUS] = "webhook-status",
 };
 
 const char *api_route_name(api_route_id id)
@@ -186,6 +208,34 @@ static bool match_node_action(const char *rest, unsigned method, api_match *m)
     return false;
 }
 
+/* "monitors/<id>/<op>" where <id> is a positive decimal monitor id. */
+static bool match_monitor_action(const char *rest, unsigned method, api_match *m)
+{
+    if (strncmp(rest, "monitors/", 9) != 0)
+        return false;
+    const char *id = rest + 9;
+    const char *slash = strchr(id, '/');
+    size_t idlen = slash ? (size_t)(slash - id) : 0;
+    if (!slash || idlen == 0 || idlen > 10 || id[0] == '0')
+        return false;
+    int64_t v = 0;
+    for (size_t i = 0; i < idlen; i++) {
+        if (id[i] < '0' || id[i] > '9')
+            return false;
+        v = v * 10 + (id[i] - '0');
+    }
+    if (v > INT32_MAX) /* monitor.id is an INT */
+        return false;
+    for (size_t i = 0; i < sizeof monitor_actions / sizeof monitor_actions[0]; i++) {
+        if (strcmp(slash + 1, monitor_actions[i].suffix) != 0)
+            continue;
+        set_found(m, monitor_actions[i].id, API_M_POST, F_AUTH, method);
+        m->monitor_id = v;
+        return true;
+    }
+    return false;
+}
+
 void api_route_match(const char *method, const char *path, api_match *m)
 {
     memset(m, 0, sizeof *m);
@@ -208,6 +258,10 @@ void api_route_match(const char *method, const char *path, api_match *m)
     if (strncmp(path, "/api/", 5) == 0 && match_node_action(path + 5, mbit, m))
         return;
     if (strncmp(path, "/lb/", 4) == 0 && match_node_action(path + 4, mbit, m))
+        return;
+    if (strncmp(path, "/api/", 5) == 0 && match_monitor_action(path + 5, mbit, m))
+        return;
+    if (strncmp(path, "/lb/", 4) == 0 && match_monitor_action(path + 4, mbit, m))
         return;
     if (strncmp(path, "/lb/fixed-node/", 15) == 0) {
         const char *id = path + 15;
@@ -631,4 +685,235 @@ int api_html_escape(const char *s, char *out, size_t outlen)
     }
     out[o] = '\0';
     return (int)o;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Per-monitor operations (issue 14)
+ * ------------------------------------------------------------------------------------------ */
+
+int api_monitor_op_kind(api_route_id id)
+{
+    switch (id) {
+    case API_R_MONITOR_MOVE: return MONITOR_OP_MOVE;
+    case API_R_MONITOR_PIN: return MONITOR_OP_PIN;
+    case API_R_MONITOR_UNPIN: return MONITOR_OP_UNPIN;
+    default: return -1;
+    }
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* "ids": an array of 1..MONITOR_OPS_MAX_BATCH monitor ids (integers 1..2^31-1), sorted and
+ * merged into out. */
+static int parse_ids(json_object *v, monitor_op_request *out, char *err, size_t errlen)
+{
+    if (!json_object_is_type(v, json_type_array)) {
+        snprintf(err, errlen, "\"ids\" must be an array of monitor ids");
+        return -1;
+    }
+    size_t n = json_object_array_length(v);
+    if (n == 0 || n > MONITOR_OPS_MAX_BATCH) {
+        snprintf(err, errlen, "\"ids\" must hold 1 to %d monitor ids", MONITOR_OPS_MAX_BATCH);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_object *e = json_object_array_get_idx(v, i);
+        int64_t id = json_object_is_type(e, json_type_int) ? json_object_get_int64(e) : 0;
+        if (id < 1 || id > INT32_MAX) {
+            snprintf(err, errlen, "\"ids\"[%zu] is not a monitor id (a positive integer)", i);
+            return -1;
+        }
+        out->ids[i] = id;
+    }
+    qsort(out->ids, n, sizeof out->ids[0], cmp_id);
+    size_t w = 0;
+    for (size_t i = 0; i < n; i++)
+        if (w == 0 || out->ids[w - 1] != out->ids[i])
+            out->ids[w++] = out->ids[i];
+    out->n_ids = w;
+    return 0;
+}
+
+int api_parse_monitor_op(monitor_op_kind kind, int64_t path_id, const char *body, size_t len,
+                         monitor_op_request *out, char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->kind = kind;
+    bool needs_node = kind != MONITOR_OP_UNPIN;
+    bool blank = true;
+    for (size_t i = 0; body && i < len; i++)
+        if (!isspace((unsigned char)body[i]))
+            blank = false;
+    if (blank && path_id > 0 && !needs_node) {
+        out->ids[0] = path_id;
+        out->n_ids = 1;
+        return 0;
+    }
+    json_object *o = parse_object(body, len);
+    if (!o) {
+        snprintf(err, errlen, "body must be a JSON object like %s",
+                 path_id > 0 ? "{\"node\":\"node2\"}" : "{\"ids\":[1,2],\"node\":\"node2\"}");
+        return -1;
+    }
+    int rc = -1;
+    json_object *v = NULL;
+    bool has_ids = json_object_object_get_ex(o, "ids", &v);
+    if (path_id > 0 && has_ids) {
+        snprintf(err, errlen, "\"ids\" belongs to the batch form POST /api/monitors/%s",
+                 kind == MONITOR_OP_MOVE ? "move" : kind == MONITOR_OP_PIN ? "pin" : "unpin");
+        goto out;
+    }
+    if (path_id > 0) {
+        out->ids[0] = path_id;
+        out->n_ids = 1;
+    } else if (!has_ids) {
+        snprintf(err, errlen, "missing \"ids\" (an array of monitor ids)");
+        goto out;
+    } else if (parse_ids(v, out, err, errlen) != 0) {
+        goto out;
+    }
+    if (needs_node) {
+        const char *node = NULL;
+        if (json_object_object_get_ex(o, "node", &v) && json_object_is_type(v, json_type_string))
+            node = json_object_get_string(v);
+        if (!node || strlen(node) != (size_t)json_object_get_string_len(v) ||
+            !api_node_id_valid(node)) {
+            snprintf(err, errlen, "\"node\" must be a node id [A-Za-z0-9_.-]{1,%d}",
+                     KG_NODE_ID_MAX);
+            goto out;
+        }
+        snprintf(out->node, sizeof out->node, "%s", node);
+    }
+    if (kind == MONITOR_OP_MOVE && json_object_object_get_ex(o, "revert", &v)) {
+        if (!json_object_is_type(v, json_type_boolean)) {
+            snprintf(err, errlen, "\"revert\" must be true or false");
+            goto out;
+        }
+        out->revert = json_object_get_boolean(v);
+    }
+    rc = 0;
+out:
+    json_object_put(o);
+    return rc;
+}
+
+static bool printable(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            return false;
+    return true;
+}
+
+static int copy_node_param(const char *v, const char *name, char *dst, char *err, size_t errlen)
+{
+    if (!v || !*v)
+        return 0;
+    if (!api_node_id_valid(v)) {
+        snprintf(err, errlen, "%s: expected a node id [A-Za-z0-9_.-]{1,%d}", name,
+                 KG_NODE_ID_MAX);
+        return -1;
+    }
+    snprintf(dst, KG_NODE_ID_MAX + 1, "%s", v);
+    return 0;
+}
+
+static int parse_bool_param(const char *v, const char *name, bool *out, char *err,
+                            size_t errlen)
+{
+    if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+        *out = true;
+    else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+        *out = false;
+    else {
+        snprintf(err, errlen, "%s: expected true or false", name);
+        return -1;
+    }
+    return 0;
+}
+
+int api_parse_monitors_params(const api_monitors_params *p, api_monitors_filter *f, char *err,
+                              size_t errlen)
+{
+    memset(f, 0, sizeof *f);
+    f->active = -1;
+    f->live = -1;
+    f->limit = API_MONITORS_DEFAULT_LIMIT;
+    f->total = true;
+    if (copy_node_param(p->node, "node", f->node, err, errlen) != 0 ||
+        copy_node_param(p->home, "home", f->home, err, errlen) != 0)
+        return -1;
+    if (p->q && *p->q) {
+        if (strlen(p->q) > API_MONITORS_SEARCH_MAX || !printable(p->q)) {
+            snprintf(err, errlen, "q: up to %d printable characters", API_MONITORS_SEARCH_MAX);
+            return -1;
+        }
+        snprintf(f->search, sizeof f->search, "%s", p->q);
+    }
+    if (p->state && *p->state && strcmp(p->state, "any") != 0) {
+        static const struct {
+            const char *name;
+            int active, live;
+            bool unassigned;
+        } states[] = {
+            {"active", 1, -1, false},  {"inactive", 0, -1, false}, {"running", 1, 1, false},
+            {"stranded", 1, 0, false}, {"unassigned", 1, -1, true},
+        };
+        size_t i = 0;
+        while (i < sizeof states / sizeof states[0] && strcmp(states[i].name, p->state) != 0)
+            i++;
+        if (i == sizeof states / sizeof states[0]) {
+            snprintf(err, errlen, "state: expected any, active, inactive, running, stranded or "
+                                  "unassigned");
+            return -1;
+        }
+        f->active = states[i].active;
+        f->live = states[i].live;
+        f->unassigned = states[i].unassigned;
+    }
+    if (p->override && *p->override && strcmp(p->override, "any") != 0) {
+        static const char *const names[] = {"any", "none", "ours", "pin"};
+        int k = 1;
+        while (k < 4 && strcmp(names[k], p->override) != 0)
+            k++;
+        if (k == 4) {
+            snprintf(err, errlen, "override: expected any, none, ours or pin");
+            return -1;
+        }
+        f->override = k;
+    }
+    if (p->pinned && *p->pinned) {
+        bool pinned;
+        if (parse_bool_param(p->pinned, "pinned", &pinned, err, errlen) != 0)
+            return -1;
+        int want = pinned ? 3 : 4;
+        if (f->override && !(f->override == want || (!pinned && f->override != 3))) {
+            snprintf(err, errlen, "pinned and override contradict each other");
+            return -1;
+        }
+        if (!f->override)
+            f->override = want;
+    }
+    int64_t v;
+    if (p->limit && *p->limit) {
+        if (api_parse_int64(p->limit, 1, API_MONITORS_MAX_LIMIT, &v) != 0) {
+            snprintf(err, errlen, "limit: expected an integer 1..%d", API_MONITORS_MAX_LIMIT);
+            return -1;
+        }
+        f->limit = (int)v;
+    }
+    if (p->after && *p->after) {
+        if (api_parse_int64(p->after, 0, INT64_MAX, &v) != 0) {
+            snprintf(err, errlen, "after: expected a monitor id");
+            return -1;
+        }
+        f->after = v;
+    }
+    if (p->total && *p->total && parse_bool_param(p->total, "total", &f->total, err, errlen))
+        return -1;
+    return 0;
 }

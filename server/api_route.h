@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "events.h"
+#include "monitor_ops.h"
 #include "types.h"
 
 typedef enum {
@@ -52,6 +53,13 @@ typedef enum {
     /* dashboard */
     API_R_INDEX,
     API_R_STATIC,
+    /* appended for issue 14: first-run setup, per-monitor operations, webhooks */
+    API_R_SETUP_STATUS,      /* GET /api/setup-status (/lb/setup-status) */
+    API_R_MONITORS,          /* GET /api/monitors */
+    API_R_MONITOR_MOVE,      /* POST /api/monitors/<id>/move, batch: /api/monitors/move */
+    API_R_MONITOR_PIN,
+    API_R_MONITOR_UNPIN,
+    API_R_WEBHOOK_STATUS,    /* GET /api/webhook-status */
     API_R_COUNT
 } api_route_id;
 
@@ -73,6 +81,7 @@ typedef struct {
     bool needs_auth;        /* actions and debug-logs: bearer token or loopback */
     char node[KG_NODE_ID_MAX + 1];          /* /api/nodes/<id>/..., /lb/fixed-node/<id> */
     char static_rel[API_STATIC_PATH_MAX + 1]; /* /static/<rel>: validated relative path */
+    int64_t monitor_id;     /* /api/monitors/<id>/<op>; 0 = the batch form */
 } api_match;
 
 /* Maps the request method and the decoded path (no query string) to a route.  Paths of the
@@ -130,5 +139,50 @@ int api_bearer_check(const char *authorization, const char *token);
 
 /* HTML-escapes s (& < > " ') into out.  Returns the length, or -1 when out is too small. */
 int api_html_escape(const char *s, char *out, size_t outlen);
+
+/* ---- per-monitor operations (issue 14) -------------------------------------------------- */
+
+/* The operation a monitor route stands for (MONITOR_OP_MOVE ...), -1 for other routes. */
+int api_monitor_op_kind(api_route_id id);
+
+/* Body of POST /api/monitors/<id>/<op> (path_id > 0; no "ids"; unpin may be empty) or of the
+ * batch form POST /api/monitors/<op> (path_id == 0; "ids": 1..MONITOR_OPS_MAX_BATCH positive
+ * integers, duplicates merged).  move and pin need "node" (a node id); move takes an optional
+ * boolean "revert" (default false).  Other members are ignored.  0, or -1 with a message in
+ * err. */
+int api_parse_monitor_op(monitor_op_kind kind, int64_t path_id, const char *body, size_t len,
+                         monitor_op_request *out, char *err, size_t errlen);
+
+/* Raw query parameters of GET /api/monitors (each NULL when absent). */
+typedef struct {
+    const char *node, *home, *state, *pinned, *override, *q, *limit, *after, *total;
+} api_monitors_params;
+
+#define API_MONITORS_DEFAULT_LIMIT 50
+#define API_MONITORS_MAX_LIMIT 500
+#define API_MONITORS_SEARCH_MAX 100
+
+/* The validated filters.  override: 0 any, 1 none, 2 kumaguard's, 3 pinned, 4 not pinned (the
+ * values of store_override_filter); live: -1 any, 1 the effective node is live, 0 it is set
+ * and not live; active: -1 any, 0, 1. */
+typedef struct {
+    char node[KG_NODE_ID_MAX + 1];   /* "" = any */
+    char home[KG_NODE_ID_MAX + 1];
+    char search[API_MONITORS_SEARCH_MAX + 1];
+    int active;
+    int override;
+    int live;
+    bool unassigned;
+    int64_t after;
+    int limit;
+    bool total;
+} api_monitors_filter;
+
+/* state = any | active | inactive | running | stranded | unassigned; pinned = true | false;
+ * override = any | none | ours | pin; q = up to 100 printable characters; limit 1..500
+ * (default 50); after = a monitor id (keyset paging); total = true | false (default true).
+ * 0, or -1 with a message in err. */
+int api_parse_monitors_params(const api_monitors_params *p, api_monitors_filter *f, char *err,
+                              size_t errlen);
 
 #endif

@@ -19,6 +19,7 @@
 
 #include "hostcheck.h"
 #include "log.h"
+#include "webhook.h"
 
 typedef enum { T_STR, T_INT, T_MS, T_BOOL, T_DOUBLE, T_NODES } opt_type;
 
@@ -164,6 +165,31 @@ static const opt_def opts[] = {
                        "counts them with proxied users behind the same address)"},
     {"KUMA_RECONCILE_PACING", "kuma-reconcile-pacing", T_BOOL, O(reconcile_pacing), "true", 0,
      0, 0, false, NULL, "give a node no more moves than it can start before its next cron"},
+    {"KUMAGUARD_WEBHOOK_URL", "webhook-url", T_STR, O(webhook_url), NULL, 0, 0, 0, true,
+     "KUMAGUARD_WEBHOOK_URL_FILE", "http(s) URL events are POSTed to; unset = no webhook"},
+    {"KUMAGUARD_WEBHOOK_SECRET", "webhook-secret", T_STR, O(webhook_secret), NULL, 0, 0, 0, true,
+     "KUMAGUARD_WEBHOOK_SECRET_FILE", "HMAC-SHA256 key for X-Kumaguard-Signature; unset = "
+     "unsigned"},
+    {"KUMAGUARD_WEBHOOK_EVENTS", "webhook-events", T_STR, O(webhook_events),
+     KG_WEBHOOK_DEFAULT_EVENTS, 0, 0, 0, false, NULL, "event kinds sent (comma-separated, or "
+     "all)"},
+    {"KUMAGUARD_WEBHOOK_FORMAT", "webhook-format", T_STR, O(webhook_format), "json", 0, 0, 0,
+     false, NULL, "payload: json, slack or discord"},
+    {"KUMAGUARD_WEBHOOK2_URL", "webhook2-url", T_STR, O(webhook2_url), NULL, 0, 0, 0, true,
+     "KUMAGUARD_WEBHOOK2_URL_FILE", "a second webhook (e.g. chat beside an incident tool)"},
+    {"KUMAGUARD_WEBHOOK2_SECRET", "webhook2-secret", T_STR, O(webhook2_secret), NULL, 0, 0, 0,
+     true, "KUMAGUARD_WEBHOOK2_SECRET_FILE", "HMAC-SHA256 key of the second webhook"},
+    {"KUMAGUARD_WEBHOOK2_EVENTS", "webhook2-events", T_STR, O(webhook2_events),
+     KG_WEBHOOK_DEFAULT_EVENTS, 0, 0, 0, false, NULL, "event kinds of the second webhook"},
+    {"KUMAGUARD_WEBHOOK2_FORMAT", "webhook2-format", T_STR, O(webhook2_format), "json", 0, 0, 0,
+     false, NULL, "payload of the second webhook: json, slack or discord"},
+    {"KUMAGUARD_WEBHOOK_TIMEOUT", "webhook-timeout", T_MS, O(webhook_timeout_ms), "5000", 1, 100,
+     600000, false, NULL, "time a receiver has to answer one delivery (plain number = ms)"},
+    {"KUMAGUARD_WEBHOOK_RETRY_WINDOW", "webhook-retry-window", T_MS, O(webhook_retry_window_ms),
+     "15m", 1000, 1000, 86400000, false, NULL, "failed deliveries are retried (1 s, 2 s, 4 s "
+     "... 60 s apart) for this long (plain number = seconds)"},
+    {"KUMAGUARD_WEBHOOK_QUEUE", "webhook-queue", T_INT, O(webhook_queue), "1000", 0, 1, 1000000,
+     false, NULL, "events waiting per webhook; when full the oldest is dropped"},
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
 
@@ -387,6 +413,34 @@ static const opt_def *find_flag(const char *name, size_t len)
     return NULL;
 }
 
+/* The webhook settings of both sinks (webhook.h parses them the same way at start). */
+static int check_webhooks(const kg_config *cfg, char *err, size_t errlen)
+{
+    const struct {
+        const char *prefix, *url, *events, *format;
+    } sinks[] = {
+        {"KUMAGUARD_WEBHOOK", cfg->webhook_url, cfg->webhook_events, cfg->webhook_format},
+        {"KUMAGUARD_WEBHOOK2", cfg->webhook2_url, cfg->webhook2_events, cfg->webhook2_format},
+    };
+    for (size_t i = 0; i < sizeof sinks / sizeof sinks[0]; i++) {
+        char why[160], target[160];
+        uint32_t mask;
+        webhook_format f;
+        /* the URL may hold a credential: the message names the setting, not the value */
+        if (sinks[i].url && webhook_parse_url(sinks[i].url, target, sizeof target, why,
+                                              sizeof why) != 0)
+            return errf(err, errlen, "%s_URL: invalid value (%s)", sinks[i].prefix, why);
+        if (webhook_parse_kinds(sinks[i].events, &mask, why, sizeof why) != 0)
+            return errf(err, errlen, "%s_EVENTS: invalid value '%s' (%s; expected kinds like "
+                        "%s, or all)", sinks[i].prefix, sinks[i].events, why,
+                        KG_WEBHOOK_DEFAULT_EVENTS);
+        if (webhook_parse_format(sinks[i].format, &f) != 0)
+            return errf(err, errlen, "%s_FORMAT: invalid value '%s' (expected json, slack or "
+                        "discord)", sinks[i].prefix, sinks[i].format);
+    }
+    return 0;
+}
+
 /* Derived defaults and cross-setting checks, once everything is parsed. */
 static int config_finish(kg_config *cfg, char *err, size_t errlen)
 {
@@ -441,7 +495,7 @@ static int config_finish(kg_config *cfg, char *err, size_t errlen)
     if (netpolicy_parse_cidrs(cfg->trusted_proxies, &cfg->trusted_proxy_nets, why,
                               sizeof why) != 0)
         return errf(err, errlen, "KUMAGUARD_TRUSTED_PROXIES / --trusted-proxies: %s", why);
-    return 0;
+    return check_webhooks(cfg, err, errlen);
 }
 
 /* A secret on the command line is readable by every local user (ps, /proc/PID/cmdline) for

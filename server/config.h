@@ -99,6 +99,19 @@ typedef struct {
      * given as flags, which every local user can read in `ps`. */
     char warnings[KG_CONFIG_MAX_WARNINGS][256];
     int n_warnings;
+
+    /* webhooks (webhook.h), appended for issue 14: two sinks, each URL, secret, kinds, format */
+    char *webhook_url;    /* secret (a Slack URL is a credential); NULL = no webhook */
+    char *webhook_secret; /* secret: HMAC-SHA256 key for X-Kumaguard-Signature */
+    char *webhook_events; /* comma-separated kinds or "all" */
+    char *webhook_format; /* json, slack, discord */
+    char *webhook2_url;
+    char *webhook2_secret;
+    char *webhook2_events;
+    char *webhook2_format;
+    int webhook_timeout_ms;
+    int webhook_retry_window_ms;
+    int webhook_queue;    /* events waiting per sink before the oldest is dropped */
 } kg_config;
 
 /* Fills defaults, then the environment, then argv.  On error returns -1 and writes a message

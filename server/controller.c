@@ -38,6 +38,7 @@
 #include "netpolicy.h"
 #include "log.h"
 #include "mailbox.h"
+#include "monitor_ops.h"
 #include "nametab.h"
 #include "nginx_feed.h"
 #include "nginx_worker.h"
@@ -47,8 +48,10 @@
 #include "probe.h"
 #include "reconcile.h"
 #include "reconcile_sched.h"
+#include "setup_watch.h"
 #include "snapshot.h"
 #include "store.h"
+#include "webhook.h"
 
 /* History retention: older events are deleted hourly, locally and (by the leader) in the
  * cluster database, so months of flapping cannot fill a disk. */
@@ -56,6 +59,7 @@
 #define DB_EVENTS_MAX 10000      /* events waiting for the cluster database */
 #define LOAD_WAITERS_MAX 16      /* update-loads requests waiting for a monitor read */
 #define DB_PING_INTERVAL_MS 1000 /* an idle database is asked to answer this often */
+#define MONITOR_OPS_QUEUED 8     /* operators' move / pin / unpin requests waiting for the db */
 
 /* ==========================================================================================
  * State owned by the controller thread
@@ -84,7 +88,14 @@ typedef struct {
     int64_t wall_ms;
 } monitor_set;
 
-typedef enum { APPLY_NONE = 0, APPLY_CONVERGE, APPLY_REBALANCE } apply_kind;
+typedef enum { APPLY_NONE = 0, APPLY_CONVERGE, APPLY_REBALANCE, APPLY_MONITOR_OP } apply_kind;
+
+/* An operator's move / pin / unpin, waiting for the database applier. */
+typedef struct {
+    monitor_op_request *req;
+    kg_reply *reply;
+    char actor[64];
+} queued_monitor_op;
 
 /* A rebalance in progress: its planned moves, applied in paced, cancellable batches. */
 typedef struct {
@@ -136,6 +147,9 @@ static struct {
     int64_t db_events_dropped;
     kg_reply *load_waiters[LOAD_WAITERS_MAX];
     int n_load_waiters;
+    queued_monitor_op monitor_ops[MONITOR_OPS_QUEUED];
+    int n_monitor_ops;
+    kg_reply *monitor_op_reply; /* the running job's monitor operation answers here */
     bool want_nodes, want_monitors;
     int64_t next_refresh_ms, next_prune_ms, next_ping_ms;
 
@@ -241,6 +255,7 @@ static void record_event(kg_event *ev)
     if (!ev->ts_ms)
         ev->ts_ms = C.wall;
     events_submit(ev); /* local history: assigns the id, written by the history thread */
+    webhook_submit(ev); /* queued for the webhook threads; never waits */
     if (C.leader)      /* followers keep history locally only */
         queue_db_event(ev);
     if (C.n_recent == KG_RECENT_EVENTS) {
@@ -703,7 +718,7 @@ static void on_db_done(db_job *j)
     } else if (j->load_monitors) {
         finish_load_waiters(503, "database_unavailable", C.db_error);
     }
-    if (applying != APPLY_NONE)
+    if (applying == APPLY_CONVERGE || applying == APPLY_REBALANCE)
         applied_moves(j);
     if (applying == APPLY_REBALANCE && !j->moves_done) {
         if (j->rc == STORE_FENCED)
@@ -863,7 +878,8 @@ static plan_node *build_plan_nodes(kg_nametab *tab, int *n_out)
 /* Can the node be called at all (key configured, usable host, routable or returning)? */
 static bool node_callable(const ctrl_node *cn)
 {
-    if (!C.cfg->kuma_api_key || !cn->v.host_valid)
+    /* before the cluster's first user exists every node answers 401 (setup_watch.h) */
+    if (!C.cfg->kuma_api_key || !cn->v.host_valid || !setup_watch_complete())
         return false;
     if (node_state_routable(cn->h.state))
         return true;
@@ -1413,7 +1429,7 @@ static void on_reconcile_done(const kg_msg *m)
         /* refusals say their cause and fix once per streak, not once per call */
         if (cn->rs.failures == 1 || r == RS_RATE_LIMITED || r == RS_UNAUTHORIZED ||
             r == RS_TIMEOUT)
-            emit(EV_RECONCILE, cn->v.id, "", rsched_result_name(r), 0, (int64_t)m->value,
+            emit(EV_RECONCILE_FAILED, cn->v.id, "", rsched_result_name(r), 0, (int64_t)m->value,
                  "reconcile call to %s: %s%s%s", cn->v.id, reconcile_cause(r),
                  m->text[0] ? " — " : "", m->text);
     }
@@ -1632,6 +1648,93 @@ static void on_panic_override(const kg_msg *m)
     reply_finish(m->reply, 200, "", "failover allowed for this outage");
 }
 
+/* An operator's move / pin / unpin: queued for the database applier, which reads, validates
+ * and writes it (monitor_ops.c, fenced, all or nothing); the answer comes with the job. */
+static void on_monitor_op(kg_msg *m)
+{
+    if (!C.leader) {
+        reply_finish(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        return;
+    }
+    if (!C.db_ok) {
+        reply_finish(m->reply, 503, "database_unavailable", C.db_error);
+        return;
+    }
+    if (C.n_monitor_ops == MONITOR_OPS_QUEUED || !m->data) {
+        reply_finish(m->reply, 503, "busy", "too many monitor operations waiting; retry shortly");
+        return;
+    }
+    queued_monitor_op *q = &C.monitor_ops[C.n_monitor_ops++];
+    q->req = m->data;
+    m->data = NULL; /* the queue owns it now */
+    q->reply = m->reply;
+    if (q->reply) {
+        pthread_mutex_lock(&q->reply->lock);
+        q->reply->refs++;
+        pthread_mutex_unlock(&q->reply->lock);
+    }
+    snprintf(q->actor, sizeof q->actor, "%s", m->actor[0] ? m->actor : "operator");
+}
+
+/* Hands the oldest queued monitor operation to the database applier. */
+static void submit_monitor_op(void)
+{
+    if (!C.n_monitor_ops || !db_idle() || C.applying != APPLY_NONE)
+        return;
+    queued_monitor_op q = C.monitor_ops[0];
+    if (!C.leader) {
+        reply_finish(q.reply, 409, "not_leader", "another kumaguard instance holds the lease");
+    } else {
+        db_job *j = build_job(NULL, 0, NULL, "");
+        if (!j)
+            return;
+        j->monitor_op = q.req;
+        snprintf(j->actor, sizeof j->actor, "%s", q.actor);
+        if (!submit_job(j)) {
+            j->monitor_op = NULL; /* still queued */
+            db_job_free(j);
+            return;
+        }
+        q.req = NULL;
+        C.applying = APPLY_MONITOR_OP;
+        C.monitor_op_reply = q.reply;
+        q.reply = NULL;
+    }
+    free(q.req);
+    reply_put(q.reply);
+    memmove(C.monitor_ops, C.monitor_ops + 1, sizeof C.monitor_ops[0] * (size_t)--C.n_monitor_ops);
+}
+
+/* The applier ran an operator's monitor operation: answer, record, tell the nodes. */
+static void monitor_op_done(const db_job *j)
+{
+    kg_reply *reply = C.monitor_op_reply;
+    C.monitor_op_reply = NULL;
+    const monitor_ops_outcome *o = &j->monitor_op_outcome;
+    if (!j->monitor_op_done) {
+        reply_finish(reply, j->rc == STORE_FENCED ? 409 : 503,
+                     j->rc == STORE_FENCED ? "not_leader" : "database_unavailable",
+                     j->error[0] ? j->error : C.db_error);
+        reply_put(reply);
+        return;
+    }
+    if (o->changed > 0) {
+        emit(EV_MONITOR, o->ev_node, o->ev_from, o->ev_to, (int)o->changed,
+             j->finished_mono_ms - j->started_mono_ms, "%s", o->ev_reason);
+        for (int i = 0; i < o->n_touched; i++) {
+            ctrl_node *cn = find_node(o->touched[i]);
+            if (cn) /* the exact split is not known here: count each as a start (a longer
+                     * deadline is the safe side) */
+                rsched_add_work(&cn->rs, (int)(o->changed < 100 ? o->changed : 100), 0, C.now);
+        }
+        C.want_monitors = true; /* our set no longer matches the table */
+        C.need_converge = true;
+        C.converge_epoch = C.now;
+    }
+    reply_finish_count(reply, o->v.status, o->v.error, o->v.detail, (int64_t)o->changed);
+    reply_put(reply);
+}
+
 static void handle(kg_msg *m)
 {
     switch (m->kind) {
@@ -1683,6 +1786,14 @@ static void handle(kg_msg *m)
     case MSG_PANIC_OVERRIDE:
         on_panic_override(m);
         break;
+    case MSG_MONITOR_OP:
+        on_monitor_op(m);
+        break;
+    case MSG_SETUP_CHANGED: /* setup_watch.c: publish (setup_watch_fill) and record it */
+        C.dirty = true;
+        if (m->text[0])
+            emit(EV_SETUP, m->node, "", "", 0, 0, "%s", m->text);
+        break;
     case MSG_NGINX_OUTCOME:
         if (m->flag)
             emit(EV_NGINX_RELOAD, NULL, "", "", 0, (int64_t)m->value,
@@ -1693,10 +1804,12 @@ static void handle(kg_msg *m)
         break;
     case MSG_DB_DONE: {
         db_job *j = m->data;
-        bool reb = C.applying == APPLY_REBALANCE;
+        apply_kind applying = C.applying;
         on_db_done(j);
-        if (reb)
+        if (applying == APPLY_REBALANCE)
             reb_batch_done(j);
+        else if (applying == APPLY_MONITOR_OP)
+            monitor_op_done(j);
         break;
     }
     case MSG_RECONCILE_DONE:
@@ -1843,8 +1956,10 @@ static void publish(void)
     memcpy(s->recent_events, C.recent, sizeof C.recent[0] * (size_t)C.n_recent);
     s->n_recent_events = C.n_recent;
 
-    /* nginx follows the nodes (frozen while the panic guard holds), on its own thread */
-    nginx_worker_submit(s->nodes, s->n_nodes, panic_freezes_routing(&C.panic));
+    /* nginx follows the nodes (frozen while the panic guard holds), on its own thread; before
+     * the cluster's first user exists, only the primary node is routed (setup_watch.h) */
+    setup_watch_fill(s);
+    setup_gate_submit(s, panic_freezes_routing(&C.panic));
     nginx_worker_status(&s->nginx);
     snapshot_publish(s);
     C.dirty = false;
@@ -1866,6 +1981,7 @@ static int64_t step(void)
         C.want_nodes = C.want_monitors = true;
     }
     update_panic(); /* after the burst of probe results, before any move */
+    submit_monitor_op(); /* an operator asked: before the next plan */
     if (moves_allowed() && !proving())
         converge();
     if (C.reb.running)
@@ -2039,6 +2155,15 @@ void controller_stop(void)
     nginx_worker_stop();
     mailbox_drain();
     finish_load_waiters(503, "shutting_down", "kumaguard is stopping");
+    for (int i = 0; i < C.n_monitor_ops; i++) {
+        reply_finish(C.monitor_ops[i].reply, 503, "shutting_down", "kumaguard is stopping");
+        reply_put(C.monitor_ops[i].reply);
+        free(C.monitor_ops[i].req);
+    }
+    if (C.monitor_op_reply) {
+        reply_finish(C.monitor_op_reply, 503, "shutting_down", "kumaguard is stopping");
+        reply_put(C.monitor_op_reply);
+    }
     if (C.reb_req.pending) {
         reply_finish(C.reb_req.reply, 503, "shutting_down", "kumaguard is stopping");
         reply_put(C.reb_req.reply);

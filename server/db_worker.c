@@ -14,6 +14,7 @@
 #include "clock.h"
 #include "log.h"
 #include "mailbox.h"
+#include "snapshot.h"
 
 static struct {
     pthread_mutex_t lock;
@@ -45,6 +46,7 @@ void db_job_free(db_job *j)
     free(j->states);
     free(j->events);
     free(j->moves);
+    free((void *)j->monitor_op);
     nametab_free(&j->moves_tab);
     free(j->nodes);
     store_free_monitors(&j->monitors);
@@ -152,6 +154,19 @@ static void run_job(db_job *j)
             }
             j->moves_done = true;
         }
+        if (j->monitor_op) {
+            /* validated against the nodes as the API last showed them, written fenced, all
+             * or nothing (monitor_ops.c) */
+            kg_snapshot *snap = snapshot_acquire();
+            monitor_ops_run(W.store, j->monitor_op, snap, j->actor, &j->monitor_op_outcome);
+            snapshot_release(snap);
+            j->monitor_op_done = true;
+            rc = j->monitor_op_outcome.store_rc;
+            if (rc == STORE_FENCED || rc == STORE_ERROR) {
+                fail(j, "monitor operation", rc, j->monitor_op_outcome.v.detail);
+                goto out;
+            }
+        }
     }
     if (j->load_nodes) {
         rc = W.store->ops->load_nodes(W.store, &j->nodes, &j->n_nodes, err, sizeof err);
@@ -180,7 +195,7 @@ static void run_job(db_job *j)
     }
     rc = STORE_OK;
     if (!j->lease && !j->n_states && !j->n_events && !j->n_moves && !j->load_nodes &&
-        !j->load_monitors && !j->prune_before_ms) {
+        !j->load_monitors && !j->prune_before_ms && !j->monitor_op) {
         /* an empty job is a liveness check */
         rc = W.store->ops->ping(W.store, err, sizeof err);
         if (rc != STORE_OK)

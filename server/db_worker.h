@@ -8,7 +8,8 @@
  * controller frees it.
  *
  * Step order within a job: connect + schema (+ static node rows when asked) -> lease ->
- * node states -> events -> moves -> node rows -> monitor rows -> prune.  Writes carry the
+ * node states -> events -> moves -> an operator's monitor operation -> node rows -> monitor
+ * rows -> prune.  Writes carry the
  * job's leader generation as their fence.  The first failing step ends the job; later steps
  * are not attempted (their `*_done` stay false, so the controller knows what to redo).
  *
@@ -23,6 +24,7 @@
 
 #include "assign.h"
 #include "config.h"
+#include "monitor_ops.h"
 #include "nametab.h"
 #include "store.h"
 #include "types.h"
@@ -43,6 +45,8 @@ typedef struct db_job {
     size_t n_moves;
     kg_nametab moves_tab;
     char what[32];                /* label of the moves ("failover", "rebalance" ...) */
+    const monitor_op_request *monitor_op; /* an operator's move / pin / unpin (owned by the job) */
+    char actor[64];               /* who asked for monitor_op */
     bool load_nodes;
     bool load_monitors;
     int64_t prune_before_ms;      /* > 0: delete kumaguard_event rows older than this */
@@ -57,6 +61,8 @@ typedef struct db_job {
     int64_t lease_generation;
     bool states_done, events_done, moves_done, prune_done;
     store_apply_result applied;
+    bool monitor_op_done;
+    monitor_ops_outcome monitor_op_outcome;
     bool nodes_done;
     store_node_row *nodes;
     size_t n_nodes;

@@ -28,7 +28,7 @@ int mailbox_post(const kg_msg *m)
     kg_msg *copy = malloc(sizeof *copy);
     if (!copy)
         return -1;
-    *copy = *m;
+    *copy = *m; /* on success the copy owns m->data (the caller must not free it) */
     copy->next = NULL;
     pthread_mutex_lock(&mb_lock);
     if (closed) {
@@ -114,6 +114,7 @@ kg_reply *reply_new(void)
     pthread_mutex_init(&r->lock, NULL);
     kg_cond_init(&r->cond);
     r->refs = 1;
+    r->count = -1;
     return r;
 }
 
@@ -131,7 +132,8 @@ void reply_put(kg_reply *r)
     }
 }
 
-void reply_finish(kg_reply *r, int status, const char *error, const char *detail)
+void reply_finish_count(kg_reply *r, int status, const char *error, const char *detail,
+                        int64_t count)
 {
     if (!r)
         return;
@@ -140,10 +142,16 @@ void reply_finish(kg_reply *r, int status, const char *error, const char *detail
         r->status = status;
         snprintf(r->error, sizeof r->error, "%s", error ? error : "");
         snprintf(r->detail, sizeof r->detail, "%s", detail ? detail : "");
+        r->count = count;
         r->done = true;
         pthread_cond_broadcast(&r->cond);
     }
     pthread_mutex_unlock(&r->lock);
+}
+
+void reply_finish(kg_reply *r, int status, const char *error, const char *detail)
+{
+    reply_finish_count(r, status, error, detail, -1);
 }
 
 bool reply_wait(kg_reply *r, int timeout_ms)
@@ -159,20 +167,25 @@ bool reply_wait(kg_reply *r, int timeout_ms)
     return done;
 }
 
-void mailbox_call(kg_msg_kind kind, const char *node, const char *actor, int timeout_ms,
-                  int *status, char *error, size_t errlen, char *detail, size_t detlen)
+void mailbox_call_msg(kg_msg *m, int timeout_ms, int *status, char *error, size_t errlen,
+                      char *detail, size_t detlen, int64_t *count)
 {
+    if (count)
+        *count = -1;
     kg_reply *r = reply_new();
     if (!r) {
+        if (m->data && m->data_free)
+            m->data_free(m->data);
+        m->data = NULL;
         *status = 500;
         snprintf(error, errlen, "out_of_memory");
         snprintf(detail, detlen, "could not allocate a reply");
         return;
     }
-    kg_msg m = {.kind = kind, .reply = r};
-    snprintf(m.node, sizeof m.node, "%s", node ? node : "");
-    snprintf(m.actor, sizeof m.actor, "%s", actor ? actor : "");
-    if (mailbox_post(&m) != 0) {
+    m->reply = r;
+    if (mailbox_post(m) != 0) {
+        if (m->data && m->data_free)
+            m->data_free(m->data);
         *status = 503;
         snprintf(error, errlen, "shutting_down");
         snprintf(detail, detlen, "kumaguard is stopping");
@@ -185,7 +198,20 @@ void mailbox_call(kg_msg_kind kind, const char *node, const char *actor, int tim
         *status = r->status;
         snprintf(error, errlen, "%s", r->error);
         snprintf(detail, detlen, "%s", r->detail);
+        if (count)
+            *count = r->count;
         pthread_mutex_unlock(&r->lock);
     }
+    m->data = NULL; /* the mailbox owned it from the post on */
+    m->reply = NULL;
     reply_put(r);
+}
+
+void mailbox_call(kg_msg_kind kind, const char *node, const char *actor, int timeout_ms,
+                  int *status, char *error, size_t errlen, char *detail, size_t detlen)
+{
+    kg_msg m = {.kind = kind};
+    snprintf(m.node, sizeof m.node, "%s", node ? node : "");
+    snprintf(m.actor, sizeof m.actor, "%s", actor ? actor : "");
+    mailbox_call_msg(&m, timeout_ms, status, error, errlen, detail, detlen, NULL);
 }

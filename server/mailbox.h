@@ -29,6 +29,10 @@ typedef enum {
     MSG_DB_DONE,             /* database applier -> controller: a finished db_job (data) */
     MSG_RECONCILE_DONE,      /* reconcile applier -> controller: one call's outcome */
     MSG_PANIC_OVERRIDE,      /* operator: allow moves while the panic guard holds */
+    MSG_MONITOR_OP,          /* HTTP -> controller: move / pin / unpin monitors; `data` is a
+                                monitor_op_request (monitor_ops.h) */
+    MSG_SETUP_CHANGED,       /* setup watcher -> controller: first-run setup became pending or
+                                complete; `text` says which (setup_watch.h) */
     MSG_SHUTDOWN
 } kg_msg_kind;
 
@@ -40,6 +44,7 @@ typedef struct {
     int status;              /* HTTP-like: 200, 202, 400, 404, 409, 503 ... */
     char error[128];         /* short error code, e.g. "not_leader" */
     char detail[256];
+    int64_t count;           /* what the action changed (e.g. monitors), -1 = not counted */
 } kg_reply;
 
 typedef struct kg_msg {
@@ -53,10 +58,13 @@ typedef struct kg_msg {
     char text[256];                /* MSG_NGINX_OUTCOME: error */
     int status;                    /* MSG_RECONCILE_DONE: rsched_result */
     int http_status;               /* MSG_RECONCILE_DONE */
-    void *data;                    /* owned payload (MSG_DB_DONE: db_job), freed by data_free */
-    void (*data_free)(void *);     /* called by mailbox_free when data is still set */
     kg_reply *reply;               /* NULL when nobody waits */
     struct kg_msg *next;
+    /* A payload too large to copy into every message (MSG_DB_DONE: a db_job; MSG_MONITOR_OP: a
+     * monitor_op_request).  Owned by the message once posted: mailbox_free() calls
+     * data_free(data), also for messages dropped unread. */
+    void *data;
+    void (*data_free)(void *data);
 } kg_msg;
 
 /* Queues a copy of *m.  Returns 0, or -1 when the mailbox is shut down. */
@@ -80,5 +88,13 @@ bool reply_wait(kg_reply *r, int timeout_ms);
  * On timeout fills status 504.  The caller owns nothing afterwards. */
 void mailbox_call(kg_msg_kind kind, const char *node, const char *actor, int timeout_ms,
                   int *status, char *error, size_t errlen, char *detail, size_t detlen);
+/* The same for a prepared message (kind, node, actor, data...; its reply is made here).  The
+ * message's data passes to the mailbox whatever happens (freed with data_free on failure);
+ * *count gets the reply's count (-1 when the controller did not count anything). */
+void mailbox_call_msg(kg_msg *m, int timeout_ms, int *status, char *error, size_t errlen,
+                      char *detail, size_t detlen, int64_t *count);
+/* Controller side: reply_finish with a count of what the action changed. */
+void reply_finish_count(kg_reply *r, int status, const char *error, const char *detail,
+                        int64_t count);
 
 #endif

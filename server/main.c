@@ -4,7 +4,9 @@
  * Threads: the controller (owner of cluster state, decides), its appliers (database, reconcile
  * calls, nginx, history — started and stopped by controller.c), the prober (HTTP health checks)
  * and the HTTP server's pool.  They share state only through snapshot.h (outward) and
- * mailbox.h (inward).  Must not: contain product logic. */
+ * mailbox.h (inward).  Beside them, the webhook senders take events from the controller
+ * through their own queues (webhook.h) and the first-run setup watcher reports through the
+ * mailbox (setup_watch.h).  Must not: contain product logic. */
 #include <curl/curl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,7 +19,9 @@
 #include "log.h"
 #include "netpolicy_curl.h"
 #include "probe.h"
+#include "setup_watch.h"
 #include "snapshot.h"
+#include "webhook.h"
 
 extern char **environ;
 
@@ -58,9 +62,15 @@ int main(int argc, char **argv)
     int exit_code = 1;
     kg_api *api = NULL;
     bool prober_up = false;
-    /* The prober first: the controller asks it for probe rounds from its first step, so the
-     * prober's state must exist before that thread does (its results wait in the mailbox, and
-     * it probes nothing before the first snapshot names the nodes). */
+    /* before the controller: its first events go out, and its first nginx render already
+     * knows whether first-run setup is pending */
+    if (webhook_start(&cfg, err, sizeof err) != 0 || setup_watch_start(&cfg, err, sizeof err)) {
+        fprintf(stderr, "kumaguard: %s\n", err);
+        goto out;
+    }
+    /* The prober before the controller too: the controller asks it for probe rounds from its
+     * first step, so the prober's state must exist before that thread does (its results wait
+     * in the mailbox, and it probes nothing before the first snapshot names the nodes). */
     if (prober_start(&cfg, err, sizeof err) != 0) {
         fprintf(stderr, "kumaguard: %s\n", err);
         goto out;
@@ -91,6 +101,8 @@ stop_controller:
     if (prober_up)
         prober_stop();
 out:
+    setup_watch_stop();
+    webhook_stop(); /* after the controller: its last events were queued */
     snapshot_shutdown();
     snapshot_clear();
     curl_global_cleanup();

@@ -91,6 +91,15 @@ typedef struct {
      * and installs it with a compare-exchange (losers free theirs); snapshot_release frees
      * it with the snapshot.  The only field written after publish, and only that way. */
     _Atomic(char *) cached_json;
+
+    /* First-run setup (filled by setup_watch_fill(), see setup_watch.h).  On a fresh cluster
+     * only the primary node can create the first user: while `setup_gated && !setup_complete`
+     * nginx sends everything to setup_primary and reconcile calls wait (they get 401). */
+    bool setup_gated;          /* the store has a `user` table (MariaDB): setup can be pending */
+    bool setup_complete;       /* a user exists, or setup is not gated: the reconcile
+                                  scheduler's predicate ("may I call the nodes?") */
+    char setup_primary[KG_NODE_ID_MAX + 1]; /* node that owns setup, "" = none identified */
+    int64_t setup_checked_ms;  /* last successful look at the `user` table, 0 = never */
 } kg_snapshot;
 
 extern const double kg_latency_bucket_bounds[10];

@@ -7,6 +7,7 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 kg_store *store_open(const kg_config *cfg, char *err, size_t errlen)
 {
@@ -57,4 +58,30 @@ void store_free_monitors(store_monitor_set *m)
     free(m->monitors);
     m->monitors = NULL;
     m->n = 0;
+}
+
+void store_free_page(store_monitor_page *p)
+{
+    if (!p)
+        return;
+    free(p->rows);
+    p->rows = NULL;
+    p->n = 0;
+}
+
+static bool same_value(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+bool store_change_writes_row(const store_monitor_change *c)
+{
+    return !same_value(c->new_home, c->expect_home) || !same_value(c->new_over, c->expect_over);
+}
+
+void store_page_take(store_monitor_page *out, store_monitor_row *rows, size_t n, int limit)
+{
+    out->more = n > (size_t)limit;
+    out->n = out->more ? (size_t)limit : n;
+    out->rows = rows;
 }

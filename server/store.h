@@ -1,7 +1,9 @@
 /* store.h — the cluster database interface, with two backends: store_sqlite.c (embedded
  * default) and store_mariadb.c (the shared database of a real cluster).
  *
- * Only the controller thread uses a store; it is not thread safe.  Every write operation is one
+ * A kg_store is not thread safe: the controller thread owns its store; another thread that
+ * needs the database (the setup watcher, the per-monitor listing of the HTTP API) opens a store
+ * of its own with store_open() and only reads through it.  Every write operation is one
  * transaction; moves are applied set-based (a temporary table of moves joined to `monitor`),
  * each row guarded by the values the plan saw, so a row a Kuma node changed meanwhile is
  * skipped, not clobbered.  When `fence_generation` > 0 every write transaction begins with
@@ -31,8 +33,85 @@ enum {
     STORE_ERROR = -1,        /* SQL or connection error; err says which */
     STORE_FENCED = -2,       /* lease lost: the generation changed (another controller leads)
                                 or another database node's write won; not a database outage */
-    STORE_SCHEMA_MISSING = -3/* node/monitor tables not there yet (MariaDB without init) */
+    STORE_SCHEMA_MISSING = -3,/* node/monitor tables not there yet (MariaDB without init) */
+    STORE_CONFLICT = -4      /* apply_monitor_changes: a row changed since it was read; nothing
+                                was written */
 };
+
+/* ---- first-run setup, per-monitor listing and operations (issue 14) ---------------------- */
+
+/* Whether the Kuma cluster's first user exists (SPEC / KUMA-NODE.md "Setup"). */
+typedef enum {
+    STORE_SETUP_NOT_GATED = 0, /* no `user` table (embedded SQLite, --init-schema): never gated */
+    STORE_SETUP_PENDING,       /* `user` exists and is empty: only the primary can set up */
+    STORE_SETUP_COMPLETE       /* `user` has a row */
+} store_setup_state;
+
+#define KG_MONITOR_NAME_MAX 600 /* monitor.name VARCHAR(150), up to 4 bytes per character */
+#define KG_OVERRIDE_MAX 255     /* monitor.assigned_node VARCHAR(255) */
+
+/* One monitor as the per-monitor API shows it. */
+typedef struct {
+    int64_t id;
+    char name[KG_MONITOR_NAME_MAX + 1];
+    bool active;
+    bool has_home, has_over;
+    char home[KG_OVERRIDE_MAX + 1];       /* monitor.node_id (VARCHAR(50) in Kuma) */
+    char over[KG_OVERRIDE_MAX + 1];       /* monitor.assigned_node */
+    bool ours;                            /* the override is kumaguard's (kumaguard_override) */
+    char over_reason[KG_REASON_MAX];      /* kumaguard_override.reason when ours */
+    int64_t over_since_ms;                /* kumaguard_override.created_at when ours, else 0 */
+} store_monitor_row;
+
+typedef enum {
+    STORE_OVR_ANY = 0,
+    STORE_OVR_NONE,     /* assigned_node IS NULL */
+    STORE_OVR_OURS,     /* kumaguard's override */
+    STORE_OVR_PIN,      /* an override kumaguard did not write: an operator's pin */
+    STORE_OVR_NOT_PIN   /* none or ours */
+} store_override_filter;
+
+/* Filters of query_monitors; every value is bound as a parameter, never spliced into SQL. */
+typedef struct {
+    const int64_t *ids;       /* only these ids (at most 1000); NULL = any */
+    size_t n_ids;
+    const char *node;         /* effective node (COALESCE(assigned_node, node_id)) = node */
+    const char *home;         /* node_id = home */
+    const char *search;       /* name contains this (case-insensitive, wildcards are literal),
+                                 or the id equals it when it is all digits */
+    int active;               /* -1 any, 0 inactive, 1 active */
+    store_override_filter override;
+    int live;                 /* -1 any; 1 effective node in live[]; 0 effective node set and
+                                 not in live[] (runs nowhere reachable) */
+    const char *const *live_nodes;
+    size_t n_live;
+    bool unassigned;          /* node_id and assigned_node both NULL */
+    int64_t after_id;         /* keyset paging: ids > after_id */
+    int limit;                /* 1..1000 rows */
+    bool want_total;          /* also count every match (a second query) */
+} store_monitor_query;
+
+typedef struct {
+    store_monitor_row *rows;  /* sorted by id */
+    size_t n;
+    bool more;                /* a further page exists */
+    int64_t total;            /* matches ignoring after_id/limit, -1 when not counted */
+} store_monitor_page;
+
+/* What happens to a monitor's kumaguard_override record along with a change. */
+typedef enum {
+    STORE_RECORD_KEEP = 0,
+    STORE_RECORD_DELETE,      /* the override is no longer ours (pin, unpin, new home) */
+    STORE_RECORD_SET          /* the new override is ours: reverted like a failover */
+} store_record_action;
+
+/* One guarded per-monitor change (NULL strings are SQL NULL). */
+typedef struct {
+    int64_t id;
+    const char *expect_home, *expect_over; /* the row must still hold these */
+    const char *new_home, *new_over;
+    store_record_action record;
+} store_monitor_change;
 
 typedef struct {
     /* One byte more than an id may have: a longer node_id arrives as KG_NODE_ID_MAX + 1
@@ -101,6 +180,19 @@ typedef struct {
     /* Gives up a lease this store holds (clean shutdown), so another controller can take it
      * at once instead of after the TTL.  No-op when it holds none. */
     int (*release_lease)(kg_store *s, char *err, size_t errlen);
+
+    /* ---- appended for issue 14 ---- */
+    /* First-run setup: SQLite is never gated; MariaDB looks for a `user` table and a row. */
+    int (*setup_status)(kg_store *s, store_setup_state *st, char *err, size_t errlen);
+    /* A page of monitors (read only; safe on a store opened by any thread for itself).  The
+     * caller frees with store_free_page. */
+    int (*query_monitors)(kg_store *s, const store_monitor_query *q, store_monitor_page *out,
+                          char *err, size_t errlen);
+    /* Applies ch[0..n) in one fenced transaction, all or nothing: STORE_CONFLICT (nothing
+     * written) when any row no longer holds its expect_* values.  *changed = rows written.
+     * `reason` goes into kumaguard_override.reason for STORE_RECORD_SET. */
+    int (*apply_monitor_changes)(kg_store *s, const store_monitor_change *ch, size_t n,
+                                 const char *reason, size_t *changed, char *err, size_t errlen);
 } kg_store_ops;
 
 struct kg_store {
@@ -120,6 +212,12 @@ kg_store *store_sqlite_open(const char *path, char *err, size_t errlen);
 kg_store *store_mariadb_open(const kg_config *cfg, char *err, size_t errlen);
 void store_close(kg_store *s);
 void store_free_monitors(store_monitor_set *m);
+void store_free_page(store_monitor_page *p);
+/* Both backends: whether a change rewrites the monitor row (else only its record changes). */
+bool store_change_writes_row(const store_monitor_change *c);
+/* Both backends: rows[0..n) were fetched with LIMIT limit + 1; hands limit of them to out and
+ * says whether more exist. */
+void store_page_take(store_monitor_page *out, store_monitor_row *rows, size_t n, int limit);
 /* Both backends call this before applying: STORE_ERROR naming the first move with an unknown
  * kind or a node index that is not -1/interned (a target is required except for
  * CLEAR_OVERRIDE). */

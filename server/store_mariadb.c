@@ -39,6 +39,7 @@
  * cluster committed before it (wsrep_sync_wait), so a lagging node does not show a stale
  * lease as free. */
 #include "store.h"
+#include "store_monitor_sql.h"
 
 #include <errmsg.h>
 #include <mysql.h>
@@ -1207,6 +1208,317 @@ static int my_release_lease(kg_store *s, char *err, size_t errlen)
     return run_op(s, op_release_lease, NULL, err, errlen);
 }
 
+/* ---- first-run setup, per-monitor listing and operations (issue 14) --------------------- */
+
+/* Uptime Kuma creates `user` with its other tables; kumaguard's --init-schema does not, so a
+ * test or trial database without it is simply not gated. */
+static int op_setup_status(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    store_setup_state *st = arg;
+    int64_t n = 0;
+    bool found;
+    int rc = my_query_int(m,
+                          "SELECT COUNT(*) FROM information_schema.tables"
+                          " WHERE table_schema = DATABASE() AND table_name = 'user'",
+                          &n, &found, "look for the user table", err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    if (n == 0) {
+        *st = STORE_SETUP_NOT_GATED;
+        return STORE_OK;
+    }
+    rc = my_query_int(m, "SELECT EXISTS (SELECT 1 FROM `user`)", &n, &found,
+                      "look for the first user", err, errlen);
+    if (rc == STORE_OK)
+        *st = n ? STORE_SETUP_COMPLETE : STORE_SETUP_PENDING;
+    return rc;
+}
+
+static int my_setup_status(kg_store *s, store_setup_state *st, char *err, size_t errlen)
+{
+    *st = STORE_SETUP_NOT_GATED;
+    return run_op(s, op_setup_status, st, err, errlen);
+}
+
+static const sql_dialect my_dialect = {
+    .ours_expr = "(o.node_id IS NOT NULL AND CAST(o.node_id AS BINARY) ="
+                 " CAST(m.assigned_node AS BINARY))",
+    .since_expr = "CAST(UNIX_TIMESTAMP(o.created_at) AS SIGNED)",
+};
+
+/* Prepares sq and binds its parameters (any number of them, unlike `binds`). */
+static int prepare_query(my_store *m, const sql_query *sq, MYSQL_STMT **out, const char *what,
+                         char *err, size_t errlen)
+{
+    size_t n = (size_t)sq->n_binds;
+    MYSQL_BIND *b = calloc(n ? n : 1, sizeof *b);
+    unsigned long *len = calloc(n ? n : 1, sizeof *len);
+    long long *num = calloc(n ? n : 1, sizeof *num);
+    int rc = STORE_ERROR;
+    if (!b || !len || !num) {
+        snprintf(err, errlen, "mariadb: %s: out of memory", what);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const sql_bind *v = &sq->binds[i];
+        if (v->is_text) {
+            b[i].buffer_type = MYSQL_TYPE_STRING;
+            b[i].buffer = (void *)v->text;
+            len[i] = (unsigned long)strlen(v->text);
+            b[i].buffer_length = len[i];
+            b[i].length = &len[i];
+        } else {
+            num[i] = v->num;
+            b[i].buffer_type = MYSQL_TYPE_LONGLONG;
+            b[i].buffer = &num[i];
+        }
+    }
+    rc = stmt_prepare(m, sq->sql, out, what, err, errlen);
+    if (rc == STORE_OK && (mysql_stmt_bind_param(*out, b) || mysql_stmt_execute(*out))) {
+        rc = my_stmt_fail(m, *out, what, err, errlen);
+        mysql_stmt_close(*out);
+        *out = NULL;
+    }
+out:
+    free(b);
+    free(len);
+    free(num);
+    return rc;
+}
+
+/* Result columns of the row query, bound into one store_monitor_row at a time. */
+typedef struct {
+    MYSQL_BIND b[STORE_SQL_MONITOR_COLUMNS];
+    unsigned long len[STORE_SQL_MONITOR_COLUMNS];
+    my_bool null[STORE_SQL_MONITOR_COLUMNS];
+    long long id, active, ours, since;
+} row_binds;
+
+static void bind_out_num(row_binds *rb, int col, long long *v)
+{
+    rb->b[col].buffer_type = MYSQL_TYPE_LONGLONG;
+    rb->b[col].buffer = v;
+    rb->b[col].is_null = &rb->null[col];
+}
+
+static void bind_out_str(row_binds *rb, int col, char *buf, size_t size)
+{
+    rb->b[col].buffer_type = MYSQL_TYPE_STRING;
+    rb->b[col].buffer = buf;
+    rb->b[col].buffer_length = (unsigned long)(size - 1);
+    rb->b[col].length = &rb->len[col];
+    rb->b[col].is_null = &rb->null[col];
+}
+
+/* Terminates a fetched string column (truncated to its buffer when longer). */
+static void end_str(row_binds *rb, int col, char *buf, size_t size)
+{
+    unsigned long l = rb->null[col] ? 0 : rb->len[col];
+    buf[l < size - 1 ? l : size - 1] = '\0';
+}
+
+static int fetch_rows(my_store *m, MYSQL_STMT *st, store_monitor_row *rows, size_t cap,
+                      size_t *n, char *err, size_t errlen)
+{
+    row_binds rb;
+    store_monitor_row cur;
+    memset(&rb, 0, sizeof rb);
+    memset(&cur, 0, sizeof cur);
+    bind_out_num(&rb, 0, &rb.id);
+    bind_out_str(&rb, 1, cur.name, sizeof cur.name);
+    bind_out_num(&rb, 2, &rb.active);
+    bind_out_str(&rb, 3, cur.home, sizeof cur.home);
+    bind_out_str(&rb, 4, cur.over, sizeof cur.over);
+    bind_out_num(&rb, 5, &rb.ours);
+    bind_out_str(&rb, 6, cur.over_reason, sizeof cur.over_reason);
+    bind_out_num(&rb, 7, &rb.since);
+    if (mysql_stmt_bind_result(st, rb.b) || mysql_stmt_store_result(st))
+        return my_stmt_fail(m, st, "query monitors", err, errlen);
+    int f;
+    while ((f = mysql_stmt_fetch(st)) == 0 || f == MYSQL_DATA_TRUNCATED) {
+        if (*n >= cap)
+            continue;
+        end_str(&rb, 1, cur.name, sizeof cur.name);
+        end_str(&rb, 3, cur.home, sizeof cur.home);
+        end_str(&rb, 4, cur.over, sizeof cur.over);
+        end_str(&rb, 6, cur.over_reason, sizeof cur.over_reason);
+        store_monitor_row *r = &rows[(*n)++];
+        *r = cur;
+        r->id = rb.id;
+        r->active = rb.active != 0;
+        r->has_home = !rb.null[3];
+        r->has_over = !rb.null[4];
+        r->ours = rb.ours != 0;
+        if (!r->ours)
+            r->over_reason[0] = '\0';
+        r->over_since_ms = r->ours && !rb.null[7] ? rb.since * 1000 : 0;
+    }
+    if (f != MYSQL_NO_DATA)
+        return my_stmt_fail(m, st, "query monitors", err, errlen);
+    return STORE_OK;
+}
+
+typedef struct {
+    const store_monitor_query *q;
+    store_monitor_page *out;
+} query_args;
+
+static int op_query_monitors(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    query_args *a = arg;
+    const store_monitor_query *q = a->q;
+    store_monitor_page *out = a->out;
+    sql_query sq;
+    if (store_sql_monitor_query(q, &my_dialect, false, &sq, err, errlen) != 0)
+        return STORE_ERROR;
+    store_monitor_row *rows = calloc((size_t)q->limit + 1, sizeof *rows);
+    MYSQL_STMT *st = NULL;
+    size_t n = 0;
+    int rc = STORE_ERROR;
+    if (!rows)
+        snprintf(err, errlen, "mariadb: query monitors: out of memory");
+    else
+        rc = prepare_query(m, &sq, &st, "query monitors", err, errlen);
+    if (rc == STORE_OK)
+        rc = fetch_rows(m, st, rows, (size_t)q->limit + 1, &n, err, errlen);
+    if (st)
+        mysql_stmt_close(st);
+    store_sql_free(&sq);
+    if (rc == STORE_OK && q->want_total) {
+        st = NULL;
+        if (store_sql_monitor_query(q, &my_dialect, true, &sq, err, errlen) != 0)
+            rc = STORE_ERROR;
+        else
+            rc = prepare_query(m, &sq, &st, "count monitors", err, errlen);
+        if (rc == STORE_OK) {
+            long long total = 0;
+            MYSQL_BIND b;
+            memset(&b, 0, sizeof b);
+            b.buffer_type = MYSQL_TYPE_LONGLONG;
+            b.buffer = &total;
+            if (mysql_stmt_bind_result(st, &b) || mysql_stmt_store_result(st) ||
+                mysql_stmt_fetch(st) != 0)
+                rc = my_stmt_fail(m, st, "count monitors", err, errlen);
+            out->total = total;
+        }
+        if (st)
+            mysql_stmt_close(st);
+        store_sql_free(&sq);
+    }
+    if (rc != STORE_OK) {
+        free(rows);
+        return rc;
+    }
+    store_page_take(out, rows, n, q->limit);
+    return STORE_OK;
+}
+
+static int my_query_monitors(kg_store *s, const store_monitor_query *q, store_monitor_page *out,
+                             char *err, size_t errlen)
+{
+    memset(out, 0, sizeof *out);
+    out->total = -1;
+    query_args a = {q, out};
+    return run_op(s, op_query_monitors, &a, err, errlen);
+}
+
+typedef struct {
+    const store_monitor_change *ch;
+    size_t n;
+    const char *reason;
+    size_t *changed;
+} changes_args;
+
+enum { CH_GUARD, CH_UPDATE, CH_FORGET, CH_RECORD, CH_STATEMENTS };
+
+/* One change inside the transaction: the guard locks the row and checks it still holds what
+ * the caller read, then the row (when a column changes), then its override record. */
+static int apply_change(my_store *m, MYSQL_STMT *const st[CH_STATEMENTS],
+                        const store_monitor_change *c, const char *reason, size_t *done,
+                        char *err, size_t errlen)
+{
+    binds bs;
+    binds_reset(&bs);
+    bind_i64(&bs, c->id);
+    bind_str(&bs, c->expect_home);
+    bind_str(&bs, c->expect_over);
+    int rc = stmt_run(m, st[CH_GUARD], &bs, "check monitor", err, errlen);
+    if (rc == STORE_OK && mysql_stmt_store_result(st[CH_GUARD]))
+        rc = my_stmt_fail(m, st[CH_GUARD], "check monitor", err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    my_ulonglong found = mysql_stmt_num_rows(st[CH_GUARD]);
+    mysql_stmt_free_result(st[CH_GUARD]);
+    if (found == 0) {
+        snprintf(err, errlen, "monitor %lld changed since it was read", (long long)c->id);
+        return STORE_CONFLICT;
+    }
+    if (store_change_writes_row(c)) {
+        binds_reset(&bs);
+        bind_str(&bs, c->new_home);
+        bind_str(&bs, c->new_over);
+        bind_i64(&bs, c->id);
+        if ((rc = stmt_run(m, st[CH_UPDATE], &bs, "change monitor", err, errlen)) != STORE_OK)
+            return rc;
+        (*done)++;
+    }
+    binds_reset(&bs);
+    bind_i64(&bs, c->id);
+    if (c->record == STORE_RECORD_DELETE)
+        return stmt_run(m, st[CH_FORGET], &bs, "forget override record", err, errlen);
+    if (c->record == STORE_RECORD_SET) {
+        bind_str(&bs, c->new_over);
+        bind_str(&bs, c->new_home);
+        bind_str(&bs, reason);
+        return stmt_run(m, st[CH_RECORD], &bs, "record override", err, errlen);
+    }
+    return STORE_OK;
+}
+
+static int op_apply_monitor_changes(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    static const char *const sql[CH_STATEMENTS] = {
+        [CH_GUARD] = "SELECT id FROM monitor WHERE id = ? AND node_id <=> ?"
+                     " AND assigned_node <=> ? FOR UPDATE",
+        [CH_UPDATE] = "UPDATE monitor SET node_id = ?, assigned_node = ? WHERE id = ?",
+        [CH_FORGET] = "DELETE FROM kumaguard_override WHERE monitor_id = ?",
+        [CH_RECORD] = "INSERT INTO kumaguard_override (monitor_id, node_id, home_node, reason,"
+                      " created_at) VALUES (?, ?, ?, ?, UTC_TIMESTAMP()) ON DUPLICATE KEY UPDATE"
+                      " node_id = VALUES(node_id), home_node = VALUES(home_node),"
+                      " reason = VALUES(reason), created_at = VALUES(created_at)",
+    };
+    my_store *m = s->impl;
+    changes_args *a = arg;
+    *a->changed = 0;
+    int rc = begin_write(s, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    MYSQL_STMT *st[CH_STATEMENTS] = {0};
+    for (int k = 0; rc == STORE_OK && k < CH_STATEMENTS; k++)
+        rc = stmt_prepare(m, sql[k], &st[k], "prepare monitor change", err, errlen);
+    size_t done = 0;
+    for (size_t i = 0; rc == STORE_OK && i < a->n; i++)
+        rc = apply_change(m, st, &a->ch[i], a->reason, &done, err, errlen);
+    for (int k = 0; k < CH_STATEMENTS; k++)
+        if (st[k])
+            mysql_stmt_close(st[k]);
+    rc = my_end(m, rc, err, errlen);
+    if (rc == STORE_OK)
+        *a->changed = done;
+    return rc;
+}
+
+static int my_apply_monitor_changes(kg_store *s, const store_monitor_change *ch, size_t n,
+                                    const char *reason, size_t *changed, char *err,
+                                    size_t errlen)
+{
+    *changed = 0;
+    changes_args a = {ch, n, reason, changed};
+    return run_op(s, op_apply_monitor_changes, &a, err, errlen);
+}
+
 /* ---- open / close ----------------------------------------------------------------------- */
 
 static void my_close(kg_store *s)
@@ -1244,6 +1556,9 @@ static const kg_store_ops mariadb_ops = {
     .prune_events = my_prune_events,
     .lease = my_lease,
     .release_lease = my_release_lease,
+    .setup_status = my_setup_status,
+    .query_monitors = my_query_monitors,
+    .apply_monitor_changes = my_apply_monitor_changes,
 };
 
 static bool dup_opt(char **dst, const char *src, const char *fallback)

@@ -11,6 +11,7 @@
  * There is a single controller per SQLite file, so the lease is always ours (generation as
  * stored, 1 unless someone changed it); the fence still compares against the stored value. */
 #include "store.h"
+#include "store_monitor_sql.h"
 
 #include <sqlite3.h>
 #include <errno.h>
@@ -630,6 +631,181 @@ static int sq_release_lease(kg_store *s, char *err, size_t errlen)
     return STORE_OK;
 }
 
+/* ---- first-run setup, per-monitor listing and operations (issue 14) --------------------- */
+
+/* The embedded store has no Kuma `user` table: a trial cluster on it is never gated. */
+static int sq_setup_status(kg_store *s, store_setup_state *st, char *err, size_t errlen)
+{
+    (void)s;
+    (void)err;
+    (void)errlen;
+    *st = STORE_SETUP_NOT_GATED;
+    return STORE_OK;
+}
+
+static const sql_dialect sq_dialect = {
+    .ours_expr = "(o.node_id IS NOT NULL AND o.node_id = m.assigned_node)",
+    .since_expr = "CAST(strftime('%s', o.created_at) AS INTEGER)",
+};
+
+static void sq_bind_query(sqlite3_stmt *st, const sql_query *q)
+{
+    for (int i = 0; i < q->n_binds; i++) {
+        const sql_bind *b = &q->binds[i];
+        if (b->is_text)
+            bind_text_or_null(st, i + 1, b->text);
+        else
+            sqlite3_bind_int64(st, i + 1, b->num);
+    }
+}
+
+/* Copies a nullable text column; returns whether it was not NULL. */
+static bool column_opt(sqlite3_stmt *st, int col, char *dst, size_t dstlen)
+{
+    column_copy(st, col, dst, dstlen);
+    return sqlite3_column_type(st, col) != SQLITE_NULL;
+}
+
+static int sq_count_monitors(sqlite3 *db, const store_monitor_query *q, int64_t *total,
+                             char *err, size_t errlen)
+{
+    sql_query sq;
+    if (store_sql_monitor_query(q, &sq_dialect, true, &sq, err, errlen) != 0)
+        return STORE_ERROR;
+    sqlite3_stmt *st;
+    int rc = sq_prepare(db, sq.sql, &st, "count monitors", err, errlen);
+    if (rc == STORE_OK) {
+        sq_bind_query(st, &sq);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            *total = sqlite3_column_int64(st, 0);
+        else
+            rc = sq_fail(db, "count monitors", err, errlen);
+    }
+    sqlite3_finalize(st);
+    store_sql_free(&sq);
+    return rc;
+}
+
+static int sq_query_monitors(kg_store *s, const store_monitor_query *q, store_monitor_page *out,
+                             char *err, size_t errlen)
+{
+    sqlite3 *db = db_of(s);
+    memset(out, 0, sizeof *out);
+    out->total = -1;
+    sql_query sq;
+    if (store_sql_monitor_query(q, &sq_dialect, false, &sq, err, errlen) != 0)
+        return STORE_ERROR;
+    store_monitor_row *rows = calloc((size_t)q->limit + 1, sizeof *rows);
+    sqlite3_stmt *st = NULL;
+    int rc = rows ? sq_prepare(db, sq.sql, &st, "query monitors", err, errlen) : STORE_ERROR;
+    if (!rows)
+        snprintf(err, errlen, "sqlite: query monitors: out of memory");
+    size_t n = 0;
+    int step = SQLITE_DONE;
+    if (rc == STORE_OK) {
+        sq_bind_query(st, &sq);
+        while ((step = sqlite3_step(st)) == SQLITE_ROW && n <= (size_t)q->limit) {
+            store_monitor_row *r = &rows[n++];
+            r->id = sqlite3_column_int64(st, 0);
+            column_copy(st, 1, r->name, sizeof r->name);
+            r->active = sqlite3_column_int(st, 2) != 0;
+            r->has_home = column_opt(st, 3, r->home, sizeof r->home);
+            r->has_over = column_opt(st, 4, r->over, sizeof r->over);
+            r->ours = sqlite3_column_int(st, 5) != 0;
+            if (r->ours) {
+                column_copy(st, 6, r->over_reason, sizeof r->over_reason);
+                r->over_since_ms = sqlite3_column_int64(st, 7) * 1000;
+            }
+        }
+        if (step != SQLITE_ROW && step != SQLITE_DONE)
+            rc = sq_fail(db, "query monitors", err, errlen);
+    }
+    sqlite3_finalize(st);
+    store_sql_free(&sq);
+    if (rc == STORE_OK && q->want_total)
+        rc = sq_count_monitors(db, q, &out->total, err, errlen);
+    if (rc != STORE_OK) {
+        free(rows);
+        return rc;
+    }
+    store_page_take(out, rows, n, q->limit);
+    return STORE_OK;
+}
+
+/* One change inside the write transaction: the guard (the row still holds what the caller
+ * read), the row itself when a column changes, then its override record. */
+static int sq_apply_change(sqlite3 *db, sqlite3_stmt *const st[4], const store_monitor_change *c,
+                           const char *reason, size_t *changed, char *err, size_t errlen)
+{
+    sqlite3_reset(st[0]);
+    sqlite3_bind_int64(st[0], 1, c->id);
+    bind_text_or_null(st[0], 2, c->expect_home);
+    bind_text_or_null(st[0], 3, c->expect_over);
+    int step = sqlite3_step(st[0]);
+    if (step == SQLITE_DONE) {
+        snprintf(err, errlen, "monitor %lld changed since it was read", (long long)c->id);
+        return STORE_CONFLICT;
+    }
+    if (step != SQLITE_ROW)
+        return sq_fail(db, "check monitor", err, errlen);
+    if (store_change_writes_row(c)) {
+        sqlite3_reset(st[1]);
+        bind_text_or_null(st[1], 1, c->new_home);
+        bind_text_or_null(st[1], 2, c->new_over);
+        sqlite3_bind_int64(st[1], 3, c->id);
+        if (sq_step_done(db, st[1], "change monitor", err, errlen) != STORE_OK)
+            return STORE_ERROR;
+        (*changed)++;
+    }
+    if (c->record == STORE_RECORD_DELETE) {
+        sqlite3_reset(st[2]);
+        sqlite3_bind_int64(st[2], 1, c->id);
+        return sq_step_done(db, st[2], "forget override record", err, errlen);
+    }
+    if (c->record == STORE_RECORD_SET) {
+        sqlite3_reset(st[3]);
+        sqlite3_bind_int64(st[3], 1, c->id);
+        bind_text_or_null(st[3], 2, c->new_over);
+        bind_text_or_null(st[3], 3, c->new_home);
+        bind_text_or_null(st[3], 4, reason);
+        return sq_step_done(db, st[3], "record override", err, errlen);
+    }
+    return STORE_OK;
+}
+
+static int sq_apply_monitor_changes(kg_store *s, const store_monitor_change *ch, size_t n,
+                                    const char *reason, size_t *changed, char *err,
+                                    size_t errlen)
+{
+    static const char *const sql[4] = {
+        "SELECT 1 FROM monitor WHERE id = ?1 AND node_id IS ?2 AND assigned_node IS ?3",
+        "UPDATE monitor SET node_id = ?1, assigned_node = ?2 WHERE id = ?3",
+        "DELETE FROM kumaguard_override WHERE monitor_id = ?1",
+        "INSERT INTO kumaguard_override (monitor_id, node_id, home_node, reason, created_at)"
+        " VALUES (?1, ?2, ?3, ?4, datetime('now')) ON CONFLICT (monitor_id) DO UPDATE SET"
+        " node_id = excluded.node_id, home_node = excluded.home_node,"
+        " reason = excluded.reason, created_at = excluded.created_at",
+    };
+    sqlite3 *db = db_of(s);
+    *changed = 0;
+    sqlite3_stmt *st[4] = {0};
+    int rc = sq_begin(db, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    rc = fence_check(s, err, errlen);
+    for (int k = 0; rc == STORE_OK && k < 4; k++)
+        rc = sq_prepare(db, sql[k], &st[k], "prepare monitor change", err, errlen);
+    size_t done = 0;
+    for (size_t i = 0; rc == STORE_OK && i < n; i++)
+        rc = sq_apply_change(db, st, &ch[i], reason, &done, err, errlen);
+    for (int k = 0; k < 4; k++)
+        sqlite3_finalize(st[k]);
+    rc = sq_end(db, rc, err, errlen);
+    if (rc == STORE_OK)
+        *changed = done;
+    return rc;
+}
+
 /* ---- open / close ------------------------------------------------------------------------ */
 
 static void sq_close(kg_store *s)
@@ -658,6 +834,9 @@ static const kg_store_ops sqlite_ops = {
     .prune_events = sq_prune_events,
     .lease = sq_lease,
     .release_lease = sq_release_lease,
+    .setup_status = sq_setup_status,
+    .query_monitors = sq_query_monitors,
+    .apply_monitor_changes = sq_apply_monitor_changes,
 };
 
 kg_store *store_sqlite_open(const char *path, char *err, size_t errlen)

@@ -64,7 +64,8 @@ static const char *const kind_names[EV_KIND_COUNT] = {
     [EV_CAPACITY_WARNING] = "capacity_warning", [EV_PANIC] = "panic",
     [EV_NGINX_RELOAD] = "nginx_reload", [EV_NGINX_FAILED] = "nginx_failed",
     [EV_LEADER] = "leader",             [EV_DB] = "database",
-    [EV_OPERATOR] = "operator",         [EV_RECONCILE] = "reconcile",
+    [EV_OPERATOR] = "operator",         [EV_MONITOR] = "monitor",
+    [EV_SETUP] = "setup",               [EV_RECONCILE_FAILED] = "reconcile_failed",
     [EV_HISTORY] = "history",
 };
 

@@ -125,7 +125,9 @@ typedef enum {
     EV_LEADER,
     EV_DB,
     EV_OPERATOR,     /* drain / maintenance / enable / manual trigger */
-    EV_RECONCILE,    /* a reconcile call refused or timed out (cause and fix in the reason) */
+    EV_MONITOR,      /* an operator moved, pinned or unpinned monitors (monitor_ops.c) */
+    EV_SETUP,        /* first-run setup: pending on the primary, or complete (setup_watch.c) */
+    EV_RECONCILE_FAILED, /* a reconcile call refused or timed out (cause and fix in reason) */
     EV_HISTORY,      /* the local history cannot be written (or works again) */
     EV_KIND_COUNT
 } kg_event_kind;

@@ -9,6 +9,9 @@
 //   - the Rebalance button asks for the API token (a wrong one is refused and asked again),
 //     then runs, and its event appears; the next action does not ask again (sessionStorage);
 //   - the history filters query /api/failover-history;
+//   - the monitors view searches and pages, a node card's "Monitors" button shows that node's
+//     monitors, and a monitor is moved, pinned and unpinned from it (each an event);
+//   - a pending first-run setup names the node to set up, with a link;
 //   - no console errors and no uncaught page errors (the 401/403 answers of the token exchange
 //     are the only network errors allowed, and they must have happened);
 //   - screenshots at desktop (1280x900, light and dark) and phone (390x844) width are written to
@@ -401,6 +404,123 @@ test('the history filters ask the server for one node or one kind', { timeout: 3
   }, 10000);
   await page.selectOption('#filter-node', '');
   await waitFor('unfiltered rows again', async () => (await historyRows()).some((r) => r.kind === 'rebalance'), 10000);
+});
+
+async function monitorRows(p = page) {
+  return p.$$eval('#monitors-body tr', (rows) => rows.map((r) => ({
+    id: Number(r.dataset.monitorId),
+    where: r.querySelector('.mon-where')?.textContent.trim() ?? '',
+    why: r.querySelector('.mon-why')?.textContent.trim() ?? '',
+    buttons: [...r.querySelectorAll('.mon-actions button')].map((b) => b.textContent.trim()),
+  })));
+}
+
+async function monitorRow(id) {
+  const rows = await http('GET', `${kg.url}/api/monitors?q=${id}&limit=500`);
+  return rows.json.monitors.find((m) => m.id === id);
+}
+
+test('the monitors view: search, a node card\'s drill-down, move, pin and unpin', { timeout: 60000 }, async () => {
+  // the view lists monitors with where they run and why
+  await waitFor('monitor rows', async () => (await monitorRows()).length === 25, 15000);
+  assert.match(await page.textContent('#mon-summary'), /60 monitors match/);
+  const first = (await monitorRows())[0];
+  assert.match(first.where, /^node\d · online/);
+  assert.match(first.why, /runs on its home node|failed over by kumaguard/);
+
+  // paging goes forward and back
+  await page.click('#mon-next');
+  await waitFor('page 2', async () => (await monitorRows())[0]?.id > first.id, 10000);
+  await page.click('#mon-prev');
+  await waitFor('page 1 again', async () => (await monitorRows())[0]?.id === first.id, 10000);
+
+  // search by name
+  await page.fill('#mon-q', 'dash monitor 4');
+  await waitFor('search results', async () => {
+    const rows = await monitorRows();
+    return rows.length > 0 && rows.length < 25 && rows.every((r) => [4, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49].includes(r.id));
+  }, 10000);
+  await page.fill('#mon-q', '');
+
+  // a node card's "Monitors" button shows what runs on that node
+  await page.click(`${card('node3')} button[aria-label="Monitors on node3"]`);
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'monitors-heading');
+  assert.equal(await page.inputValue('#mon-node'), 'node3');
+  await waitFor('node3\'s monitors', async () => {
+    const rows = await monitorRows();
+    return rows.length === 25 && rows.every((r) => r.where.startsWith('node3 · online'));
+  }, 10000);
+  assert.match(await page.textContent('#mon-summary'), /30 monitors match/, 'its 20 and half of node2\'s');
+
+  // move one to node1 (kept: a new home)
+  const target = (await monitorRows())[0].id;
+  await page.click(`#monitors-body tr[data-monitor-id="${target}"] button:has-text("Move…")`);
+  await page.locator('#monitor-dialog').waitFor({ state: 'visible' });
+  await page.selectOption('#monitor-target', 'node1');
+  await page.click('#monitor-ok');
+  await waitFor('the move applied', async () => {
+    const m = await monitorRow(target);
+    return m && m.home === 'node1' && m.effective === 'node1';
+  }, 10000);
+  await waitFor('the list follows', async () => !(await monitorRows()).some((r) => r.id === target), 10000);
+
+  // pin another one, then unpin it
+  const pinned = (await monitorRows())[0].id;
+  await page.click(`#monitors-body tr[data-monitor-id="${pinned}"] button:has-text("Pin…")`);
+  await page.locator('#monitor-dialog').waitFor({ state: 'visible' });
+  assert.equal(await page.isVisible('#monitor-revert-wrap'), false, 'a pin is never temporary');
+  await page.selectOption('#monitor-target', 'node1');
+  await page.click('#monitor-ok');
+  await page.selectOption('#mon-node', '');
+  await page.selectOption('#mon-override', 'pin');
+  await waitFor('the pinned monitor listed with Unpin', async () => {
+    const rows = await monitorRows();
+    return rows.length === 1 && rows[0].id === pinned && rows[0].buttons.includes('Unpin') &&
+      /\(pinned\)/.test(rows[0].where) && /pinned to node1 by an operator/.test(rows[0].why);
+  }, 10000);
+  const m = await monitorRow(pinned);
+  assert.equal(m.override, 'node1');
+  assert.equal(m.override_kind, 'pin');
+  await page.click(`#monitors-body tr[data-monitor-id="${pinned}"] button:has-text("Unpin")`);
+  await waitFor('no pin left', async () => (await monitorRows()).length === 0, 10000);
+  // no pin any more: it runs from its home again (node2 is dead, so kumaguard fails it over)
+  await waitFor('unpinned', async () => (await monitorRow(pinned)).override_kind !== 'pin', 10000);
+  await page.selectOption('#mon-override', '');
+
+  // each operation is in the history, with who did it
+  await waitFor('three monitor events', async () => {
+    const rows = await historyRows();
+    return rows.filter((r) => r.kind === 'monitor' && /^127\.0\.0\.1 /.test(r.cells[6])).length >= 3;
+  }, 10000, 200);
+  await page.locator('#monitors-section').screenshot({ path: path.join(ARTIFACTS, 'dashboard-monitors.png') });
+});
+
+test('first-run setup pending shows which node to set up, with a link', { timeout: 30000 }, async () => {
+  // the embedded store is never gated; feed the page a status document of a pending cluster
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const p = await ctx.newPage();
+  p.setDefaultTimeout(15000);
+  watchPage(p, 'setup');
+  await p.route('**/api/system-status', async (route) => {
+    try {
+      const resp = await route.fetch();
+      const doc = await resp.json();
+      doc.setup = { setup_complete: false, routing_mode: 'primary_only', primary_node: 'node1', gated: true,
+        message: 'setup pending: no Uptime Kuma user yet; every request goes to the primary node node1',
+        setup_url: 'http://127.0.0.1:3001/', reconcile_allowed: false };
+      await route.fulfill({ response: resp, json: doc });
+    } catch {
+      // the page is closing while a refresh was in flight
+    }
+  });
+  await p.goto(kg.url + '/', { waitUntil: 'domcontentloaded' });
+  const banner = p.locator('.banner[data-banner="Setup pending on node1"]');
+  await banner.waitFor({ state: 'visible' });
+  assert.match(await banner.textContent(), /every request goes to the primary node node1/);
+  assert.equal(await banner.locator('a').getAttribute('href'), 'http://127.0.0.1:3001/');
+  assert.match(await banner.locator('a').textContent(), /Open node1/);
+  await p.unrouteAll({ behavior: 'ignoreErrors' });
+  await ctx.close();
 });
 
 test('the page says loudly when the database is down or the panic guard is engaged', { timeout: 30000 }, async () => {

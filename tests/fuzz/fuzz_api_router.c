@@ -1,7 +1,8 @@
 /* fuzz_api_router.c — libFuzzer target for everything the HTTP API parses from a client:
- * request routing (method + decoded path), the JSON bodies of /lb/set-fixed-node and
- * /api/force-rebalance-all, the query parameters of /api/failover-history, the Authorization
- * header, static paths and the HTML escaping of the fixed-node page (api_route.c).
+ * request routing (method + decoded path), the JSON bodies of /lb/set-fixed-node,
+ * /api/force-rebalance-all and the per-monitor operations, the query parameters of
+ * /api/failover-history and /api/monitors, the Authorization header, static paths and the HTML
+ * escaping of the fixed-node page (api_route.c).
  *
  * Input layout: byte 0 picks the method; the rest up to the first '\n' is the path; the rest is
  * the body, also split on '&' into query parameter values.  Besides crashes and sanitizer
@@ -80,6 +81,50 @@ static void fuzz_history(const char *q)
     }
 }
 
+/* Body of POST /api/monitors/[<id>/]<op>: what is accepted keeps the promises of
+ * api_route.h (ids positive, sorted, unique, bounded; a valid target node). */
+static void fuzz_monitor_op(const char *body, size_t n, uint8_t sel)
+{
+    monitor_op_request req;
+    char err[256];
+    monitor_op_kind kind = (monitor_op_kind)(sel % 3);
+    int64_t path_id = (sel & 4) ? 42 : 0;
+    if (api_parse_monitor_op(kind, path_id, body, n, &req, err, sizeof err) != 0)
+        return;
+    check(req.n_ids >= 1 && req.n_ids <= MONITOR_OPS_MAX_BATCH, "monitor ids bounded");
+    for (size_t i = 0; i < req.n_ids; i++)
+        check(req.ids[i] >= 1 && req.ids[i] <= INT32_MAX && (i == 0 || req.ids[i] > req.ids[i - 1]),
+              "monitor ids positive, sorted and unique");
+    check(!path_id || (req.n_ids == 1 && req.ids[0] == path_id), "single form names its id");
+    check(kind == MONITOR_OP_UNPIN || api_node_id_valid(req.node), "target node valid");
+    check(kind == MONITOR_OP_MOVE || !req.revert, "revert only for move");
+}
+
+static void fuzz_monitors_params(const char *q)
+{
+    char buf[1024];
+    snprintf(buf, sizeof buf, "%s", q);
+    const char *v[9] = {NULL};
+    char *save = NULL;
+    int i = 0;
+    for (char *t = strtok_r(buf, "&", &save); t && i < 9; t = strtok_r(NULL, "&", &save))
+        v[i++] = t;
+    api_monitors_params p = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+    api_monitors_filter f;
+    char err[256];
+    if (api_parse_monitors_params(&p, &f, err, sizeof err) != 0)
+        return;
+    check(f.limit >= 1 && f.limit <= API_MONITORS_MAX_LIMIT, "monitor page bounded");
+    check(!f.node[0] || api_node_id_valid(f.node), "monitor node filter valid");
+    check(!f.home[0] || api_node_id_valid(f.home), "monitor home filter valid");
+    check(strlen(f.search) <= API_MONITORS_SEARCH_MAX, "search bounded");
+    for (const char *c = f.search; *c; c++)
+        check((unsigned char)*c >= 0x20 && *c != 0x7f, "search printable");
+    check(f.override >= 0 && f.override <= 4 && f.live >= -1 && f.live <= 1 &&
+              f.active >= -1 && f.active <= 1 && f.after >= 0,
+          "filters in range");
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static const char *const methods[] = {"GET", "HEAD", "POST", "OPTIONS", "PUT", "DELETE", ""};
@@ -108,6 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(api_node_id_valid(node), "node from the JSON body is valid");
     if (api_parse_confirm_body((const char *)exact, body_n, "force-rebalance-all"))
         check(body_n >= strlen("{\"confirm\":\"force-rebalance-all\"}"), "confirm is explicit");
+    fuzz_monitor_op((const char *)exact, body_n, data[0]);
     free(exact);
 
     char *b = dup_n(body, body_n);
@@ -115,6 +161,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (api_parse_time_ms(b, &t) == 0)
         check(t >= 0, "times are not before the epoch");
     fuzz_history(b);
+    fuzz_monitors_params(b);
     int rc = api_bearer_check(b, "fuzz-token-123");
     check(rc >= 0 && rc <= 2, "bearer result");
     if (rc == 0)

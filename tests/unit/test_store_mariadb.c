@@ -26,6 +26,7 @@
 #include "mariadb_server.h"
 #include "store_cases.h"
 #include "lease_cases.h"
+#include "store_monitor_cases.h"
 
 /* ---- the throwaway server (runner process) --------------------------------------------- */
 
@@ -154,6 +155,9 @@ Test(mariadb, manual_pin_is_never_ours) { case_manual_pin(&H); }
 Test(mariadb, fencing_blocks_every_write) { case_fencing(&H); }
 Test(mariadb, events_are_stored_in_utc) { case_events(&H); }
 Test(mariadb, bulk_moves_and_escaping) { case_bulk_and_escaping(&H); }
+Test(mariadb, monitor_query_filters_and_paging) { case_query_monitors(&H); }
+Test(mariadb, monitor_changes_are_guarded_all_or_nothing_and_fenced) { case_monitor_changes(&H); }
+Test(mariadb, setup_status_follows_the_user_table) { case_setup_status(&H); }
 
 Test(mariadb, schema_missing_without_init_then_created_with_it)
 {

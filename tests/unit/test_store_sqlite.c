@@ -12,6 +12,7 @@
 #include "nametab.h"
 #include "store.h"
 #include "store_cases.h"
+#include "store_monitor_cases.h"
 
 static char g_dir[256];
 static char g_path[300];
@@ -98,6 +99,9 @@ Test(sqlite, manual_pin_is_never_ours) { case_manual_pin(&H); }
 Test(sqlite, fencing_blocks_every_write) { case_fencing(&H); }
 Test(sqlite, events_are_stored_in_utc) { case_events(&H); }
 Test(sqlite, bulk_moves_and_escaping) { case_bulk_and_escaping(&H); }
+Test(sqlite, monitor_query_filters_and_paging) { case_query_monitors(&H); }
+Test(sqlite, monitor_changes_are_guarded_all_or_nothing_and_fenced) { case_monitor_changes(&H); }
+Test(sqlite, setup_status_follows_the_user_table) { case_setup_status(&H); }
 
 Test(sqlite, lease_is_always_ours_with_generation_1)
 {

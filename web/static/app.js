@@ -2,9 +2,11 @@
  *
  * Owns: everything the page shows and does.  It reads GET /api/system-status (one document with
  * the cluster summary, every node, nginx, rebalancing and recent events) and GET
- * /api/failover-history (paged, filtered), listens to the /api/events stream (SSE: one frame per
- * history event, plus an `event: snapshot` notice whenever the controller publishes a new
- * picture) and refreshes the status document when told to, and POSTs the actions.
+ * /api/failover-history (paged, filtered) and /api/monitors (paged, filtered: where each
+ * monitor runs and why), listens to the /api/events stream (SSE: one frame per history event,
+ * plus an `event: snapshot` notice whenever the controller publishes a new picture) and
+ * refreshes the status document when told to, and POSTs the actions (also a monitor's move,
+ * pin and unpin).
  *
  * Must not: load anything from another host, use inline script/style or innerHTML with data
  * from the server (node names and failure reasons come from the cluster database), or poll
@@ -47,8 +49,12 @@
     nginx_failed: 'nginx reload failed',
     leader: 'Leader',
     database: 'Database',
+    monitor: 'Monitor moved or pinned',
+    setup: 'First-run setup',
+    reconcile_failed: 'Reconcile refused',
   };
-  const MOVE_KINDS = new Set(['failover', 'revert', 'rebalance', 'force_rebalance', 'adoption']);
+  const MOVE_KINDS = new Set(['failover', 'revert', 'rebalance', 'force_rebalance', 'adoption', 'monitor']);
+  const MONITOR_PAGE = 25;
 
   /* ------------------------------------------------------------------ small helpers */
 
@@ -178,6 +184,7 @@
     freshIds: new Set(),     /* rows that arrived live, highlighted once */
     cards: new Map(),        /* node_id -> card record */
     bannerKey: '',
+    mon: { cursors: [0], next: null, gen: 0, loaded: false }, /* the monitors view's paging */
   };
 
   /* ------------------------------------------------------------------ status refresh */
@@ -232,6 +239,7 @@
     renderRebalance(s.rebalancing || {});
     renderCards(s);
     renderNodeFilter(s.nodes);
+    renderNodeFilter(s.nodes, 'mon-node');
     tickAgo();
   }
 
@@ -341,6 +349,13 @@
         out.push({ tone: 'info', icon: 'i', title: 'Standby controller',
           text: 'Another kumaguard instance holds the leader lease; it makes the moves. Actions here that move monitors will be refused.' });
       }
+      const setup = s.setup || {};
+      if (setup.gated && setup.setup_complete === false) {
+        const p = setup.primary_node;
+        out.push({ tone: 'warn', icon: '!', title: p ? 'Setup pending on ' + p : 'First-run setup pending',
+          text: (setup.message || 'No Uptime Kuma user exists yet.') + (p ? ' Reconcile calls wait until then.' : ''),
+          link: setup.setup_url ? { href: setup.setup_url, text: 'Open ' + p + ' to create the first user' } : null });
+      }
       const lb = s.load_balancer || {};
       if (lb.enabled && lb.last_reload && lb.last_ok === false) {
         out.push({ tone: 'warn', icon: '!', title: 'nginx reload failed',
@@ -361,7 +376,9 @@
       role: b.tone === 'info' ? 'status' : 'alert',
       dataset: { banner: b.title },
     }, el('span', { class: 'banner-icon', 'aria-hidden': 'true', text: b.icon }),
-    el('div', null, el('strong', { text: b.title }), el('span', { text: b.text })))));
+    el('div', null, el('strong', { text: b.title }), el('span', { text: b.text }),
+      b.link ? ' ' : null,
+      b.link ? el('a', { href: b.link.href, rel: 'noopener noreferrer', target: '_blank', text: b.link.text }) : null))));
   }
 
   /* ---- node cards */
@@ -437,6 +454,8 @@
         onclick: () => nodeAction(id, 'maintenance') }),
       enable: el('button', { type: 'button', class: 'btn btn-small', 'aria-label': 'Enable ' + id, text: 'Enable',
         onclick: () => nodeAction(id, 'enable') }),
+      monitors: el('button', { type: 'button', class: 'btn btn-small btn-ghost', 'aria-label': 'Monitors on ' + id, text: 'Monitors',
+        onclick: () => showMonitorsOf(id) }),
     };
     r.root = el('article', { class: 'card', 'aria-labelledby': titleId, dataset: { node: id } },
       el('div', { class: 'card-head' }, el('div', { class: 'card-title' }, r.title, r.host), r.badge),
@@ -449,7 +468,7 @@
         el('div', { class: 'capacity-line' }, el('span', null, 'Monitors ', r.capNum), r.capDetail),
         r.capBar),
       el('div', { class: 'card-actions', role: 'group', 'aria-label': 'Actions for ' + id },
-        r.btn.drain, r.btn.maintenance, r.btn.enable));
+        r.btn.drain, r.btn.maintenance, r.btn.enable, r.btn.monitors));
     return r;
   }
 
@@ -604,8 +623,8 @@
 
   /* ------------------------------------------------------------------ history */
 
-  function renderNodeFilter(nodes) {
-    const sel = $('filter-node');
+  function renderNodeFilter(nodes, selId) {
+    const sel = $(selId || 'filter-node');
     const cur = sel.value;
     const ids = nodes.map((n) => n.node_id);
     /* a filter on a node that left the cluster stays selectable */
@@ -751,6 +770,7 @@
       try { ev = JSON.parse(m.data); } catch (_) { return; }
       if (addEvent(ev, true)) renderHistory();
       scheduleRefresh(false);
+      if (ev && MOVE_KINDS.has(ev.kind)) scheduleMonitors();
     };
     es.addEventListener('snapshot', () => scheduleRefresh(false));
     es.onerror = () => {
@@ -895,6 +915,142 @@
     await postAction('api/force-rebalance-all', { confirm: 'force-rebalance-all' }, 'Force rebalance all', $('act-force'));
   }
 
+  /* ------------------------------------------------------------------ monitors */
+
+  function monitorQuery() {
+    const q = new URLSearchParams({ limit: String(MONITOR_PAGE) });
+    const text = $('mon-q').value.trim();
+    if (text) q.set('q', text);
+    if ($('mon-node').value) q.set('node', $('mon-node').value);
+    if ($('mon-state').value) q.set('state', $('mon-state').value);
+    if ($('mon-override').value) q.set('override', $('mon-override').value);
+    return q;
+  }
+
+  /* which: 'first' (filters changed), 'next', 'prev' or 'same' (refresh the page shown) */
+  async function loadMonitors(which) {
+    const M = S.mon;
+    if (which === 'first') M.cursors = [0];
+    else if (which === 'next' && M.next !== null) M.cursors.push(M.next);
+    else if (which === 'prev' && M.cursors.length > 1) M.cursors.pop();
+    const gen = ++M.gen;
+    const q = monitorQuery();
+    const after = M.cursors[M.cursors.length - 1];
+    if (after) q.set('after', String(after));
+    try {
+      const r = await fetchJSON('api/monitors?' + q.toString(), { headers: { Accept: 'application/json' } });
+      if (gen !== M.gen) return; /* a newer request is on its way */
+      if (!r.ok || !r.body || !Array.isArray(r.body.monitors)) throw new Error((r.body && (r.body.detail || r.body.error)) || 'HTTP ' + r.status);
+      M.next = r.body.next_after === null || r.body.next_after === undefined ? null : r.body.next_after;
+      M.loaded = true;
+      renderMonitors(r.body);
+    } catch (e) {
+      if (gen === M.gen) setText($('mon-summary'), 'Could not load the monitors: ' + (e.message || e));
+    }
+  }
+
+  let monitorsTimer = null;
+  function scheduleMonitors() {
+    if (!S.mon.loaded || monitorsTimer) return;
+    monitorsTimer = setTimeout(() => { monitorsTimer = null; loadMonitors('same'); }, 1000);
+  }
+
+  function renderMonitors(doc) {
+    const rows = doc.monitors.map(monitorRow);
+    $('monitors-body').replaceChildren(...rows);
+    $('monitors-empty').hidden = rows.length > 0;
+    const page = S.mon.cursors.length;
+    const total = Number.isFinite(doc.total) ? doc.total : null;
+    setText($('mon-summary'), rows.length === 0 ? '' :
+      (total !== null ? fmtInt(total) + ' monitor' + (total === 1 ? '' : 's') + ' match' + (total === 1 ? 'es' : '') + ' · ' : '') +
+      'page ' + page + (doc.next_after !== null && doc.next_after !== undefined ? '' : ' (last)'));
+    $('mon-prev').hidden = page <= 1;
+    $('mon-next').hidden = doc.next_after === null || doc.next_after === undefined;
+  }
+
+  function monitorRow(m) {
+    const where = m.effective
+      ? el('span', { class: 'where' + (m.active && !m.effective_live ? ' is-down' : '') },
+        m.effective + ' · ' + stateInfo(m.effective_state).label.toLowerCase() +
+        (m.override_kind === 'pin' ? ' (pinned)' : m.override_kind === 'kumaguard' ? ' (moved by kumaguard)' : ''))
+      : el('span', { class: 'where is-down', text: 'no node' });
+    const label = (what) => what + ' monitor ' + m.id + (m.name ? ' (' + m.name + ')' : '');
+    const actions = [];
+    actions.push(el('button', { type: 'button', class: 'btn btn-small', text: 'Move…', 'aria-label': label('Move'),
+      disabled: !m.active || m.pinned, title: m.pinned ? 'Pinned by an operator: unpin it first' : (m.active ? null : 'Paused'),
+      onclick: (e) => monitorDialog(m, 'move', e.currentTarget) }));
+    if (m.pinned) {
+      actions.push(el('button', { type: 'button', class: 'btn btn-small', text: 'Unpin', 'aria-label': label('Unpin'),
+        onclick: (e) => unpinMonitor(m, e.currentTarget) }));
+    } else {
+      actions.push(el('button', { type: 'button', class: 'btn btn-small', text: 'Pin…', 'aria-label': label('Pin'),
+        disabled: !m.active, title: m.active ? null : 'Paused',
+        onclick: (e) => monitorDialog(m, 'pin', e.currentTarget) }));
+    }
+    return el('tr', { role: 'row', class: m.active ? null : 'is-paused', dataset: { monitorId: String(m.id) } },
+      el('td', { role: 'cell', class: 'num mon-id', text: String(m.id) }),
+      el('td', { role: 'cell', class: 'mon-name', text: m.name || '(no name)' }),
+      el('td', { role: 'cell', class: 'mon-where' }, where),
+      el('td', { role: 'cell', class: 'mon-why', text: m.why || '' }),
+      el('td', { role: 'cell', class: 'mon-actions' }, ...actions));
+  }
+
+  /* The per-node drill-down of a card: the monitors that run there. */
+  function showMonitorsOf(node) {
+    $('mon-q').value = '';
+    $('mon-state').value = '';
+    $('mon-override').value = '';
+    renderNodeFilter(S.status ? S.status.nodes : [], 'mon-node');
+    const sel = $('mon-node');
+    if (![...sel.options].some((o) => o.value === node)) sel.append(el('option', { value: node, text: node }));
+    sel.value = node;
+    loadMonitors('first');
+    $('monitors-section').scrollIntoView({ block: 'start' });
+    $('monitors-heading').focus({ preventScroll: true });
+  }
+
+  /* Resolves {node, revert} when the operator confirms, null otherwise. */
+  function askTarget(m, what) {
+    const d = $('monitor-dialog');
+    const verb = what === 'move' ? 'Move' : 'Pin';
+    setText($('monitor-title'), verb + ' monitor ' + m.id);
+    $('monitor-body').replaceChildren(
+      el('p', { text: (m.name ? '"' + m.name + '" ' : '') + 'runs on ' + (m.effective || 'no node') + ': ' + (m.why || '') }),
+      el('p', { text: what === 'move'
+        ? 'Moving makes the chosen node its home; it stays there, and fails over and back like any monitor homed there.'
+        : 'A pin is an operator\'s choice: kumaguard never moves a pinned monitor, not even off a dead node, until it is unpinned.' }));
+    const nodes = (S.status ? S.status.nodes : []).filter((n) => n.placeable && n.host_valid);
+    const sel = $('monitor-target');
+    sel.replaceChildren(...nodes.map((n) => el('option', { value: n.node_id, text: n.node_id + ' · ' + fmtInt(n.monitors_effective) + ' monitors' })));
+    const other = nodes.find((n) => n.node_id !== m.effective);
+    if (other) sel.value = other.node_id;
+    $('monitor-revert-wrap').hidden = what !== 'move';
+    $('monitor-revert').checked = false;
+    setText($('monitor-ok'), verb);
+    d.returnValue = '';
+    return new Promise((resolve) => {
+      d.addEventListener('close', () => {
+        resolve(d.returnValue === 'ok' && sel.value ? { node: sel.value, revert: $('monitor-revert').checked } : null);
+      }, { once: true });
+      d.showModal();
+      sel.focus();
+    });
+  }
+
+  async function monitorDialog(m, what, button) {
+    const choice = await askTarget(m, what);
+    if (!choice) return;
+    const body = what === 'move' ? { node: choice.node, revert: choice.revert } : { node: choice.node };
+    const done = await postAction('api/monitors/' + m.id + '/' + what, body,
+      (what === 'move' ? 'Move' : 'Pin') + ' monitor ' + m.id + ' to ' + choice.node, button);
+    if (done) loadMonitors('same');
+  }
+
+  async function unpinMonitor(m, button) {
+    const done = await postAction('api/monitors/' + m.id + '/unpin', null, 'Unpin monitor ' + m.id, button);
+    if (done) loadMonitors('same');
+  }
+
   /* ------------------------------------------------------------------ start */
 
   function start() {
@@ -912,6 +1068,16 @@
     /* Cancel is a plain button so that Enter in a field submits the OK button, not Cancel. */
     $('confirm-cancel').addEventListener('click', () => $('confirm-dialog').close('cancel'));
     $('token-cancel').addEventListener('click', () => $('token-dialog').close('cancel'));
+    $('monitor-cancel').addEventListener('click', () => $('monitor-dialog').close('cancel'));
+    let searchTimer = null;
+    $('mon-q').addEventListener('input', () => {
+      clearTimeout(searchTimer);
+      searchTimer = setTimeout(() => loadMonitors('first'), 300);
+    });
+    for (const id of ['mon-node', 'mon-state', 'mon-override']) $(id).addEventListener('change', () => loadMonitors('first'));
+    $('monitor-filters').addEventListener('submit', (e) => { e.preventDefault(); loadMonitors('first'); });
+    $('mon-next').addEventListener('click', () => loadMonitors('next'));
+    $('mon-prev').addEventListener('click', () => loadMonitors('prev'));
 
     const mq = window.matchMedia ? window.matchMedia('(prefers-color-scheme: dark)') : null;
     if (mq && mq.addEventListener) mq.addEventListener('change', rebuildCharts);
@@ -919,6 +1085,7 @@
     openStream();
     refreshStatus();
     loadHistory(false);
+    loadMonitors('first');
     setInterval(tickAgo, 1000);
     setInterval(() => { if (S.stream !== 'live') scheduleRefresh(true); }, POLL_WHEN_DOWN_MS);
     setInterval(() => scheduleRefresh(false), SAFETY_POLL_MS);
