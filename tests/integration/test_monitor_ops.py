@@ -9,7 +9,7 @@ while kumaguard's own overrides come and go around it."""
 
 import json
 
-from kg_harness import Kumaguard, monitors, node_status, seed_monitors, wait_until
+from kg_harness import INSTANT_NODE_COSTS, Kumaguard, monitors, node_status, seed_monitors, wait_until
 from kumasim_ctl import Kumasim
 
 API_KEY = "test-cluster-key"
@@ -17,11 +17,11 @@ TOKEN = "monitor-ops-token-123"
 AUTH = {"Authorization": "Bearer " + TOKEN}
 FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--health-timeout",
         "300ms", "--fall", "3", "--rise", "3", "--recovery-hold-down", "1s",
-        "--recovery-batch-interval", "100ms", "--api-token", TOKEN]
+        "--recovery-batch-interval", "100ms", "--api-token", TOKEN] + INSTANT_NODE_COSTS
 
 
 def start(tmp_path, cluster, procs):
-    nodes = [Kumasim("node%d" % i, api_key=API_KEY) for i in (1, 2, 3)]
+    nodes = [Kumasim("node%d" % i, instant=True, api_key=API_KEY) for i in (1, 2, 3)]
     procs.extend(nodes)
     kg = Kumaguard(tmp_path, cluster, nodes=nodes, api_key=API_KEY, extra=FAST)
     procs.append(kg)

@@ -42,7 +42,10 @@ def maria(mariadb_server):
 
 class Stack:
     def __init__(self, tmp, store, procs):
-        self.sims = {n: Kumasim(n, api_key=API_KEY) for n in NODES}
+        # real nodes on the cluster's database: before its first user they answer 401, their
+        # cron runs regardless, node1 registers itself as primary
+        self.sims = {n: Kumasim(n, store=store, setup_done=False, node_host="listen")
+                     for n in NODES}
         procs.extend(self.sims.values())
         ngx_dir = os.path.join(str(tmp), "nginx")
         os.makedirs(ngx_dir, exist_ok=True)
@@ -86,7 +89,13 @@ class Stack:
 
 
 def reconcile_calls(stack):
-    return {n: sim.stats()["reconcile_calls"] for n, sim in stack.sims.items()}
+    """Calls each node received, answered or refused (401 before the first user)."""
+    return {n: sim.stats()["reconcile_calls"] + sim.stats()["reconcile_unauthorized"]
+            for n, sim in stack.sims.items()}
+
+
+def runs_monitors(sim, ids):
+    return set(ids) <= {m["id"] for m in sim.monitors()["monitors"]}
 
 
 def test_pending_setup_routes_to_the_primary_then_the_cluster(tmp_path, maria, procs):
@@ -96,7 +105,7 @@ def test_pending_setup_routes_to_the_primary_then_the_cluster(tmp_path, maria, p
         wait_until(lambda: node_status(maria) == {n: "online" for n in NODES},
                    what="nodes registered")
 
-        # no is_primary row: node1, the node Kuma itself makes primary without the variable
+        # node1 is primary (a Kuma node with that id makes itself so)
         wait_until(lambda: kg.get_json("/lb/setup-status")["routing_mode"] == "primary_only",
                    what="setup pending noticed")
         doc = kg.get_json("/lb/setup-status")
@@ -105,7 +114,7 @@ def test_pending_setup_routes_to_the_primary_then_the_cluster(tmp_path, maria, p
         assert set(st.round().values()) == {"node1"}
 
         # the row that says which node is primary wins
-        maria.execute("UPDATE node SET is_primary = 1 WHERE node_id = 'node2'")
+        maria.execute("UPDATE node SET is_primary = (node_id = 'node2')")
         wait_until(lambda: kg.get_json("/lb/setup-status")["primary_node"] == "node2",
                    what="is_primary followed")
         wait_until(lambda: st.routed({"node2"}), what="nginx routing node2 only")
@@ -137,9 +146,12 @@ def test_pending_setup_routes_to_the_primary_then_the_cluster(tmp_path, maria, p
         doc = kg.get_json("/lb/setup-status")
         assert doc["setup_complete"] is True and doc["routing_mode"] == "cluster", doc
 
-        # the nudge that waited for setup is sent now
-        wait_until(lambda: reconcile_calls(st)["node3"] >= 1, timeout=5,
-                   what="node3 told to reconcile after setup")
+        # node3 runs the moved monitors: told by kumaguard's call once setup is complete, or by
+        # its own :00 cron if one ran meanwhile (a cron needs no user) — never by a refused call
+        wait_until(lambda: runs_monitors(st.sims["node3"], [1, 2, 3]), timeout=10,
+                   what="node3 runs the moved monitors after setup")
+        assert all(s.stats()["reconcile_unauthorized"] == 0 for s in st.sims.values()), \
+            "kumaguard called a node before setup (401)"
         kinds = [e["reason"] for e in kg.get_json("/api/failover-history?kind=setup")["events"]]
         assert any("pending" in r for r in kinds) and any("complete" in r for r in kinds), kinds
         kg.stop()
