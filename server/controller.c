@@ -647,8 +647,52 @@ static void reb_plan(void);
 static bool proving(void);
 static void applied_moves(const db_job *j);
 
+/* Changes to the monitor table kumaguard did not make (Kuma added, removed, paused or re-pinned
+ * monitors; our own moves are already in C.mon) are work for the nodes too: their next
+ * reconcile starts or stops those monitors, which lengthens it.  Reported to the reconcile
+ * scheduler as committed between the two reads, so a cron's worst case counts them. */
+static void note_foreign_changes(const store_monitor_set *fresh, const kg_nametab *ftab,
+                                 int64_t from_ms, int64_t to_ms)
+{
+    if (!C.mon.loaded || C.n_nodes == 0)
+        return;
+    int *starts = calloc((size_t)C.n_nodes, sizeof *starts);
+    int *stops = calloc((size_t)C.n_nodes, sizeof *stops);
+    if (!starts || !stops)
+        goto out;
+    const plan_monitor *a = C.mon.rows.monitors, *b = fresh->monitors;
+    size_t na = C.mon.rows.n, nb = fresh->n, i = 0, k = 0;
+    while (i < na || k < nb) {
+        const plan_monitor *old = NULL, *cur = NULL;
+        if (k >= nb || (i < na && a[i].id < b[k].id))
+            old = &a[i++];
+        else if (i >= na || b[k].id < a[i].id)
+            cur = &b[k++];
+        else {
+            old = &a[i++];
+            cur = &b[k++];
+        }
+        const char *was = old && old->active ? nametab_name(&C.mon.tab, plan_effective(old))
+                                             : NULL;
+        const char *now = cur && cur->active ? nametab_name(ftab, plan_effective(cur)) : NULL;
+        if ((was == NULL && now == NULL) || (was && now && strcmp(was, now) == 0))
+            continue;
+        ctrl_node *x = was ? find_node(was) : NULL, *y = now ? find_node(now) : NULL;
+        if (x)
+            stops[x - C.nodes]++;
+        if (y)
+            starts[y - C.nodes]++;
+    }
+    for (int n = 0; n < C.n_nodes; n++)
+        rsched_add_work_between(&C.nodes[n].rs, starts[n], stops[n], from_ms, to_ms);
+out:
+    free(starts);
+    free(stops);
+}
+
 static void set_monitors(db_job *j)
 {
+    note_foreign_changes(&j->monitors, &j->monitors_tab, C.mon.as_of_ms, j->started_mono_ms);
     store_free_monitors(&C.mon.rows);
     nametab_free(&C.mon.tab);
     C.mon.rows = j->monitors;
@@ -907,7 +951,7 @@ static size_t pace_moves(plan_move *moves, size_t n, const kg_nametab *tab)
         if (!cn || !cn->v.host_valid)
             continue;
         bool calls = C.cfg->kuma_api_key != NULL;
-        room[i] = rsched_room_ms(&cn->rs, &C.rcfg, calls, C.now, off);
+        room[i] = rsched_room_ms(&cn->rs, &C.rcfg, calls, cn->alive_since_ms, C.now, off);
         charge[i] = cn->alive_since_ms != 0; /* a dead source is told when it returns */
     }
     size_t w = 0;
