@@ -1,5 +1,5 @@
 /* api.c — the HTTP server: libmicrohttpd daemon, request routing, authentication, errors,
- * actions and the dashboard files (endpoints: docs/API.md; contract: SPEC section 5).
+ * actions and the dashboard files (every endpoint is listed in docs/API.md).
  *
  * Threading: MHD runs a pool of cfg->http_threads epoll threads.  Reads are answered from the
  * current snapshot without any lock beyond snapshot_acquire (/api/system-status is rendered
@@ -948,7 +948,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         *req_cls = r;
     }
     if (!r->headers_seen) {
-        /* First call: headers only.  Answering now would cost keep-alive (NOTES.md), so only
+        /* First call: headers only.  Queuing an answer on this first call makes
+         * libmicrohttpd 0.9.75 answer `Connection: close` every time (keep-alive lost, about 7x
+         * fewer requests per second), so only
          * a request that breaks the framing rules, or announces a body too large, is refused
          * this early. */
         r->headers_seen = true;

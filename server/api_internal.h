@@ -29,7 +29,7 @@ void api_peer_string(struct MHD_Connection *c, char *out, size_t len);
 enum MHD_Result api_queue_error(struct MHD_Connection *c, unsigned status, const char *error,
                                 const char *detail);
 
-/* api_fixed_node.c: the browser's routing preference (SPEC section 5). */
+/* api_fixed_node.c: the browser's own routing preference (the KUMA_FIXED_NODE cookie). */
 enum MHD_Result api_fixed_node_set(struct MHD_Connection *c, const char *body, size_t len);
 enum MHD_Result api_fixed_node_clear(struct MHD_Connection *c);
 enum MHD_Result api_fixed_node_page(struct MHD_Connection *c, const char *node);

@@ -443,7 +443,7 @@ static json_object *new_doc(const kg_snapshot *s)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Keys of the Lua version (issue 14).  Added next to kumaguard's own, with the Lua meaning;
+ * Keys of the Lua version, so its users' scripts keep working.  Added next to kumaguard's own, with the Lua meaning;
  * docs/API.md marks them "compat".  `timestamp` is Unix seconds as a number, as the Lua
  * version's os.time(): here the time the snapshot was taken (kumaguard's `generated_at`).
  * ------------------------------------------------------------------------------------------ */
@@ -1019,7 +1019,7 @@ const char *api_fixed_node_refusal(const kg_snapshot *s, const char *node, int *
         *http_status = 404;
         return "unknown node";
     }
-    if (!node_state_placeable(n->state)) { /* SPEC: exists and is online */
+    if (!node_state_placeable(n->state)) { /* a pin only to a node that exists and is online */
         *http_status = 409;
         return "node is not online (offline, recovering, draining or in maintenance)";
     }
@@ -1084,7 +1084,7 @@ json_object *api_doc_logs(char **lines, int n)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Issue 14: ping, setup status, webhooks
+ * Ping, first-run setup status, webhook status
  * ------------------------------------------------------------------------------------------ */
 
 json_object *api_doc_ping(int64_t now_ms)

@@ -266,7 +266,7 @@ char *api_metrics_render(const kg_snapshot *s, size_t *len)
     return b.buf;
 }
 
-/* ---- webhooks (issue 14) ---------------------------------------------------------------- */
+/* ---- webhooks ------------------------------------------------------------------------- */
 
 static void per_sink(sbuf *b, const webhook_sink_status *st, int n, const char *name,
                      const char *type, const char *help,

@@ -688,7 +688,7 @@ int api_html_escape(const char *s, char *out, size_t outlen)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Per-monitor operations (issue 14)
+ * Per-monitor operations
  * ------------------------------------------------------------------------------------------ */
 
 int api_monitor_op_kind(api_route_id id)

@@ -53,7 +53,7 @@ typedef enum {
     /* dashboard */
     API_R_INDEX,
     API_R_STATIC,
-    /* appended for issue 14: first-run setup, per-monitor operations, webhooks */
+    /* first-run setup, per-monitor operations, webhooks */
     API_R_SETUP_STATUS,      /* GET /api/setup-status (/lb/setup-status) */
     API_R_MONITORS,          /* GET /api/monitors */
     API_R_MONITOR_MOVE,      /* POST /api/monitors/<id>/move, batch: /api/monitors/move */
@@ -140,7 +140,7 @@ int api_bearer_check(const char *authorization, const char *token);
 /* HTML-escapes s (& < > " ') into out.  Returns the length, or -1 when out is too small. */
 int api_html_escape(const char *s, char *out, size_t outlen);
 
-/* ---- per-monitor operations (issue 14) -------------------------------------------------- */
+/* ---- per-monitor operations ------------------------------------------------------------- */
 
 /* The operation a monitor route stands for (MONITOR_OP_MOVE ...), -1 for other routes. */
 int api_monitor_op_kind(api_route_id id);

@@ -38,9 +38,10 @@ enum {
                                 was written */
 };
 
-/* ---- first-run setup, per-monitor listing and operations (issue 14) ---------------------- */
+/* ---- first-run setup, per-monitor listing and operations ------------------------------- */
 
-/* Whether the Kuma cluster's first user exists (SPEC / KUMA-NODE.md "Setup"). */
+/* Whether the Kuma cluster's first user exists: before it does, only the primary node can
+ * create it and every node answers reconcile calls with 401 (setup_watch.h). */
 typedef enum {
     STORE_SETUP_NOT_GATED = 0, /* no `user` table (embedded SQLite, --init-schema): never gated */
     STORE_SETUP_PENDING,       /* `user` exists and is empty: only the primary can set up */
@@ -181,7 +182,7 @@ typedef struct {
      * at once instead of after the TTL.  No-op when it holds none. */
     int (*release_lease)(kg_store *s, char *err, size_t errlen);
 
-    /* ---- appended for issue 14 ---- */
+    /* ---- first-run setup, per-monitor listing and operations ---- */
     /* First-run setup: SQLite is never gated; MariaDB looks for a `user` table and a row. */
     int (*setup_status)(kg_store *s, store_setup_state *st, char *err, size_t errlen);
     /* A page of monitors (read only; safe on a store opened by any thread for itself).  The

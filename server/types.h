@@ -14,8 +14,8 @@
 #define KG_HOST_MAX 255      /* generous; validated by hostcheck before use */
 #define KG_REASON_MAX 128
 
-/* Node states (SPEC section 2).  Persisted in node.status as the lower-case name, except
- * SUSPECT which is persisted as "online" (a suspect node is still routed). */
+/* Node states (health.h has the machine).  Persisted in node.status as the lower-case name,
+ * except SUSPECT which is persisted as "online" (a suspect node is still routed). */
 typedef enum {
     NODE_UNKNOWN = 0, /* never probed yet since kumaguard started */
     NODE_ONLINE,
