@@ -9,7 +9,7 @@
  * reports, the target aborts when an accepted input breaks a promise of api_route.h (a node id
  * or static path that passed validation but is not well-formed, HTML that still holds '<').
  *
- * fuzz-sources: api_route.c snapshot.c types.c
+ * fuzz-sources: api_route.c snapshot.c types.c clock.c
  * (read by scripts/fuzz-short.sh: the server files this target links) */
 #include <stdint.h>
 #include <stdio.h>
