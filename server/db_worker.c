@@ -193,7 +193,6 @@ static void run_job(db_job *j)
         }
         j->prune_done = true;
     }
-    rc = STORE_OK;
     if (!j->lease && !j->n_states && !j->n_events && !j->n_moves && !j->load_nodes &&
         !j->load_monitors && !j->prune_before_ms && !j->monitor_op) {
         /* an empty job is a liveness check */
