@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_internal.h"
+#include "api_fixed_node.h"
 #include "api_json.h"
 #include "api_route.h"
 #include "snapshot.h"

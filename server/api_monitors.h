@@ -16,7 +16,7 @@
 
 #include <stddef.h>
 
-#include "api_internal.h"
+#include "api_respond.h"
 #include "api_route.h"
 #include "config.h"
 
