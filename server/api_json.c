@@ -6,6 +6,8 @@
  * stable and free of binary-float noise like 0.30000000000000004. */
 #include "api_json.h"
 
+#include "hostcheck.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1038,7 +1040,7 @@ json_object *api_doc_fixed_node_status(const kg_snapshot *s, const char *cookie)
     bool has = cookie && *cookie;
     add_bool(o, "has_fixed_node", has);
     /* Only a well-formed id is echoed; anything else in the cookie is reported as invalid. */
-    bool well_formed = has && api_node_id_valid(cookie);
+    bool well_formed = has && hostcheck_node_id_valid(cookie);
     add(o, "current_node", has && well_formed ? jstr(cookie) : NULL);
     const char *reason = NULL;
     if (has && !well_formed) {

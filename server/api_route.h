@@ -94,10 +94,6 @@ const char *api_allow_header(unsigned allowed, char *buf, size_t len);
 const char *api_route_name(api_route_id id);
 bool api_route_is_action(api_route_id id);
 
-/* Node ids as used in paths and cookies: [A-Za-z0-9_.-]{1,50}, matching hostcheck's rule. */
-bool api_node_id_valid(const char *s);
-bool api_node_id_valid_n(const char *s, size_t len);
-
 /* Relative path below /static/: 1..API_STATIC_PATH_MAX chars, segments separated by single
  * '/', each non-empty, not starting with '.', made of [A-Za-z0-9_.~+@-].  Rejects traversal,
  * hidden files, backslashes, percent signs and control characters. */
