@@ -327,3 +327,23 @@ Test(rsched, foreign_changes_lengthen_the_cron_but_ask_for_no_call)
     /* the cron did the foreign work: forgotten once its worst case is over */
     cr_assert_eq(n.starts, 1);
 }
+
+/* Regression (clock steps): the wall clock is only used for the node's cron.  A step of it
+ * moves where the cron is expected, never the deadline of a call in flight (monotonic). */
+Test(rsched, a_wall_clock_step_moves_the_cron_not_the_deadline)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    rsched_add_work(&n, 10, 0, 5000);
+    rsched_decision d = rsched_next(&n, &c, true, ALIVE, 6000, OFF);
+    cr_assert(d.call);
+    int64_t deadline = n.call_deadline_ms;
+    /* the wall clock steps 40 s forward: the cron is now 14 s away, the call still runs */
+    rsched_decision w = rsched_next(&n, &c, true, ALIVE, 6500, OFF + 40000);
+    cr_assert_not(w.call);
+    cr_assert_eq(w.wake_ms, deadline, "the deadline did not move");
+    cr_assert_eq(rsched_next_cron_ms(&c, 6500, OFF + 40000), 20000);
+    rsched_finish(&n, &c, RS_OK, 200, 7000, OFF + 40000);
+    cr_assert_eq(n.starts, 0);
+}
