@@ -3,8 +3,9 @@
  *
  * Only the controller thread uses a store; it is not thread safe.  Every write operation is one
  * transaction; moves are applied set-based (a temporary table of moves joined to `monitor`),
- * each row guarded by the values the plan saw, so a row a Kuma node changed meanwhile is
- * skipped, not clobbered.  When `fence_generation` > 0 every write transaction first checks
+ * each row guarded by the values the plan saw (node_id, assigned_node and active), so a row a
+ * Kuma node changed meanwhile is skipped, not clobbered, and a monitor switched off meanwhile
+ * is never given an override.  When `fence_generation` > 0 every write transaction first checks
  * that kumaguard_leader still holds that generation and aborts with STORE_FENCED otherwise.
  *
  * Owns: connections, SQL text, schema creation for kumaguard_* tables (and node/monitor only
@@ -106,7 +107,8 @@ void store_close(kg_store *s);
 void store_free_monitors(store_monitor_set *m);
 /* Both backends call this before applying: STORE_ERROR naming the first move with an unknown
  * kind or a node index that is not -1/interned (a target is required except for
- * CLEAR_OVERRIDE). */
+ * CLEAR_OVERRIDE), or that would give an inactive monitor a node (expect_active 0 is only
+ * valid for CLEAR_OVERRIDE). */
 int store_check_moves(const kg_nametab *tab, const plan_move *moves, size_t n, char *err,
                       size_t errlen);
 

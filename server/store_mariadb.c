@@ -738,6 +738,7 @@ static int create_moves_table(my_store *m, char *err, size_t errlen)
     return my_exec(m,
                    "CREATE TEMPORARY TABLE kg_moves (kind TINYINT NOT NULL DEFAULT 0,"
                    " clear_override TINYINT NOT NULL DEFAULT 0,"
+                   " exp_active TINYINT NOT NULL DEFAULT 1,"
                    " PRIMARY KEY (id)) ENGINE=InnoDB"
                    " SELECT id, node_id AS exp_home, assigned_node AS exp_over,"
                    " assigned_node AS target FROM monitor WHERE 0",
@@ -749,7 +750,7 @@ static int fill_moves_table(my_store *m, const kg_nametab *tab, const plan_move 
                             size_t n, char *err, size_t errlen)
 {
     static const char head[] = "INSERT INTO kg_moves (id, exp_home, exp_over, target, kind,"
-                               " clear_override) VALUES ";
+                               " clear_override, exp_active) VALUES ";
     literals L = {calloc((size_t)(tab->n ? tab->n : 1), sizeof(char *)), tab->n};
     sbuf b = {0};
     bool oom = !L.lit;
@@ -768,9 +769,9 @@ static int fill_moves_table(my_store *m, const kg_nametab *tab, const plan_move 
             sbuf_put(&b, head, sizeof(head) - 1);
         else
             sbuf_put(&b, ",", 1);
-        b.len += (size_t)snprintf(b.p + b.len, b.cap - b.len, "(%lld,%s,%s,%s,%d,%d)",
+        b.len += (size_t)snprintf(b.p + b.len, b.cap - b.len, "(%lld,%s,%s,%s,%d,%d,%d)",
                                   (long long)mv->monitor_id, eh, eo, to, mv->kind,
-                                  mv->clear_override ? 1 : 0);
+                                  mv->clear_override ? 1 : 0, mv->expect_active ? 1 : 0);
         if ((i + 1) % MOVES_PER_INSERT == 0 || i + 1 == n) {
             if (mysql_real_query(m->db, b.p, (unsigned long)b.len))
                 rc = my_fail(m, "fill moves table", err, errlen);
@@ -802,14 +803,16 @@ static const struct {
      " WHERE t.id BETWEEN ? AND ? FOR UPDATE", false},
     {"check move guards",
      "DELETE t FROM kg_moves t LEFT JOIN monitor m ON m.id = t.id WHERE t.id BETWEEN ? AND ?"
-     " AND (m.id IS NULL OR NOT (m.node_id <=> t.exp_home AND m.assigned_node <=> t.exp_over))",
+     " AND (m.id IS NULL OR NOT (m.node_id <=> t.exp_home AND m.assigned_node <=> t.exp_over"
+     " AND COALESCE(m.active = 1, 0) = t.exp_active))",
      false},
     {"apply moves",
      "UPDATE kg_moves t STRAIGHT_JOIN monitor m ON m.id = t.id SET"
      " m.assigned_node = CASE t.kind WHEN 0 THEN t.target WHEN 1 THEN NULL"
      "  ELSE IF(t.clear_override = 1, NULL, m.assigned_node) END,"
      " m.node_id = IF(t.kind = 2, t.target, m.node_id)"
-     " WHERE t.id BETWEEN ? AND ? AND m.node_id <=> t.exp_home AND m.assigned_node <=> t.exp_over",
+     " WHERE t.id BETWEEN ? AND ? AND m.node_id <=> t.exp_home AND m.assigned_node <=> t.exp_over"
+     " AND COALESCE(m.active = 1, 0) = t.exp_active",
      false},
     {"clear override records",
      "DELETE o FROM kg_moves t STRAIGHT_JOIN kumaguard_override o ON o.monitor_id = t.id"

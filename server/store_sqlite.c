@@ -425,7 +425,7 @@ static int fill_moves_table(sqlite3 *db, const kg_nametab *tab, const plan_move 
                      "CREATE TEMP TABLE IF NOT EXISTS kg_moves ("
                      " id INTEGER PRIMARY KEY, exp_home TEXT, exp_over TEXT, target TEXT,"
                      " kind INTEGER NOT NULL, clear_override INTEGER NOT NULL,"
-                     " applied INTEGER NOT NULL DEFAULT 0);"
+                     " exp_active INTEGER NOT NULL, applied INTEGER NOT NULL DEFAULT 0);"
                      "DELETE FROM kg_moves;",
                      "create moves table", err, errlen);
     if (rc != STORE_OK)
@@ -433,7 +433,7 @@ static int fill_moves_table(sqlite3 *db, const kg_nametab *tab, const plan_move 
     sqlite3_stmt *st;
     rc = sq_prepare(db,
                     "INSERT INTO kg_moves (id, exp_home, exp_over, target, kind,"
-                    " clear_override) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    " clear_override, exp_active) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     &st, "fill moves table", err, errlen);
     for (size_t i = 0; rc == STORE_OK && i < n; i++) {
         const plan_move *mv = &moves[i];
@@ -445,6 +445,7 @@ static int fill_moves_table(sqlite3 *db, const kg_nametab *tab, const plan_move 
                                                                  : nametab_name(tab, mv->to));
         sqlite3_bind_int(st, 5, mv->kind);
         sqlite3_bind_int(st, 6, mv->clear_override ? 1 : 0);
+        sqlite3_bind_int(st, 7, mv->expect_active ? 1 : 0);
         rc = sq_step_done(db, st, "fill moves table", err, errlen);
     }
     sqlite3_finalize(st);
@@ -452,15 +453,17 @@ static int fill_moves_table(sqlite3 *db, const kg_nametab *tab, const plan_move 
 }
 
 /* The set-based apply, inside the caller's transaction.  Step 1 marks the moves whose guard
- * still holds; step 2 changes exactly those monitor rows; steps 3-5 keep kumaguard_override
- * in line with what we now own. */
+ * still holds (node_id, assigned_node and active as the plan saw them: a monitor switched off
+ * meanwhile never gets an override); step 2 changes exactly those monitor rows; steps 3-5 keep
+ * kumaguard_override in line with what we now own. */
 static int apply_marked_moves(sqlite3 *db, const char *reason, size_t *applied, char *err,
                               size_t errlen)
 {
     int rc = sq_run(db,
                     "UPDATE kg_moves SET applied = 1 WHERE EXISTS (SELECT 1 FROM monitor m"
                     " WHERE m.id = kg_moves.id AND m.node_id IS kg_moves.exp_home"
-                    " AND m.assigned_node IS kg_moves.exp_over)",
+                    " AND m.assigned_node IS kg_moves.exp_over"
+                    " AND COALESCE(m.active = 1, 0) = kg_moves.exp_active)",
                     "check move guards", err, errlen);
     if (rc != STORE_OK)
         return rc;

@@ -107,7 +107,8 @@ static int32_t idx(kg_nametab *tab, const char *name)
 static plan_move move_for(const plan_monitor *m, plan_move_kind kind, int32_t to, bool clear)
 {
     plan_move mv = {.monitor_id = m->id, .kind = (uint8_t)kind, .clear_override = clear,
-                    .to = to, .expect_home = m->home, .expect_over = m->over};
+                    .to = to, .expect_active = m->active, .expect_home = m->home,
+                    .expect_over = m->over};
     return mv;
 }
 
@@ -345,9 +346,10 @@ static void case_guard(const store_harness *h)
     plan_move mv[4] = {
         move_for(find_monitor(&set, 1), MOVE_SET_OVERRIDE, n2, false),
         move_for(find_monitor(&set, 4), MOVE_SET_HOME, n3, false),
-        move_for(find_monitor(&set, 6), MOVE_SET_OVERRIDE, n2, false),
+        move_for(find_monitor(&set, 7), MOVE_SET_OVERRIDE, n2, false),
         move_for(find_monitor(&set, 2), MOVE_CLEAR_OVERRIDE, -1, false),
     };
+    mv[2].to = n3; /* m7: our override n2 -> n3 */
     h->exec("UPDATE monitor SET assigned_node = 'n3' WHERE id = 1"); /* operator pins m1 */
     h->exec("UPDATE monitor SET node_id = 'n1' WHERE id = 2");       /* Kuma rehomes m2 */
     store_apply_result res;
@@ -364,14 +366,65 @@ static void case_guard(const store_harness *h)
     cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 2"),
                  1, "a skipped clear keeps its record");
     expect_str(h, "SELECT node_id FROM monitor WHERE id = 4", "n3");
-    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 6", "n2");
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 7", "n3");
     expect_ids_intact(h, 8, 36);
 
     store_monitor_set after;
     load_all(s, &tab, &after);
     cr_expect_eq(find_monitor(&after, 1)->ours, 0, "the operator's pin is not ours");
-    cr_expect_eq(find_monitor(&after, 6)->ours, 1);
+    cr_expect_eq(find_monitor(&after, 7)->ours, 1);
     store_free_monitors(&after);
+    store_free_monitors(&set);
+    nametab_free(&tab);
+    store_close(s);
+}
+
+/* Issue 12: a monitor switched off between the plan and the apply is never given an
+ * override (the guard compares active too), our override on a monitor that is off is cleared,
+ * but not once the monitor was switched back on meanwhile; and the store refuses a move that
+ * would give an inactive monitor a node. */
+static void case_guard_active(const store_harness *h)
+{
+    kg_store *s = open_with_schema(h);
+    seed_cluster(h);
+    h->exec("UPDATE monitor SET active = 0 WHERE id IN (7, 8)"); /* paused while failed over */
+    kg_nametab tab;
+    nametab_init(&tab);
+    store_monitor_set set;
+    load_all(s, &tab, &set);
+    int32_t n2 = idx(&tab, "n2");
+    cr_assert_eq(find_monitor(&set, 7)->active, 0);
+    plan_move mv[3] = {
+        move_for(find_monitor(&set, 1), MOVE_SET_OVERRIDE, n2, false),  /* active when planned */
+        move_for(find_monitor(&set, 7), MOVE_CLEAR_OVERRIDE, -1, false),/* off: clean-up */
+        move_for(find_monitor(&set, 8), MOVE_CLEAR_OVERRIDE, -1, false),/* off: clean-up */
+    };
+    cr_assert_eq(mv[1].expect_active, 0);
+    h->exec("UPDATE monitor SET active = 0 WHERE id = 1"); /* a user pauses m1 meanwhile */
+    h->exec("UPDATE monitor SET active = 1 WHERE id = 8"); /* and resumes m8 */
+    store_apply_result res;
+    char err[ERRLEN] = "";
+    cr_assert_eq(s->ops->apply_moves(s, &tab, mv, 3, "failover", &res, err, sizeof(err)),
+                 STORE_OK, "%s", err);
+    cr_expect_eq(res.applied, 1);
+    cr_expect_eq(res.skipped, 2);
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 1", "(null)");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 1"), 0,
+                 "a monitor switched off meanwhile got an override");
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 7", "(null)");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 7"), 0);
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 8", "n3");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 1,
+                 "a monitor switched back on keeps our override and its record");
+
+    /* Giving an inactive monitor a node is refused outright, and changes nothing. */
+    plan_move bad = move_for(find_monitor(&set, 6), MOVE_SET_OVERRIDE, n2, false);
+    cr_assert_eq(bad.expect_active, 0);
+    cr_expect_eq(s->ops->apply_moves(s, &tab, &bad, 1, "failover", &res, err, sizeof(err)),
+                 STORE_ERROR);
+    cr_expect(strstr(err, "invalid move") != NULL, "%s", err);
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 6", "(null)");
+    expect_ids_intact(h, 8, 36);
     store_free_monitors(&set);
     nametab_free(&tab);
     store_close(s);
