@@ -2,7 +2,7 @@
  * default) and store_mariadb.c (the shared database of a real cluster).
  *
  * Only the controller thread uses a store; it is not thread safe.  Every write operation is one
- * transaction; moves are applied set-based (a temporary table of moves joined to `monitor`),
+ * transaction; moves are applied set-based (statements over sets of rows, never one per move),
  * each row guarded by the values the plan saw (node_id, assigned_node and active), so a row a
  * Kuma node changed meanwhile is skipped, not clobbered, and a monitor switched off meanwhile
  * is never given an override.  When `fence_generation` > 0 every write transaction first checks

@@ -430,6 +430,63 @@ static void case_guard_active(const store_harness *h)
     store_close(s);
 }
 
+/* Moves to 40 targets at once, as a failover over a large cluster plans them: MariaDB splits
+ * them into many units with a CASE over up to 16 targets each, several units per round trip.
+ * A row changed and a row deleted behind the store's back in the middle make one unit fall
+ * back to the exact path; every other move lands, with its record, and nothing else. */
+static void case_many_targets(const store_harness *h)
+{
+    kg_store *s = open_with_schema(h);
+    insert_monitors(h, 1, 2000, "n1");
+    kg_nametab tab;
+    nametab_init(&tab);
+    store_monitor_set set;
+    load_all(s, &tab, &set);
+    cr_assert_eq(set.n, 2000);
+    int32_t t[40];
+    for (int k = 0; k < 40; k++) {
+        char name[16];
+        snprintf(name, sizeof(name), "t%02d", k);
+        t[k] = idx(&tab, name);
+    }
+    plan_move *mv = calloc(set.n, sizeof(*mv));
+    cr_assert_not_null(mv);
+    for (size_t i = 0; i < set.n; i++)
+        mv[set.n - 1 - i] = move_for(&set.monitors[i], MOVE_SET_OVERRIDE,
+                                     t[set.monitors[i].id % 40], false); /* any order */
+    h->exec("UPDATE monitor SET assigned_node = 'x' WHERE id = 1000");
+    h->exec("DELETE FROM monitor WHERE id = 1500");
+    store_apply_result res;
+    char err[ERRLEN] = "";
+    cr_assert_eq(s->ops->apply_moves(s, &tab, mv, set.n, "failover", &res, err, sizeof(err)),
+                 STORE_OK, "%s", err);
+    cr_expect_eq(res.applied, 1998);
+    cr_expect_eq(res.skipped, 2);
+    store_monitor_set after;
+    load_all(s, &tab, &after);
+    cr_assert_eq(after.n, 1999);
+    for (size_t i = 0; i < after.n; i++) {
+        const plan_monitor *m = &after.monitors[i];
+        if (m->id == 1000)
+            continue;
+        cr_assert_eq(m->over, t[m->id % 40], "monitor %lld", (long long)m->id);
+        cr_assert(m->ours, "monitor %lld", (long long)m->id);
+    }
+    store_free_monitors(&after);
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override o JOIN monitor m"
+                              " ON m.id = o.monitor_id AND m.assigned_node = o.node_id"
+                              " WHERE o.home_node = 'n1' AND o.reason = 'failover'"), 1998);
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override"), 1998,
+                 "records only for the moves applied");
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 1000", "x");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM monitor WHERE id = 1500"), 0);
+    expect_ids_intact(h, 1999, 2000LL * 2001 / 2 - 1500);
+    free(mv);
+    store_free_monitors(&set);
+    nametab_free(&tab);
+    store_close(s);
+}
+
 static void case_manual_pin(const store_harness *h)
 {
     kg_store *s = open_with_schema(h);

@@ -150,6 +150,7 @@ Test(mariadb, load_monitors_indexes_and_ours_flags) { case_load_monitors(&H); }
 Test(mariadb, apply_moves_of_each_kind) { case_apply_each_kind(&H); }
 Test(mariadb, guard_skips_rows_changed_since_the_plan) { case_guard(&H); }
 Test(mariadb, guard_skips_monitors_switched_on_or_off) { case_guard_active(&H); }
+Test(mariadb, moves_to_many_targets_in_one_apply) { case_many_targets(&H); }
 Test(mariadb, manual_pin_is_never_ours) { case_manual_pin(&H); }
 Test(mariadb, fencing_blocks_every_write) { case_fencing(&H); }
 Test(mariadb, events_are_stored_in_utc) { case_events(&H); }

@@ -95,6 +95,7 @@ Test(sqlite, load_monitors_indexes_and_ours_flags) { case_load_monitors(&H); }
 Test(sqlite, apply_moves_of_each_kind) { case_apply_each_kind(&H); }
 Test(sqlite, guard_skips_rows_changed_since_the_plan) { case_guard(&H); }
 Test(sqlite, guard_skips_monitors_switched_on_or_off) { case_guard_active(&H); }
+Test(sqlite, moves_to_many_targets_in_one_apply) { case_many_targets(&H); }
 Test(sqlite, manual_pin_is_never_ours) { case_manual_pin(&H); }
 Test(sqlite, fencing_blocks_every_write) { case_fencing(&H); }
 Test(sqlite, events_are_stored_in_utc) { case_events(&H); }
