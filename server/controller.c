@@ -502,6 +502,13 @@ static bool load_monitors(int64_t now)
 {
     store_monitor_set fresh = {0};
     char err[256];
+    bool changed = true; /* the cheap probe first: an unchanged table is not read again */
+    if (C.mon_loaded && C.store->ops->monitors_changed(C.store, &changed, err, sizeof err) ==
+                            STORE_OK && !changed) {
+        C.mon_loaded_ms = now;
+        C.dirty = true;
+        return true;
+    }
     if (C.store->ops->load_monitors(C.store, &C.names, &fresh, err, sizeof err) != STORE_OK) {
         db_failed("load monitors", err);
         return false;
@@ -659,6 +666,8 @@ static void emit_plan_events(const plan_result *r, int64_t duration_ms)
     for (size_t i = 0; i < r->n_moves; i++) {
         const plan_move *m = &r->moves[i];
         int32_t from = move_from(m), to = move_to_effective(m);
+        if (!m->expect_active)
+            continue; /* our override cleared on a paused monitor: neither failover nor revert */
         if (m->kind == MOVE_SET_HOME && from < 0) {
             adopt++;
         } else if (m->kind == MOVE_CLEAR_OVERRIDE && node_state_placeable(state_of(from))) {

@@ -74,6 +74,13 @@ typedef struct {
     /* All monitors (active or not) with our-override flags; node names interned into tab. */
     int (*load_monitors)(kg_store *s, kg_nametab *tab, store_monitor_set *out, char *err,
                          size_t errlen);
+    /* A cheap probe, so an unchanged monitor table is not read again: *changed = false only
+     * when neither `monitor` nor kumaguard_override can have changed since this store's last
+     * successful load_monitors (a monitor added, deleted, switched or re-pinned by anyone, or
+     * moved by us); true when they may have, or when the store cannot tell.  Costs no scan of
+     * either table (MariaDB: InnoDB's in-memory update time of the two tables; SQLite:
+     * PRAGMA data_version). */
+    int (*monitors_changed)(kg_store *s, bool *changed, char *err, size_t errlen);
     /* Applies moves[0..n) in one transaction (see header comment).  `what` labels the
      * operation for kumaguard_override.reason ("failover", "revert", ...). */
     int (*apply_moves)(kg_store *s, const kg_nametab *tab, const plan_move *moves, size_t n,

@@ -64,6 +64,15 @@ typedef struct {
     /* lease */
     bool lock_held;         /* GET_LOCK succeeded on the current connection */
     bool json_table;        /* the server has JSON_TABLE (MariaDB 10.6+): cheap id lists */
+    bool update_times;      /* MariaDB: InnoDB keeps table update times (monitors_changed) */
+    unsigned long conn_epoch; /* connections made so far */
+    /* monitors_changed: what the probe said just before the last successful full read */
+    bool probe_valid;
+    bool probe_maintain;    /* maintain_overrides then */
+    unsigned long probe_epoch;
+    int64_t probe_at;       /* server time, s */
+    int64_t probe_start;    /* when the server started (now - Uptime), s */
+    int64_t probe_mon, probe_ovr; /* update times of monitor, kumaguard_override (-1: NULL) */
     int64_t lock_generation;
 } my_store;
 
@@ -151,6 +160,8 @@ static int my_connect(my_store *m, char *err, size_t errlen)
     m->db = db;
     m->lock_held = false;
     m->json_table = mysql_get_server_version(db) >= 100600;
+    m->update_times = strstr(mysql_get_server_info(db), "MariaDB") != NULL;
+    m->conn_epoch++; /* a new session: the server may have restarted, so probes start over */
     return STORE_OK;
 }
 
@@ -598,6 +609,80 @@ static int32_t intern_field(kg_nametab *tab, const char *v, unsigned long len)
     return idx < 0 ? -2 : idx;
 }
 
+/* ---- the change probe -------------------------------------------------------------------
+ *
+ * InnoDB keeps, in memory, the time of the last committed change of each table (shown as
+ * information_schema.TABLES.UPDATE_TIME; MariaDB sets it at commit to the start time, in
+ * seconds, of the transaction that made the change).  So the monitors are read again only
+ * when that time of `monitor` or kumaguard_override differs from what it was just before our
+ * last full read.  What that cannot see, and how it is covered:
+ *   - a transaction that started in the same second as the change we last saw and commits
+ *     after our read leaves the same time behind: so while that change is less than
+ *     PROBE_SETTLE_S old at our read, every probe says "changed" (Kuma's writes are single
+ *     statements of milliseconds);
+ *   - the times live in memory: NULL until a table's first change after the server started
+ *     (or after InnoDB dropped the table from its cache, which it does not do to a table in
+ *     use: every Kuma node reads `monitor` each minute).  A restart is seen as a new session
+ *     or a new server start time, and means "read";
+ *   - only MariaDB is known to keep them like this: another server always reads;
+ *   - our own apply_moves clears the probe; so does a change of maintain_overrides (the new
+ *     leader's first read must drop stale records);
+ *   - as a last net, a full read at least every PROBE_MAX_AGE_S seconds. */
+#define PROBE_SETTLE_S 3
+#define PROBE_MAX_AGE_S 300
+
+static const char PROBE_SQL[] =
+    "SELECT UNIX_TIMESTAMP(), UNIX_TIMESTAMP() - (SELECT variable_value FROM"
+    " information_schema.global_status WHERE variable_name = 'UPTIME'), (SELECT"
+    " UNIX_TIMESTAMP(update_time) FROM information_schema.tables WHERE table_schema ="
+    " DATABASE() AND table_name = 'monitor'), (SELECT UNIX_TIMESTAMP(update_time) FROM"
+    " information_schema.tables WHERE table_schema = DATABASE() AND table_name ="
+    " 'kumaguard_override')";
+
+enum { PROBE_NOW, PROBE_START, PROBE_MON, PROBE_OVR, PROBE_N };
+
+/* The probe's values; -1 for NULL. */
+static int read_probe(my_store *m, int64_t v[PROBE_N], char *err, size_t errlen)
+{
+    if (mysql_real_query(m->db, PROBE_SQL, sizeof(PROBE_SQL) - 1))
+        return my_fail(m, "probe monitor changes", err, errlen);
+    MYSQL_RES *res = mysql_store_result(m->db);
+    if (!res)
+        return my_fail(m, "probe monitor changes", err, errlen);
+    MYSQL_ROW row = mysql_fetch_row(res);
+    for (int i = 0; i < PROBE_N; i++)
+        v[i] = row && row[i] ? strtoll(row[i], NULL, 10) : -1;
+    mysql_free_result(res);
+    return STORE_OK;
+}
+
+static int op_monitors_changed(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    bool *changed = arg;
+    *changed = true;
+    if (!m->probe_valid || !m->update_times || m->probe_epoch != m->conn_epoch ||
+        m->probe_maintain != s->maintain_overrides)
+        return STORE_OK;
+    int64_t v[PROBE_N];
+    int rc = read_probe(m, v, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    int64_t last = m->probe_mon > m->probe_ovr ? m->probe_mon : m->probe_ovr;
+    int64_t start_moved = v[PROBE_START] - m->probe_start;
+    *changed = v[PROBE_MON] != m->probe_mon || v[PROBE_OVR] != m->probe_ovr ||
+               v[PROBE_NOW] < 0 || v[PROBE_START] < 0 || start_moved > 2 || start_moved < -2 ||
+               m->probe_at - last < PROBE_SETTLE_S ||
+               v[PROBE_NOW] - m->probe_at >= PROBE_MAX_AGE_S;
+    return STORE_OK;
+}
+
+static int my_monitors_changed(kg_store *s, bool *changed, char *err, size_t errlen)
+{
+    *changed = true;
+    return run_op(s, op_monitors_changed, changed, err, errlen);
+}
+
 /* Streams the rows (mysql_use_result: no client-side copy of the result) straight into
  * plan_monitor records; the only allocations are the growing array and new names. */
 static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
@@ -619,6 +704,12 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
                      "forget stale override records", err, errlen);
     if (rc != STORE_OK)
         return rc;
+    /* The probe just before the read: any commit after it shows as a change. */
+    int64_t probe[PROBE_N] = {-1, -1, -1, -1};
+    m->probe_valid = false;
+    bool probed = m->update_times && read_probe(m, probe, err, errlen) == STORE_OK;
+    if (!probed && m->broken)
+        return STORE_ERROR;
     if (mysql_real_query(m->db, sql, sizeof(sql) - 1))
         return my_fail(m, "load monitors", err, errlen);
     MYSQL_RES *res = mysql_use_result(m->db);
@@ -665,6 +756,15 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
     }
     a->out->monitors = mons;
     a->out->n = count;
+    if (probed && probe[PROBE_NOW] >= 0 && probe[PROBE_START] >= 0) {
+        m->probe_valid = true;
+        m->probe_maintain = s->maintain_overrides;
+        m->probe_epoch = m->conn_epoch;
+        m->probe_at = probe[PROBE_NOW];
+        m->probe_start = probe[PROBE_START];
+        m->probe_mon = probe[PROBE_MON];
+        m->probe_ovr = probe[PROBE_OVR];
+    }
     return STORE_OK;
 }
 
@@ -1298,6 +1398,7 @@ static int op_apply_moves(kg_store *s, void *arg, char *err, size_t errlen)
     apply_args *a = arg;
     a->res->applied = 0;
     a->res->skipped = 0;
+    m->probe_valid = false; /* our own write: read the monitors again after it */
     const plan_move **order = malloc(a->n * sizeof(*order));
     size_t n_units = 0;
     apply_unit *units = order ? build_units(a->moves, a->n, order, &n_units) : NULL;
@@ -1572,6 +1673,7 @@ static const kg_store_ops mariadb_ops = {
     .upsert_node = my_upsert_node,
     .write_node_states = my_write_node_states,
     .load_monitors = my_load_monitors,
+    .monitors_changed = my_monitors_changed,
     .apply_moves = my_apply_moves,
     .append_event = my_append_event,
     .prune_events = my_prune_events,

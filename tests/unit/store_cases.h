@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "nametab.h"
 #include "store.h"
@@ -22,6 +23,8 @@ typedef struct {
     /* first column of the first row into buf; "(null)" for NULL or no row */
     void (*query_str)(const char *sql, char *buf, size_t len);
     const char *widen_node_sql;              /* makes node.host/node_name wide, or NULL */
+    int settle_ms; /* how long after a change the store's change probe may still say
+                      "changed" whatever happens (MariaDB: its probe's settle time) */
 } store_harness;
 
 #define ERRLEN 512
@@ -483,6 +486,87 @@ static void case_many_targets(const store_harness *h)
     expect_ids_intact(h, 1999, 2000LL * 2001 / 2 - 1500);
     free(mv);
     store_free_monitors(&set);
+    nametab_free(&tab);
+    store_close(s);
+}
+
+static void settle(const store_harness *h)
+{
+    struct timespec ts = {h->settle_ms / 1000, (long)(h->settle_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static bool probe_changed(kg_store *s)
+{
+    bool changed = false;
+    char err[ERRLEN] = "";
+    cr_assert_eq(s->ops->monitors_changed(s, &changed, err, sizeof(err)), STORE_OK, "%s", err);
+    return changed;
+}
+
+/* Issue 15: the monitors are read again only when something changed.  The probe says so for
+ * each kind of change a Kuma node, an operator, another controller or we make; and says
+ * "unchanged" once the rows were read after the last change. */
+static void case_change_probe(const store_harness *h)
+{
+    kg_store *s = open_with_schema(h);
+    seed_cluster(h);
+    cr_expect(probe_changed(s), "never read: must read");
+    kg_nametab tab;
+    nametab_init(&tab);
+    store_monitor_set set;
+    load_all(s, &tab, &set); /* drops the stale record of m5: a change of our own */
+    store_free_monitors(&set);
+    settle(h);
+    load_all(s, &tab, &set);
+    store_free_monitors(&set);
+    cr_expect_not(probe_changed(s), "nothing changed since the read");
+    cr_expect_not(probe_changed(s), "asking twice changes nothing");
+
+    static const struct {
+        const char *what, *sql;
+    } edits[] = {
+        {"a monitor added", "INSERT INTO monitor (id, name, active, node_id) VALUES (9, 'm9', 1, 'n1')"},
+        {"a monitor switched off", "UPDATE monitor SET active = 0 WHERE id = 1"},
+        {"a monitor re-pinned", "UPDATE monitor SET assigned_node = 'n2' WHERE id = 3"},
+        {"a monitor re-homed", "UPDATE monitor SET node_id = 'n3' WHERE id = 4"},
+        {"a monitor deleted", "DELETE FROM monitor WHERE id = 9"},
+        {"our override record changed by another controller",
+         "DELETE FROM kumaguard_override WHERE monitor_id = 2"},
+    };
+    for (size_t e = 0; e < sizeof(edits) / sizeof(edits[0]); e++) {
+        h->exec(edits[e].sql);
+        cr_expect(probe_changed(s), "%s: not noticed", edits[e].what);
+        settle(h);
+        cr_expect(probe_changed(s), "%s: forgotten before the rows were read", edits[e].what);
+        load_all(s, &tab, &set);
+        store_free_monitors(&set);
+        cr_expect_not(probe_changed(s), "%s: read, then nothing changed", edits[e].what);
+    }
+
+    /* Our own moves. */
+    load_all(s, &tab, &set);
+    plan_move mv = move_for(find_monitor(&set, 4), MOVE_SET_HOME, idx(&tab, "n2"), false);
+    store_free_monitors(&set);
+    store_apply_result res;
+    char err[ERRLEN] = "";
+    cr_assert_eq(s->ops->apply_moves(s, &tab, &mv, 1, "rebalance", &res, err, sizeof(err)),
+                 STORE_OK, "%s", err);
+    cr_expect_eq(res.applied, 1);
+    cr_expect(probe_changed(s), "our own apply_moves not noticed");
+    settle(h);
+    load_all(s, &tab, &set);
+    store_free_monitors(&set);
+    cr_expect_not(probe_changed(s));
+
+    /* A follower that becomes leader reads again (it must drop stale records). */
+    s->maintain_overrides = false;
+    cr_expect(probe_changed(s), "leadership change not noticed");
+    load_all(s, &tab, &set);
+    store_free_monitors(&set);
+    cr_expect_not(probe_changed(s));
+    s->maintain_overrides = true;
+    cr_expect(probe_changed(s), "leadership change not noticed");
     nametab_free(&tab);
     store_close(s);
 }
