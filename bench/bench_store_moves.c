@@ -308,8 +308,8 @@ int main(int argc, char **argv)
     printf("load_monitors   %8ld rows                     %9.0f ms\n", n, load_ms);
     double mr = median(ratio_w, rounds), ma = median(apply_w, rounds);
     double mf = median(floor_w, rounds);
-    printf("median          apply_moves %.0f ms, floor (one bare UPDATE of the same rows) %.0f ms\n",
-           ma, mf);
+    printf("median          apply_moves %.0f ms, floor (one bare UPDATE of the same rows)"
+           " %.0f ms\n", ma, mf);
     printf("ratio           apply_moves / floor = %.2f (median of the rounds' ratios %.2f)\n",
            ma / mf, mr);
     if (pid > 0) {

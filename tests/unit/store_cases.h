@@ -526,7 +526,8 @@ static void case_change_probe(const store_harness *h)
     static const struct {
         const char *what, *sql;
     } edits[] = {
-        {"a monitor added", "INSERT INTO monitor (id, name, active, node_id) VALUES (9, 'm9', 1, 'n1')"},
+        {"a monitor added",
+         "INSERT INTO monitor (id, name, active, node_id) VALUES (9, 'm9', 1, 'n1')"},
         {"a monitor switched off", "UPDATE monitor SET active = 0 WHERE id = 1"},
         {"a monitor re-pinned", "UPDATE monitor SET assigned_node = 'n2' WHERE id = 3"},
         {"a monitor re-homed", "UPDATE monitor SET node_id = 'n3' WHERE id = 4"},

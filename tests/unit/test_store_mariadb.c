@@ -301,8 +301,8 @@ Test(mariadb, killed_connection_reconnects_and_lease_gets_new_generation)
 }
 
 /* The change probe is a light touch: it reads no table row (status Rows_read; a full read of
- * 5,000 monitors reads at least 5,000), and a new session (the server may have restarted and lost InnoDB's
- * in-memory update times) always means "read again". */
+ * 5,000 monitors reads at least 5,000), and a new session (the server may have restarted and
+ * lost InnoDB's in-memory update times) always means "read again". */
 Test(mariadb, change_probe_reads_no_rows_and_starts_over_on_a_new_session, .timeout = 60)
 {
     kg_store *s = open_with_schema(&H);
