@@ -239,7 +239,12 @@ void ctrl_on_db_done(db_job *j)
     }
     if (j->nodes_done)
         ctrl_merge_node_rows(j->nodes, j->n_nodes);
-    if (j->monitors_done) {
+    if (j->monitors_done && j->monitors_unchanged) {
+        ctl.mon.as_of_ms = j->started_mono_ms; /* the set we have is the table as of now */
+        ctl.mon.wall_ms = ctrl_to_wall(j->started_mono_ms);
+        ctl.dirty = true;
+        ctrl_finish_load_waiters(200, "", "monitor table unchanged");
+    } else if (j->monitors_done) {
         set_monitors(j);
         char detail[96];
         snprintf(detail, sizeof detail, "%zu monitors re-read", ctl.mon.rows.n);
@@ -305,6 +310,7 @@ db_job *ctrl_build_job(plan_move *moves, size_t n_moves, const kg_nametab *tab,
     }
     j->load_nodes = ctl.want_nodes;
     j->load_monitors = ctl.want_monitors || ctl.n_load_waiters > 0;
+    j->monitors_cached = ctl.mon.loaded;
     return j;
 }
 

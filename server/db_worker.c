@@ -176,7 +176,16 @@ static void run_job(db_job *j)
         }
         j->nodes_done = true;
     }
-    if (j->load_monitors) {
+    if (j->load_monitors && j->monitors_cached && W.store->ops->monitors_changed) {
+        /* the cheap probe first: an unchanged table is not read again */
+        bool changed = true;
+        if (W.store->ops->monitors_changed(W.store, &changed, err, sizeof err) == STORE_OK &&
+            !changed) {
+            j->monitors_unchanged = true;
+            j->monitors_done = true;
+        }
+    }
+    if (j->load_monitors && !j->monitors_unchanged) {
         rc = W.store->ops->load_monitors(W.store, &j->monitors_tab, &j->monitors, err,
                                          sizeof err);
         if (rc != STORE_OK) {

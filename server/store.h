@@ -1,16 +1,17 @@
 /* store.h — the cluster database interface, with two backends: store_sqlite.c (embedded
  * default) and store_mariadb.c (the shared database of a real cluster).
  *
- * A kg_store is not thread safe: the controller thread owns its store; another thread that
- * needs the database (the setup watcher, the per-monitor listing of the HTTP API) opens a store
- * of its own with store_open() and only reads through it.  Every write operation is one
- * transaction; moves are applied set-based (a temporary table of moves joined to `monitor`),
- * each row guarded by the values the plan saw, so a row a Kuma node changed meanwhile is
- * skipped, not clobbered.  When `fence_generation` > 0 every write transaction begins with
- * the fence: it *writes* the kumaguard_leader row where that generation still holds (so the
- * database arbitrates it against a takeover: a row lock on one server, certification on
- * Galera) and aborts with STORE_FENCED when it does not, or when the database says another
- * node's write won (Galera 1213/1180/1047).
+ * A kg_store is not thread safe: the database applier (db_worker.c) owns the controller's
+ * store; another thread that needs the database (the setup watcher, the per-monitor listing of
+ * the HTTP API) opens a store of its own with store_open() and only reads through it.  Every
+ * write operation is one transaction; moves are applied set-based (statements over sets of
+ * rows, never one per move), each row guarded by the values the plan saw (node_id,
+ * assigned_node and active), so a row a Kuma node changed meanwhile is skipped, not clobbered,
+ * and a monitor switched off meanwhile is never given an override.  When `fence_generation` > 0
+ * every write transaction begins with the fence: it *writes* the kumaguard_leader row where
+ * that generation still holds (so the database arbitrates it against a takeover: a row lock on
+ * one server, certification on Galera) and aborts with STORE_FENCED when it does not, or when
+ * the database says another node's write won (Galera 1213/1180/1047).
  *
  * Owns: connections, SQL text, schema creation for kumaguard_* tables (and node/monitor only
  * with init_schema), and which lease generation it took (kept across reconnects).  Must not:
@@ -159,6 +160,13 @@ typedef struct {
     /* All monitors (active or not) with our-override flags; node names interned into tab. */
     int (*load_monitors)(kg_store *s, kg_nametab *tab, store_monitor_set *out, char *err,
                          size_t errlen);
+    /* A cheap probe, so an unchanged monitor table is not read again: *changed = false only
+     * when neither `monitor` nor kumaguard_override can have changed since this store's last
+     * successful load_monitors (a monitor added, deleted, switched or re-pinned by anyone, or
+     * moved by us); true when they may have, or when the store cannot tell.  Costs no scan of
+     * either table (MariaDB: InnoDB's in-memory update time of the two tables; SQLite:
+     * PRAGMA data_version). */
+    int (*monitors_changed)(kg_store *s, bool *changed, char *err, size_t errlen);
     /* Applies moves[0..n) in one transaction (see header comment).  `what` labels the
      * operation for kumaguard_override.reason ("failover", "revert", ...). */
     int (*apply_moves)(kg_store *s, const kg_nametab *tab, const plan_move *moves, size_t n,
@@ -221,7 +229,8 @@ bool store_change_writes_row(const store_monitor_change *c);
 void store_page_take(store_monitor_page *out, store_monitor_row *rows, size_t n, int limit);
 /* Both backends call this before applying: STORE_ERROR naming the first move with an unknown
  * kind or a node index that is not -1/interned (a target is required except for
- * CLEAR_OVERRIDE). */
+ * CLEAR_OVERRIDE), or that would give an inactive monitor a node (expect_active 0 is only
+ * valid for CLEAR_OVERRIDE). */
 int store_check_moves(const kg_nametab *tab, const plan_move *moves, size_t n, char *err,
                       size_t errlen);
 
