@@ -347,7 +347,6 @@ static void release_lease_at_exit(void)
     if (!j)
         return;
     j->generation = ctl.generation;
-    j->leader = true;
     j->release_lease = true;
     if (!ctrl_submit_job(j)) {
         db_job_free(j);

@@ -277,7 +277,6 @@ db_job *ctrl_build_job(plan_move *moves, size_t n_moves, const kg_nametab *tab,
     if (!j)
         return NULL;
     j->generation = ctl.leader ? ctl.generation : 0;
-    j->leader = ctl.leader;
     j->upsert_static = ctl.static_dirty;
     bool lease_due = ctl.cfg->db_host ? ctl.now >= ctl.next_lease_ms : !ctl.leader;
     if (lease_due) {

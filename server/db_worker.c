@@ -76,7 +76,6 @@ static bool prepare(db_job *j)
         W.schema_ready = false;
     }
     W.store->fence_generation = j->generation;
-    W.store->maintain_overrides = j->leader;
     if (!W.schema_ready) {
         int rc = W.store->ops->ensure_schema(W.store, W.cfg->init_schema, err, sizeof err);
         if (rc != STORE_OK)
@@ -186,6 +185,16 @@ static void run_job(db_job *j)
         }
     }
     if (j->load_monitors && !j->monitors_unchanged) {
+        if (j->generation > 0) {
+            /* the leader drops override records someone else changed under us, fenced, before
+             * a full read (only a changed table can have made one stale) */
+            size_t forgotten = 0;
+            rc = W.store->ops->forget_stale_overrides(W.store, &forgotten, err, sizeof err);
+            if (rc != STORE_OK) {
+                fail(j, "forget stale override records", rc, err);
+                goto out;
+            }
+        }
         rc = W.store->ops->load_monitors(W.store, &j->monitors_tab, &j->monitors, err,
                                          sizeof err);
         if (rc != STORE_OK) {

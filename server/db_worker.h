@@ -33,7 +33,6 @@ typedef struct db_job {
     uint64_t id;
     /* --- what to do (owned by the job) --- */
     int64_t generation;           /* fence for writes; 0 = no writes allowed (follower) */
-    bool leader;                  /* the store may maintain override records */
     bool upsert_static;           /* (re)write the configured static nodes' rows */
     bool lease;                   /* take or renew the leader lease */
     bool release_lease;           /* give the lease up (clean shutdown); nothing else runs */

@@ -171,6 +171,10 @@ typedef struct {
      * operation for kumaguard_override.reason ("failover", "revert", ...). */
     int (*apply_moves)(kg_store *s, const kg_nametab *tab, const plan_move *moves, size_t n,
                        const char *what, store_apply_result *res, char *err, size_t errlen);
+    /* Drops kumaguard_override records whose override someone else changed since we wrote
+     * it, in a fenced write (the leader's job: STORE_FENCED without a fence generation).
+     * load_monitors never writes; such a record is simply not "ours" when read. */
+    int (*forget_stale_overrides)(kg_store *s, size_t *forgotten, char *err, size_t errlen);
     int (*append_event)(kg_store *s, const kg_event *ev, char *err, size_t errlen);
     /* Deletes kumaguard_event rows older than before_ms (history retention), at most 10,000
      * per call so a large backlog never holds a long transaction. */
@@ -207,9 +211,6 @@ typedef struct {
 struct kg_store {
     const kg_store_ops *ops;
     int64_t fence_generation; /* 0 = no fencing check */
-    bool maintain_overrides;  /* load_monitors also drops kumaguard_override records that no
-                                 longer match their monitor (the leader's job; default true,
-                                 the controller clears it on followers, which write nothing) */
     void *impl;
 };
 

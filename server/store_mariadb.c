@@ -85,7 +85,6 @@ typedef struct {
     unsigned long conn_epoch; /* connections made so far */
     /* monitors_changed: what the probe said just before the last successful full read */
     bool probe_valid;
-    bool probe_maintain;    /* maintain_overrides then */
     unsigned long probe_epoch;
     int64_t probe_at;       /* server time, s */
     int64_t probe_start;    /* when the server started (now - Uptime), s */
@@ -699,8 +698,7 @@ static int32_t intern_field(kg_nametab *tab, const char *v, unsigned long len)
  *     use: every Kuma node reads `monitor` each minute).  A restart is seen as a new session
  *     or a new server start time, and means "read";
  *   - only MariaDB is known to keep them like this: another server always reads;
- *   - our own apply_moves clears the probe; so does a change of maintain_overrides (the new
- *     leader's first read must drop stale records);
+ *   - our own apply_moves and forget_stale_overrides clear the probe;
  *   - as a last net, a full read at least every PROBE_MAX_AGE_S seconds. */
 #define PROBE_SETTLE_S 3
 #define PROBE_MAX_AGE_S 300
@@ -735,8 +733,7 @@ static int op_monitors_changed(kg_store *s, void *arg, char *err, size_t errlen)
     my_store *m = s->impl;
     bool *changed = arg;
     *changed = true;
-    if (!m->probe_valid || !m->update_times || m->probe_epoch != m->conn_epoch ||
-        m->probe_maintain != s->maintain_overrides)
+    if (!m->probe_valid || !m->update_times || m->probe_epoch != m->conn_epoch)
         return STORE_OK;
     int64_t v[PROBE_N];
     int rc = read_probe(m, v, err, errlen);
@@ -767,17 +764,7 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
         "SELECT m.id, m.node_id, m.assigned_node, COALESCE(m.active = 1, 0),"
         " COALESCE(CAST(o.node_id AS BINARY) = CAST(m.assigned_node AS BINARY), 0)"
         " FROM monitor m LEFT JOIN kumaguard_override o ON o.monitor_id = m.id ORDER BY m.id";
-    /* A record whose override someone else changed is garbage: drop it before it can match a
-     * later manual pin by accident and make that pin look like ours (invariant 5). */
     int rc = STORE_OK;
-    if (s->maintain_overrides) /* the leader's job: followers write nothing */
-        rc = my_exec(m,
-                     "DELETE o FROM kumaguard_override o LEFT JOIN monitor m ON m.id = o.monitor_id"
-                     " AND CAST(m.assigned_node AS BINARY) = CAST(o.node_id AS BINARY)"
-                     " WHERE m.id IS NULL",
-                     "forget stale override records", err, errlen);
-    if (rc != STORE_OK)
-        return rc;
     /* The probe just before the read: any commit after it shows as a change. */
     int64_t probe[PROBE_N] = {-1, -1, -1, -1};
     m->probe_valid = false;
@@ -832,7 +819,6 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
     a->out->n = count;
     if (probed && probe[PROBE_NOW] >= 0 && probe[PROBE_START] >= 0) {
         m->probe_valid = true;
-        m->probe_maintain = s->maintain_overrides;
         m->probe_epoch = m->conn_epoch;
         m->probe_at = probe[PROBE_NOW];
         m->probe_start = probe[PROBE_START];
@@ -840,6 +826,38 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
         m->probe_ovr = probe[PROBE_OVR];
     }
     return STORE_OK;
+}
+
+/* A record whose override someone else changed is garbage: dropped, in a fenced write of the
+ * leader, before it can match a later manual pin by accident and make that pin look like
+ * ours.  (Reads never write: a stale record is simply not "ours" when monitors are loaded.) */
+static int op_forget_stale_overrides(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    size_t *forgotten = arg;
+    int rc = begin_write(s, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    rc = my_exec(m,
+                 "DELETE o FROM kumaguard_override o LEFT JOIN monitor m ON m.id = o.monitor_id"
+                 " AND CAST(m.assigned_node AS BINARY) = CAST(o.node_id AS BINARY)"
+                 " WHERE m.id IS NULL",
+                 "forget stale override records", err, errlen);
+    if (rc == STORE_OK)
+        *forgotten = (size_t)mysql_affected_rows(m->db);
+    if (*forgotten)
+        m->probe_valid = false; /* the table changed under the probe's last answer */
+    return my_end(m, rc, err, errlen);
+}
+
+static int my_forget_stale_overrides(kg_store *s, size_t *forgotten, char *err, size_t errlen)
+{
+    *forgotten = 0;
+    if (s->fence_generation <= 0) {
+        snprintf(err, errlen, "forget stale override records: only the leader writes");
+        return STORE_FENCED;
+    }
+    return run_op(s, op_forget_stale_overrides, forgotten, err, errlen);
 }
 
 static int my_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out, char *err,
@@ -2052,6 +2070,7 @@ static int my_apply_monitor_changes(kg_store *s, const store_monitor_change *ch,
 {
     *changed = 0;
     changes_args a = {ch, n, reason, changed};
+    ((my_store *)s->impl)->probe_valid = false; /* our own write: read the monitors again */
     return run_op(s, op_apply_monitor_changes, &a, err, errlen);
 }
 
@@ -2089,6 +2108,7 @@ static const kg_store_ops mariadb_ops = {
     .load_monitors = my_load_monitors,
     .monitors_changed = my_monitors_changed,
     .apply_moves = my_apply_moves,
+    .forget_stale_overrides = my_forget_stale_overrides,
     .append_event = my_append_event,
     .prune_events = my_prune_events,
     .lease = my_lease,
@@ -2116,7 +2136,6 @@ kg_store *store_mariadb_open(const kg_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     s->ops = &mariadb_ops;
-    s->maintain_overrides = true;
     s->impl = m;
     bool is_socket = cfg->db_host && cfg->db_host[0] == '/';
     bool ok = dup_opt(is_socket ? &m->socket : &m->host, cfg->db_host, NULL)

@@ -30,7 +30,6 @@ typedef struct {
      * whenever another connection commits; our own writes to monitor/kumaguard_override (only
      * apply_moves makes them) clear loaded_valid instead. */
     bool loaded_valid;
-    bool loaded_maintain;  /* maintain_overrides at that load */
     int64_t loaded_version;
 } sq_store;
 
@@ -378,12 +377,36 @@ static int sq_monitors_changed(kg_store *s, bool *changed, char *err, size_t err
 {
     sq_store *q = s->impl;
     *changed = true;
-    if (!q->loaded_valid || q->loaded_maintain != s->maintain_overrides)
+    if (!q->loaded_valid)
         return STORE_OK;
     int64_t v = 0;
     int rc = data_version(q->db, &v, err, errlen);
     if (rc == STORE_OK)
         *changed = v != q->loaded_version;
+    return rc;
+}
+
+/* A record whose override someone else changed is garbage: dropped, in a fenced write of the
+ * leader, before it can match a later manual pin by accident and make that pin look like
+ * ours.  (Reads never write: a stale record is simply not "ours" when monitors are loaded.) */
+static int sq_forget_stale_overrides(kg_store *s, size_t *forgotten, char *err, size_t errlen)
+{
+    ((sq_store *)s->impl)->loaded_valid = false; /* our own write (see apply_moves) */
+    *forgotten = 0;
+    if (s->fence_generation <= 0) {
+        snprintf(err, errlen, "forget stale override records: only the leader writes");
+        return STORE_FENCED;
+    }
+    sqlite3_stmt *st = NULL;
+    int rc = fenced_one_begin(s,
+                              "DELETE FROM kumaguard_override WHERE NOT EXISTS (SELECT 1 FROM"
+                              " monitor m WHERE m.id = kumaguard_override.monitor_id"
+                              " AND m.assigned_node IS kumaguard_override.node_id)",
+                              "forget stale override records", &st, err, errlen);
+    int before = sqlite3_total_changes(db_of(s));
+    rc = fenced_one_end(s, st, rc, "forget stale override records", err, errlen);
+    if (rc == STORE_OK)
+        *forgotten = (size_t)(sqlite3_total_changes(db_of(s)) - before);
     return rc;
 }
 
@@ -396,15 +419,7 @@ static int sq_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out
     out->monitors = NULL;
     out->n = 0;
     q->loaded_valid = false;
-    /* A record whose override someone else changed is garbage: drop it before it can match a
-     * later manual pin by accident and make that pin look like ours (invariant 5). */
     int rc = STORE_OK;
-    if (s->maintain_overrides)
-        rc = sq_exec(db,
-                     "DELETE FROM kumaguard_override WHERE NOT EXISTS (SELECT 1 FROM monitor m"
-                     " WHERE m.id = kumaguard_override.monitor_id"
-                     " AND m.assigned_node IS kumaguard_override.node_id)",
-                     "forget stale override records", err, errlen);
     int64_t version = 0;
     if (rc == STORE_OK) /* before the read: a commit after it shows as a change */
         rc = data_version(db, &version, err, errlen);
@@ -455,7 +470,6 @@ static int sq_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out
     out->monitors = mons;
     out->n = count;
     q->loaded_valid = true;
-    q->loaded_maintain = s->maintain_overrides;
     q->loaded_version = version;
     return STORE_OK;
 }
@@ -823,6 +837,8 @@ static int sq_apply_monitor_changes(kg_store *s, const store_monitor_change *ch,
                                     const char *reason, size_t *changed, char *err,
                                     size_t errlen)
 {
+    /* our own write: data_version does not show it to us, so the next read reads */
+    ((sq_store *)s->impl)->loaded_valid = false;
     static const char *const sql[4] = {
         "SELECT 1 FROM monitor WHERE id = ?1 AND node_id IS ?2 AND assigned_node IS ?3",
         "UPDATE monitor SET node_id = ?1, assigned_node = ?2 WHERE id = ?3",
@@ -877,6 +893,7 @@ static const kg_store_ops sqlite_ops = {
     .load_monitors = sq_load_monitors,
     .monitors_changed = sq_monitors_changed,
     .apply_moves = sq_apply_moves,
+    .forget_stale_overrides = sq_forget_stale_overrides,
     .append_event = sq_append_event,
     .prune_events = sq_prune_events,
     .lease = sq_lease,
@@ -897,7 +914,6 @@ kg_store *store_sqlite_open(const char *path, char *err, size_t errlen)
         return NULL;
     }
     s->ops = &sqlite_ops;
-    s->maintain_overrides = true;
     s->impl = q;
     q->lock_fd = -1;
     snprintf(q->lock_path, sizeof(q->lock_path), "%s.lease", path);

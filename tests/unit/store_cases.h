@@ -560,14 +560,6 @@ static void case_change_probe(const store_harness *h)
     store_free_monitors(&set);
     cr_expect_not(probe_changed(s));
 
-    /* A follower that becomes leader reads again (it must drop stale records). */
-    s->maintain_overrides = false;
-    cr_expect(probe_changed(s), "leadership change not noticed");
-    load_all(s, &tab, &set);
-    store_free_monitors(&set);
-    cr_expect_not(probe_changed(s));
-    s->maintain_overrides = true;
-    cr_expect(probe_changed(s), "leadership change not noticed");
     nametab_free(&tab);
     store_close(s);
 }
@@ -589,11 +581,37 @@ static void case_manual_pin(const store_harness *h)
     cr_expect_eq(find_monitor(&set, 8)->ours, 0);
     cr_expect_eq(find_monitor(&set, 7)->ours, 1);
     store_free_monitors(&set);
-    /* The operator moves the pin back to n3, the value kumaguard once wrote.  It is still the
-     * operator's pin: the stale record was dropped when it stopped matching, so a recovery
-     * of n1 can never revert it (invariant 5). */
+    /* Reading writes nothing (a follower reads too): the stale record is still there, only
+     * not "ours".  Dropping it is a fenced write of the leader's — refused without a fence
+     * generation, done with one. */
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 1,
+                 "load_monitors wrote (it must not: followers read too)");
+    char err[ERRLEN] = "";
+    size_t forgotten = 99;
+    s->fence_generation = 0;
+    cr_expect_eq(s->ops->forget_stale_overrides(s, &forgotten, err, sizeof(err)), STORE_FENCED,
+                 "a follower dropped records");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 1);
+    bool leader = false;
+    int64_t gen = 0;
+    cr_assert_eq(s->ops->lease(s, "ctl-a", 10000, &leader, &gen, err, sizeof(err)), STORE_OK,
+                 "%s", err);
+    cr_assert(leader);
+    s->fence_generation = gen;
+    cr_assert_eq(s->ops->forget_stale_overrides(s, &forgotten, err, sizeof(err)), STORE_OK,
+                 "%s", err);
+    cr_expect_eq(forgotten, 2, "m8's record, and m5's (stale since the seed)");
     cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 0,
                  "a record that no longer matches its monitor must be forgotten");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 5"), 0);
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 7"), 1,
+                 "a record that still matches stays");
+    s->fence_generation = gen + 1; /* another controller took over meanwhile */
+    cr_expect_eq(s->ops->forget_stale_overrides(s, &forgotten, err, sizeof(err)), STORE_FENCED);
+    s->fence_generation = gen;
+    /* The operator moves the pin back to n3, the value kumaguard once wrote.  It is still the
+     * operator's pin: the stale record is gone, so a recovery of n1 can never revert it
+     * (invariant 5). */
     h->exec("UPDATE monitor SET assigned_node = 'n3' WHERE id = 8");
     load_all(s, &tab, &set);
     cr_expect_eq(find_monitor(&set, 8)->ours, 0, "a re-pin to our old value became ours");

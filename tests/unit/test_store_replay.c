@@ -448,7 +448,8 @@ static bool m_ours(const mrow *r)
     return r->over >= 0 && r->rec == r->over;
 }
 
-/* The stores drop records whose override someone else changed, every time they load. */
+/* The leader drops records whose override someone else changed before every full read
+ * (forget_stale_overrides, a fenced write). */
 static void m_forget_stale(model *m)
 {
     for (size_t i = 0; i < m->n; i++)
@@ -774,7 +775,20 @@ typedef struct {
 static void load_or_fail(const model *m, replica *rp, store_monitor_set *set)
 {
     char err[ERRLEN] = "";
-    int rc = rp->s->ops->load_monitors(rp->s, &rp->tab, set, err, sizeof(err));
+    /* as the leader does: drop stale records (a fenced write), then read */
+    if (rp->s->fence_generation <= 0) {
+        bool leader = false;
+        int64_t gen = 0;
+        if (rp->s->ops->lease(rp->s, "replay", 60000, &leader, &gen, err, sizeof(err)) !=
+                STORE_OK || !leader)
+            cr_assert_fail(REPLAY_CTX "lease: %s", REPLAY_ARGS(m, rp), err);
+        rp->s->fence_generation = gen;
+    }
+    size_t forgotten = 0;
+    int rc = rp->s->ops->forget_stale_overrides(rp->s, &forgotten, err, sizeof(err));
+    if (rc != STORE_OK)
+        cr_assert_fail(REPLAY_CTX "forget_stale_overrides: %s", REPLAY_ARGS(m, rp), err);
+    rc = rp->s->ops->load_monitors(rp->s, &rp->tab, set, err, sizeof(err));
     if (rc != STORE_OK)
         cr_assert_fail(REPLAY_CTX "load_monitors: %s", REPLAY_ARGS(m, rp), err);
 }
