@@ -111,18 +111,24 @@ export function startSim({ id, nodes, prefix = 'n', sqlite, mariadb, nodeHost = 
     const ports = new Map();
     const timer = setTimeout(() => reject(new Error(`kumasim ${id || prefix} did not say it was listening (${ports.size}/${want}): ${out.slice(-2000)}`)), 30000);
     let ready = false;
+    let partial = ''; // a line can be split between two reads
     proc.stdout.on('data', (d) => {
       if (log) fs.appendFileSync(log, d);
       if (ready) return;
-      out += d;
-      for (const m of String(d).matchAll(/kumasim (\S+) listening on 127\.0\.0\.1:(\d+)/g)) ports.set(m[1], Number(m[2]));
+      out = (out + d).slice(-4000);
+      const lines = (partial + d).split('\n');
+      partial = lines.pop();
+      for (const line of lines) {
+        const m = line.match(/kumasim (\S+) listening on 127\.0\.0\.1:(\d+)/);
+        if (m) ports.set(m[1], Number(m[2]));
+      }
       if (ports.size >= want) {
         ready = true;
         clearTimeout(timer);
         resolve({ proc, ports, port: ports.values().next().value });
       }
     });
-    proc.stderr.on('data', (d) => { if (!ready) out += d; if (log) fs.appendFileSync(log, d); });
+    proc.stderr.on('data', (d) => { if (!ready) out = (out + d).slice(-4000); if (log) fs.appendFileSync(log, d); });
     proc.on('exit', (code, sig) => { clearTimeout(timer); if (!ready) reject(new Error(`kumasim ${id || prefix} exited (${code ?? sig}): ${out.slice(-2000)}`)); });
   });
 }

@@ -645,10 +645,13 @@
       (r.last_duration_ms ? ' (no answer within ' + fmtDuration(r.last_duration_ms) + ')' : ''), ...when);
       waitSaid = still;
     }
+    /* must_tell holds back a returning node (recovering); on a node that is down it is what
+     * will happen; on a routed node, or one that cannot be called (no KUMA_API_KEY, setup
+     * pending), it holds nothing */
     const away = n.state === 'offline' || n.state === 'maintenance';
     if (r.must_tell && away) {
       add(1, 'tell', 'when it answers again it is told first, and routed only once it dropped what moved away');
-    } else if (r.must_tell) {
+    } else if (r.must_tell && n.state === 'recovering' && !(r.waiting && /cannot be called now/.test(r.waiting))) {
       add(2, 'tell', 'told first: not routed until it drops what moved away', r.in_flight ? ' (telling it now)' : '');
     }
     if (away && r.waiting && /cannot be called now/.test(r.waiting)) {
@@ -931,7 +934,7 @@
     const limit = n.monitor_limit || clusterLimit || 0;
     const fails = n.consecutive_failures || 0;
     const lat = fails > 0 ? 'no answer' : fmtLatency(n.last_latency_ms);
-    const top = x.issues[0];
+    const top = rowProblem(n, x.issues);
     const key = st + '\n' + (n.host || '') + '\n' + eff + '\n' + limit + '\n' + lat + '\n' + x.sev + '\n' +
       (top ? top.sev + top.short + '\n' + x.issues.length : '');
     if (key === rec.key) return;
@@ -953,14 +956,27 @@
     if (top) {
       rec.issue.className = 'nr-issue issue-' + top.tone;
       setText(rec.issueIcon, top.icon);
-      setText(rec.issueText, top.short + (x.issues.length > 1 ? ' (+' + (x.issues.length - 1) + ')' : ''));
-      rec.issue.title = x.issues.map((i) => i.parts.filter((p) => typeof p === 'string').join('')).join('\n');
+      const more = x.issues.length - (top.fromState ? 0 : 1);
+      setText(rec.issueText, top.short + (more > 0 ? ' (+' + more + ')' : ''));
+      rec.issue.title = (top.fromState ? [top] : []).concat(x.issues).map((i) => i.parts.filter((p) => typeof p === 'string').join('')).join('\n');
     } else {
       rec.issue.className = 'nr-issue';
       setText(rec.issueIcon, '');
       setText(rec.issueText, '');
       rec.issue.removeAttribute('title');
     }
+  }
+
+  /* What a row says in its Problem column: the worst problem line, or, when the node's state
+   * is worse than any of them, why its probes fail. */
+  function rowProblem(n, issues) {
+    const top = issues[0] || null;
+    const sev = STATE_SEV[n.state] || 0;
+    if (sev < 2 || (top && top.sev >= sev)) return top;
+    const short = n.state === 'recovering'
+      ? 'recovering: ' + (n.consecutive_successes || 0) + ' probes passed'
+      : 'probes fail: ' + (n.last_failure_reason || 'no answer');
+    return { sev, tone: SEV_TONE[sev], icon: SEV_ICON[sev], short, parts: [short], fromState: true };
   }
 
   function toggleRow(id) {
