@@ -157,6 +157,12 @@ test('panic guard: 2 of 3 nodes fail; nothing moves until the banner\'s button a
   await page.waitForTimeout(1500);
   assert.equal((await nodeDoc('node2')).monitors_effective, held, 'nothing moved under the guard');
 
+  // the top of the page as an operator sees it now (docs/dashboard.png is taken from this)
+  await page.evaluate(() => window.scrollTo(0, 0));
+  const bottom = await page.evaluate(() => document.getElementById('cards').getBoundingClientRect().bottom + window.scrollY + 16);
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  await page.screenshot({ path: path.join(ARTIFACTS, 'dashboard-panic.png'), fullPage: true, clip: { x: 0, y: 0, width: 1280, height: bottom } });
+
   // the button: a confirmation first (Cancel does nothing), then the token
   const button = page.getByRole('button', { name: 'Allow failover for this outage…' });
   await button.click();
@@ -167,6 +173,7 @@ test('panic guard: 2 of 3 nodes fail; nothing moves until the banner\'s button a
   await page.locator('#confirm-dialog').waitFor({ state: 'hidden' });
   assert.equal((await http('GET', kg.url + '/api/fault-detection-status')).json.panic_guard.override, false, 'cancel changed nothing');
 
+  await awayFromCron(); // the moves it allows are not paced around the nodes' :00 cron
   await button.click();
   await page.click('#confirm-ok');
   const sent = page.waitForRequest((r) => r.url().endsWith('/api/panic-override') && /Bearer /.test(r.headers().authorization || ''));

@@ -1079,7 +1079,11 @@
     setText(r.host, n.host || 'no host');
 
     const since = parseTime(n.state_since);
-    r.note.replaceChildren(info.note + (since ? ' · since ' + fmtClock(since) + ' (' : ''),
+    const pg = s.fault_detection && s.fault_detection.panic_guard;
+    const held = pg && pg.engaged && !pg.override && (st === 'offline' || st === 'suspect');
+    /* under the panic guard a failing node keeps its monitors and its place in nginx */
+    const note = held ? 'Failing its probes, but the panic guard holds: its monitors stay and nginx keeps its upstream' : info.note;
+    r.note.replaceChildren(note + (since ? ' · since ' + fmtClock(since) + ' (' : ''),
       ...(since ? [agoSpan(n.state_since), ')'] : []));
 
     const ikey = JSON.stringify(issues.map((i) => [i.tone, i.code, i.parts]));
