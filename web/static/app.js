@@ -1080,9 +1080,9 @@
 
     const since = parseTime(n.state_since);
     const pg = s.fault_detection && s.fault_detection.panic_guard;
-    const held = pg && pg.engaged && !pg.override && (st === 'offline' || st === 'suspect');
+    const held = pg && pg.engaged && !pg.override && n.host_valid !== false && (st === 'offline' || st === 'suspect');
     /* under the panic guard a failing node keeps its monitors and its place in nginx */
-    const note = held ? 'Failing its probes, but the panic guard holds: its monitors stay and nginx keeps its upstream' : info.note;
+    const note = held ? 'Failing its probes, but the panic guard holds: nothing moves off it and nginx keeps its upstream' : info.note;
     r.note.replaceChildren(note + (since ? ' · since ' + fmtClock(since) + ' (' : ''),
       ...(since ? [agoSpan(n.state_since), ')'] : []));
 
