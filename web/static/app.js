@@ -6,7 +6,15 @@
  * monitor runs and why), listens to the /api/events stream (SSE: one frame per history event,
  * plus an `event: snapshot` notice whenever the controller publishes a new picture) and
  * refreshes the status document when told to, and POSTs the actions (also a monitor's move,
- * pin and unpin).
+ * pin and unpin, and the panic guard's override).
+ *
+ * What it says: per node, the problems and pending work in words with their fix (the last
+ * reconcile call's cause, why work waits, told first, a host without a port, not proven yet);
+ * banners for the panic guard, the database, the local history and the page's own
+ * connection.  Up to COMPACT_ABOVE nodes it draws a card per node; above, a compact list
+ * (filter, state chips, problems first) whose rows are updated in place and open into a card,
+ * so 1,000 nodes cost one row each and a chart only where a user asked for one.  Each render
+ * is a User Timing measure ("kg-render"), which the dashboard tests and bench read.
  *
  * Must not: load anything from another host, use inline script/style or innerHTML with data
  * from the server (node names and failure reasons come from the cluster database), or poll
@@ -1332,9 +1340,30 @@
     return row;
   }
 
+  /* Rows are kept by event id: a live event adds its row, it does not rebuild the table (a
+   * busy large cluster sends many). */
+  const historyRowsById = new Map();
+
   function renderHistory() {
     const evs = [...S.history.values()].sort((a, b) => b.id - a.id);
-    $('history-body').replaceChildren(...evs.map(historyRow));
+    const body = $('history-body');
+    for (const [id, row] of historyRowsById) {
+      if (!S.history.has(id)) {
+        row.remove();
+        historyRowsById.delete(id);
+      }
+    }
+    let prev = null;
+    for (const ev of evs) {
+      let row = historyRowsById.get(ev.id);
+      if (!row) {
+        row = historyRow(ev);
+        historyRowsById.set(ev.id, row);
+      }
+      const want = prev ? prev.nextSibling : body.firstChild;
+      if (want !== row) body.insertBefore(row, want);
+      prev = row;
+    }
     S.freshIds.clear();
     $('history-empty').hidden = evs.length > 0;
     $('history-more').hidden = !S.historyNext;
