@@ -209,6 +209,7 @@ static json_object *reconcile_obj(const kg_reconcile_view *r)
     add(o, "last_result", jstr(r->last_result ? r->last_result : "none"));
     add_int(o, "last_http_status", r->last_http);
     add(o, "last_call", jtime(r->last_call_ms));
+    add(o, "call_started", jtime(r->call_started_ms));
     add_int(o, "last_duration_ms", r->last_duration_ms);
     add(o, "next_cron", jtime(r->next_cron_ms));
     add_int(o, "calls", r->calls);

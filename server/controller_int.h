@@ -208,6 +208,7 @@ void ctrl_update_panic(void);
 bool ctrl_proving(void);
 bool ctrl_moves_allowed(void);
 void ctrl_on_probe(const kg_msg *m);
+void ctrl_mark_returning(ctrl_node *cn);
 
 /* ctrl_db.c: leadership and the database applier's jobs */
 void ctrl_set_role(bool leader, int64_t generation, const char *why);

@@ -154,6 +154,14 @@ static void check_host(ctrl_node *cn)
     cn->v.host_valid = valid;
 }
 
+/* A node back from failing is told to reconcile before it is routed — when kumaguard can tell
+ * it anything (KUMA_API_KEY set); without a key the nodes' own crons are all there is. */
+void ctrl_mark_returning(ctrl_node *cn)
+{
+    if (ctl.cfg->kuma_api_key)
+        rsched_mark_returning(&cn->rs);
+}
+
 ctrl_node *ctrl_add_node(const char *id, const char *name, const char *host,
                            node_state persisted)
 {
@@ -176,7 +184,7 @@ ctrl_node *ctrl_add_node(const char *id, const char *name, const char *host,
     n->v.is_static = is_static(id);
     rsched_init(&n->rs);
     if (n->h.state == NODE_OFFLINE)
-        rsched_mark_returning(&n->rs); /* monitors may have moved away while it was down */
+        ctrl_mark_returning(n); /* monitors may have moved away while it was down */
     qsort(ctl.nodes, (size_t)ctl.n_nodes, sizeof *ctl.nodes, node_cmp);
     ctl.dirty = true;
     return ctrl_find_node(id);
@@ -199,7 +207,7 @@ void ctrl_on_transition(ctrl_node *cn, health_transition t, const char *why)
         }
     }
     if (t.to == NODE_OFFLINE)
-        rsched_mark_returning(&cn->rs); /* when it answers again, tell it first */
+        ctrl_mark_returning(cn); /* when it answers again, tell it first */
     ctrl_emit(EV_STATE_CHANGE, cn->v.id, node_state_name(t.from), node_state_name(t.to), 0, 0,
          "%s: %s -> %s (%s)", cn->v.id, node_state_name(t.from), node_state_name(t.to), why);
     /* suspect <-> online changes neither routing nor assignments */
@@ -246,7 +254,7 @@ void ctrl_merge_node_rows(const store_node_row *rows, size_t n)
                 cn->v.state_since_ms = ctl.wall;
                 ctl.dirty = true;
                 if (cn->h.state == NODE_OFFLINE)
-                    rsched_mark_returning(&cn->rs);
+                    ctrl_mark_returning(cn);
             }
         }
         if (!ctl.leader) {

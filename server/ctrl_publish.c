@@ -72,6 +72,7 @@ static void reconcile_view(const ctrl_node *cn, kg_reconcile_view *v)
         .last_result = rsched_result_name(rs->last_result),
         .last_http = rs->last_http,
         .last_call_ms = ctrl_to_wall(rs->last_call_ms),
+        .call_started_ms = rs->in_flight ? ctrl_to_wall(rs->call_start_ms) : 0,
         .last_duration_ms = rs->last_duration_ms,
         .next_cron_ms = ctrl_to_wall(rsched_next_cron_ms(&ctl.rcfg, ctl.now, ctl.wall - ctl.now)),
         .waiting = rs->waiting,
