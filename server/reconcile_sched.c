@@ -5,6 +5,11 @@
 
 #include <string.h>
 
+/* A node that timed out while answering probes is taken to be this many times slower than the
+ * configured costs (up to SLOW_MAX); after a few quick answers it is trusted again. */
+#define SLOW_STEP 4
+#define SLOW_MAX 16
+
 const char *rsched_result_name(rsched_result r)
 {
     switch (r) {
@@ -40,6 +45,13 @@ void rsched_init(rsched_node *n) { memset(n, 0, sizeof *n); }
 int64_t rsched_worst_ms(const rsched_cfg *c, int starts, int stops)
 {
     return c->base_ms + (int64_t)starts * c->start_ms + (int64_t)stops * c->stop_ms;
+}
+
+/* This node's worst case: the configured costs times how much slower this node has shown it
+ * is (slow_factor, 1 until a call timed out while the node kept answering probes). */
+static int64_t node_worst(const rsched_node *n, const rsched_cfg *c, int starts, int stops)
+{
+    return rsched_worst_ms(c, starts, stops) * (n->slow_factor > 1 ? n->slow_factor : 1);
 }
 
 /* Start of the cron at or before `now` (monotonic ms). */
@@ -115,7 +127,7 @@ static int64_t worst_before(const rsched_node *n, const rsched_cfg *c, int64_t t
             s += n->work[i].starts;
             p += n->work[i].stops;
         }
-    return rsched_worst_ms(c, s, p);
+    return node_worst(n, c, s, p);
 }
 
 static void add_work(rsched_node *n, int starts, int stops, int64_t from_ms, int64_t now_ms,
@@ -191,7 +203,9 @@ static void left_to_cron(rsched_node *n, int64_t b, const rsched_cfg *c)
 
 static int budget_left(rsched_node *n, const rsched_cfg *c, int64_t now)
 {
-    int budget = c->budget < 1 ? 1 : (c->budget > RSCHED_BUDGET_MAX ? RSCHED_BUDGET_MAX : c->budget);
+    int budget = c->budget < 1 ? 1
+                 : c->budget > RSCHED_BUDGET_MAX ? RSCHED_BUDGET_MAX
+                                                 : c->budget;
     /* drop calls that left the window (the ring is in start order from budget_head) */
     while (n->budget_used > 0) {
         int oldest = (n->budget_head - n->budget_used + RSCHED_BUDGET_MAX) % RSCHED_BUDGET_MAX;
@@ -216,12 +230,21 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
         return wait_until(n, "a call is in flight", n->call_deadline_ms);
     if (n->stale) {
         /* rule 3: the timed-out call runs whenever the node wakes up; count its worst case
-         * from the moment it answers again */
-        if (!alive_since || alive_since <= n->stale_since_ms)
+         * from the moment it answers again.  A node that answered probes all along is slower
+         * than our worst case, not hung: it gets as long again from the deadline. */
+        if (!alive_since)
             return wait_until(n, "a timed-out call may still be running on the node", 0);
+        int64_t until = alive_since + n->stale_worst_ms;
+        if (alive_since <= n->stale_since_ms) {
+            /* it answered probes all along: slower than the configured costs, not hung.  It
+             * gets SLOW_STEP times the deadline in all, and its later deadlines as much. */
+            until = n->stale_since_ms + n->stale_worst_ms * (SLOW_STEP - 1);
+            int f = (n->slow_factor > 1 ? n->slow_factor : 1) * SLOW_STEP;
+            n->slow_factor = f > SLOW_MAX ? SLOW_MAX : f;
+        }
         n->stale = false;
-        if (alive_since + n->stale_worst_ms > n->busy_until_ms)
-            n->busy_until_ms = alive_since + n->stale_worst_ms;
+        if (until > n->busy_until_ms)
+            n->busy_until_ms = until;
     }
     if (!has_work(n) && !n->tell_first)
         return (rsched_decision){0};
@@ -232,7 +255,7 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
         left_to_cron(n, prev, c);
     if (!has_own_work(n) && !n->tell_first)
         return (rsched_decision){0}; /* only foreign work (or none): the cron does it */
-    int64_t worst = rsched_worst_ms(c, n->starts, n->stops);
+    int64_t worst = node_worst(n, c, n->starts, n->stops);
     int64_t after_cron = next + c->cron_skew_ms + worst; /* when the next cron surely ended */
     if (!callable)
         return wait_until(n, "the node cannot be called now: left to its cron", after_cron);
@@ -266,7 +289,7 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
 int64_t rsched_room_ms(rsched_node *n, const rsched_cfg *c, bool callable,
                        int64_t alive_since, int64_t now, int64_t off)
 {
-    int64_t worst = rsched_worst_ms(c, n->starts, n->stops);
+    int64_t worst = node_worst(n, c, n->starts, n->stops);
     int64_t prev = prev_cron(c, now, off), next = prev + c->cron_period_ms;
     int64_t room;
     if (!callable) {
@@ -297,6 +320,10 @@ void rsched_finish(rsched_node *n, const rsched_cfg *c, rsched_result r, int htt
         /* the node re-read its assignments when the call started: what was pending then is
          * done; what arrived during the call is not */
         drop_work_before(n, n->call_start_ms + 1);
+        /* a call that took under a quarter of its deadline: this node is faster than we feared */
+        int64_t took = now - n->call_start_ms, allowed = n->call_deadline_ms - n->call_start_ms;
+        if (n->slow_factor > 1 && took * 4 < allowed)
+            n->slow_factor /= 2;
         if (n->call_tell)
             n->tell_first = false;
         n->retries = 0;

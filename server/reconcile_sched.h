@@ -19,7 +19,9 @@
  *      stops*stop_ms, capped);
  *   3. a call whose deadline passed may still be running on the node (a hung node runs it when
  *      it wakes up): no new call until the node answers probes again and the stale call's
- *      worst case has passed since;
+ *      worst case has passed since; a node that answered probes all along was only slower than
+ *      the configured costs: it gets four times the deadline in all, and its later deadlines
+ *      (and pacing) count it four times slower, until quick answers show otherwise;
  *   4. no call that could still be running when the node's :00 cron starts (allowing
  *      `cron_skew_ms` between its clock and ours), and none while that cron may be running —
  *      its worst case counts all work it may have seen, including changes kumaguard did not
@@ -94,6 +96,7 @@ typedef struct {
     /* a call that timed out (rule 3) */
     bool stale;
     int64_t stale_since_ms, stale_worst_ms;
+    int slow_factor;           /* this node's costs are this many times the configured ones */
     int64_t busy_until_ms;
     /* back-off and retries (rule 7) */
     int64_t not_before_ms;

@@ -347,3 +347,26 @@ Test(rsched, a_wall_clock_step_moves_the_cron_not_the_deadline)
     rsched_finish(&n, &c, RS_OK, 200, 7000, OFF + 40000);
     cr_assert_eq(n.starts, 0);
 }
+
+/* A node slower than our worst case (it kept answering probes) is not hung: after the deadline
+ * it gets four times the deadline in all (not called again before), and its later deadlines
+ * count it four times slower — until quick answers show otherwise. */
+Test(rsched, a_slow_node_that_answers_probes_is_counted_slower)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    rsched_add_work(&n, 10, 0, 5000);
+    rsched_decision d = rsched_next(&n, &c, true, ALIVE, 6000, OFF);
+    cr_assert(d.call);
+    int64_t dl = d.deadline_ms; /* 4000 */
+    rsched_finish(&n, &c, RS_TIMEOUT, 0, 6000 + dl, OFF);
+    cr_assert_not(rsched_next(&n, &c, true, ALIVE, 6000 + dl + 100, OFF).call);
+    cr_assert_not(rsched_next(&n, &c, true, ALIVE, 6000 + 4 * dl - 1, OFF).call);
+    rsched_decision again = rsched_next(&n, &c, true, ALIVE, 6000 + 4 * dl, OFF);
+    cr_assert(again.call, "called again once four times its deadline passed");
+    cr_assert_eq(again.deadline_ms, 4 * dl, "and given four times the time (%lld)",
+                 (long long)again.deadline_ms);
+    rsched_finish(&n, &c, RS_OK, 200, 6000 + 4 * dl + 500, OFF); /* quick: trusted more */
+    cr_assert_eq(n.slow_factor, 2);
+}
