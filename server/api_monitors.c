@@ -5,7 +5,10 @@
  * suspended, a detached worker thread does the work and resumes it, and the access handler,
  * called again, answers from the job.  The job lives in the request's ext slot, so api.c frees
  * it whatever happens to the connection; the worker never touches it after the resume.
- * Owns: the jobs, the in-flight count.  Must not: write to the database (operations are the
+ * At most JOBS_MAX workers run; a request beyond that waits (suspended) in a FIFO that a
+ * finishing worker takes from, so a burst of dashboard tabs is answered late rather than
+ * refused.  Only a full queue is refused with 503 busy.
+ * Owns: the jobs, the in-flight count, the queue.  Must not: write to the database (operations are the
  * controller's), or keep a connection between requests. */
 #include "api_monitors.h"
 
@@ -24,7 +27,8 @@
 #include "store.h"
 #include "webhook.h"
 
-#define JOBS_MAX 4               /* workers at once; more get 503 busy */
+#define JOBS_MAX 4               /* workers at once; more wait in the queue */
+#define QUEUE_MAX 64             /* requests waiting for a worker; more get 503 busy */
 #define ACTION_TIMEOUT_MS 10000  /* as api.c's actions */
 
 _Static_assert(STORE_OVR_ANY == 0 && STORE_OVR_NONE == 1 && STORE_OVR_OURS == 2 &&
@@ -33,11 +37,12 @@ _Static_assert(STORE_OVR_ANY == 0 && STORE_OVR_NONE == 1 && STORE_OVR_OURS == 2 
 
 enum { JOB_RUNNING = 1, JOB_DONE };
 
-typedef struct {
+typedef struct mon_job {
     struct MHD_Connection *conn;
     const kg_config *cfg;
     api_route_id route;
     int state;                    /* under J.lock */
+    struct mon_job *next;         /* the queue (under J.lock) */
     /* input */
     api_monitors_filter filter;
     monitor_op_request *req;      /* operations; handed to the mailbox by the worker */
@@ -50,7 +55,9 @@ typedef struct {
 static struct {
     pthread_mutex_t lock;
     pthread_cond_t cond;
-    int in_flight;
+    int in_flight;                /* workers running */
+    int queued;
+    mon_job *head, *tail;         /* waiting for a worker, oldest first */
     bool stopping;
 } J = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
@@ -257,9 +264,8 @@ static void run_operation(mon_job *j)
  * Jobs
  * ------------------------------------------------------------------------------------------ */
 
-static void *job_main(void *arg)
+static void run_job(mon_job *j)
 {
-    mon_job *j = arg;
     if (j->route == API_R_MONITORS)
         list_monitors(j);
     else
@@ -270,10 +276,40 @@ static void *job_main(void *arg)
     pthread_mutex_unlock(&J.lock);
     /* j may be freed from here on (the access handler answers, then completion frees it) */
     MHD_resume_connection(conn);
+}
+
+/* Answers a job without running it (no worker could be started, or we are stopping). */
+static void refuse_job(mon_job *j, const char *detail)
+{
+    json_object *doc = api_doc_error("busy", detail);
     pthread_mutex_lock(&J.lock);
-    J.in_flight--;
-    pthread_cond_broadcast(&J.cond);
+    j->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+    j->doc = doc;
+    j->state = JOB_DONE;
     pthread_mutex_unlock(&J.lock);
+    MHD_resume_connection(j->conn);
+}
+
+/* A worker runs its first job, then whatever waits in the queue, then ends. */
+static void *job_main(void *arg)
+{
+    mon_job *j = arg;
+    while (j) {
+        run_job(j);
+        pthread_mutex_lock(&J.lock);
+        j = J.head;
+        if (j) {
+            J.head = j->next;
+            if (!J.head)
+                J.tail = NULL;
+            J.queued--;
+            j->next = NULL;
+        } else {
+            J.in_flight--;
+            pthread_cond_broadcast(&J.cond);
+        }
+        pthread_mutex_unlock(&J.lock);
+    }
     return NULL;
 }
 
@@ -281,19 +317,36 @@ static enum MHD_Result start_job(mon_job *j, struct MHD_Connection *c, void **ex
                                  void (**ext_free)(void *))
 {
     pthread_mutex_lock(&J.lock);
-    bool refuse = J.stopping || J.in_flight >= JOBS_MAX;
-    if (!refuse) {
+    enum { RUN, WAIT, REFUSE } what = REFUSE;
+    if (J.stopping || (J.in_flight >= JOBS_MAX && J.queued >= QUEUE_MAX)) {
+        what = REFUSE;
+    } else if (J.in_flight < JOBS_MAX) {
+        what = RUN;
         J.in_flight++;
         j->state = JOB_RUNNING;
+    } else {
+        what = WAIT;
+        j->state = JOB_RUNNING;
+        j->next = NULL;
+        if (J.tail)
+            J.tail->next = j;
+        else
+            J.head = j;
+        J.tail = j;
+        J.queued++;
+        /* suspend before a worker can take it: still under the lock */
+        MHD_suspend_connection(c);
     }
     pthread_mutex_unlock(&J.lock);
-    if (refuse) {
+    if (what == REFUSE) {
         job_free(j);
         return api_queue_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "busy",
                                "too many monitor requests in progress; retry shortly");
     }
     *ext = j;
     *ext_free = job_free;
+    if (what == WAIT)
+        return MHD_YES;
     MHD_suspend_connection(c);
     pthread_attr_t attr;
     pthread_t t;
@@ -304,12 +357,9 @@ static enum MHD_Result start_job(mon_job *j, struct MHD_Connection *c, void **ex
         pthread_attr_destroy(&attr);
     }
     if (rc != 0) {
-        MHD_resume_connection(c);
+        refuse_job(j, "cannot start a worker");
         pthread_mutex_lock(&J.lock);
         J.in_flight--;
-        j->state = JOB_DONE;
-        j->status = MHD_HTTP_SERVICE_UNAVAILABLE;
-        j->doc = api_doc_error("busy", "cannot start a worker");
         pthread_cond_broadcast(&J.cond);
         pthread_mutex_unlock(&J.lock);
     }

@@ -8,6 +8,7 @@ byte unchanged; an operator's pin survives a failover of its node and the revert
 while kumaguard's own overrides come and go around it."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 from kg_harness import INSTANT_NODE_COSTS, Kumaguard, monitors, node_status, seed_monitors, wait_until
 from kumasim_ctl import Kumasim
@@ -93,6 +94,14 @@ def test_listing_filters_and_pages(tmp_path, cluster, procs):
                 "?pinned=true&override=ours"):
         status, _, raw = kg.request("GET", "/api/monitors" + bad)
         assert status == 400 and json.loads(raw)["error"] == "bad_request", bad
+
+    # a burst (many dashboard tabs, a script) waits its turn instead of being refused busy
+    def one(_):
+        status, _, raw = kg.request("GET", "/api/monitors?limit=500", timeout=30)
+        return status, json.loads(raw).get("total")
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        answers = list(pool.map(one, range(40)))
+    assert answers == [(200, 125)] * 40, answers
     kg.stop()
 
 
