@@ -205,6 +205,7 @@ static const store_harness H = {
     .exec = exec_node1,
     .query_int = int_node1,
     .query_str = h_str_node1,
+    .settle_ms = 3100, /* store_mariadb.c PROBE_SETTLE_S, in whole seconds of server time */
     .widen_node_sql = "ALTER TABLE node MODIFY host VARCHAR(1000),"
                       " MODIFY node_name VARCHAR(1000), MODIFY status VARCHAR(100)",
 };
