@@ -133,8 +133,8 @@ def iso_ms(s):
 # ------------------------------------------------------------------------------------------------
 
 class Floors:
-    def __init__(self, server, tmp):
-        self.server, self.tmp = server, tmp
+    def __init__(self, server, tmp, delay_scale):
+        self.server, self.tmp, self.delay_scale = server, tmp, delay_scale
         self.cache = {}
         self.seq = 0
 
@@ -146,7 +146,8 @@ class Floors:
     def measure(self, k):
         self.seq += 1
         cluster = new_database(self.server, "kg_floor_%d" % self.seq)
-        node = Kumasim("floor", store=cluster, cron=False, seed=1000 + self.seq)
+        node = Kumasim("floor", store=cluster, cron=False, seed=1000 + self.seq,
+                       delay_scale=self.delay_scale if self.delay_scale != 1 else None)
         try:
             rows = [(i, "m%d" % i, 1, 1, "elsewhere") for i in range(1, k + 1)]
             cluster.executemany("INSERT INTO monitor (id, name, active, user_id, node_id) "
@@ -502,7 +503,7 @@ def main():
     server = {"socket": os.path.join(tmp, "db", "sock"), "port": port}
     subprocess.run(["mariadb", "--no-defaults", "-S", server["socket"], "-uroot", "-e",
                     "GRANT ALL ON *.* TO 'kuma'@'localhost'"], check=True)
-    floors = Floors(server, tmp)
+    floors = Floors(server, tmp, a.delay_scale)
     results, findings = [], []
     t_all = time.time()
     try:
