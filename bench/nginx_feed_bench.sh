@@ -1,17 +1,19 @@
 #!/bin/sh
 # nginx_feed_bench.sh — what the generated nginx include costs, and how fast it follows a death.
 #
-#  1. Throughput: the same nginx binary, two instances side by side in one run, both in front of
-#     the same three kumasim nodes:
-#       A  the shipped docker/nginx-site.conf + the include rendered by kumaguard
-#          (map $cookie_KUMA_FIXED_NODE -> $kuma_upstream -> upstream kuma_cluster)
+#  1. Throughput: the same nginx binary, three instances side by side in one run, all in front
+#     of the same three kumasim nodes:
+#       A  the shipped docker/nginx-site.conf + the include rendered by kumaguard (requests
+#          without the KUMA_FIXED_NODE cookie -> fixed proxy_pass http://kuma_cluster)
+#       L  the same, with the site config of before: `proxy_pass http://$kuma_upstream;` for
+#          every request (what existing site configs still do; it must keep working)
 #       B  a hand-written static upstream with the same balancing and proxy settings
-#     wrk runs against A and B alternately (ROUNDS times each, DURATION each); prints the
-#     requests/s of each and the ratio A/B (goal >= 0.95).  Only ratios from the same run mean
-#     anything on this shared 2-core machine.  Also runs both at the same time (the same noise
-#     hits both), and, when valgrind is installed, counts the instructions nginx executes per
-#     proxied request under callgrind: a deterministic figure when the machine is too busy for
-#     wall-clock numbers to mean much.
+#     wrk runs against A, L and B in turn (ROUNDS times each, DURATION each); prints the
+#     requests/s of each and the ratios A/B and L/B (goal for A/B >= 0.98).  Only ratios from
+#     the same run mean anything on this shared 2-core machine.  Also runs them at the same
+#     time (the same noise hits all), and, when valgrind is installed, counts the instructions
+#     nginx executes per proxied request under callgrind: a deterministic figure when the
+#     machine is too busy for wall-clock numbers to mean much.
 #  2. Failover: kills one node TRIALS times and measures the time from the kill until nginx no
 #     longer routes to it (the reload that drops it has finished and nginx's old workers are
 #     gone; see the synced reload command in tests/integration/nginx_ctl.py), with
@@ -137,6 +139,16 @@ def callgrind_instructions(http_body, include, n=2000):
     return int(m.group(1)) / n
 
 
+def legacy_site(text):
+    """The sample site as it was before the fast path: every Kuma request through the variable
+    (existing site configs look like this and must keep working)."""
+    fast = ("error_page 418 = @kuma_pinned;\n        if ($cookie_KUMA_FIXED_NODE != \"\") {\n"
+            "            return 418;\n        }\n        proxy_pass http://kuma_cluster;")
+    if fast not in text:
+        raise SystemExit("docker/nginx-site.conf: the pinned fast path is not where expected")
+    return text.replace(fast, "proxy_pass http://$kuma_upstream;")
+
+
 def cluster_addrs(include):
     text = open(include).read()
     m = re.search(r"^upstream kuma_cluster \{(.*?)^\}", text, re.S | re.M)
@@ -196,53 +208,72 @@ try:
     b = Nginx(os.path.join(tmp, "nginx-b"), static_site(addrs, b_port), b_port)
     b.start()
     instances.append(b)
-    for n in (a, b):  # both answer through a node before measuring
+    # L: the site config of before, on the same include (kumaguard reloads only A; the nodes do
+    # not change while L is measured)
+    l_port = free_port()
+    legacy = legacy_site(sample_site(include, "127.0.0.1:%d" % kg_port, l_port))
+    l_ = Nginx(os.path.join(tmp, "nginx-l"), legacy, l_port, include_path=include)
+    l_.start()
+    instances.append(l_)
+    for n in (a, b, l_):  # each answers through a node before measuring
         st, h, _ = n.request("GET", "/")
         assert st == 200 and h.get("x-kuma-node"), (st, h)
 
-    print("throughput: wrk -t1 -c%s -d%s, %s rounds, alternating" % (
+    print("throughput: wrk -t1 -c%s -d%s, %s rounds, in turn" % (
         os.environ["CONNECTIONS"], os.environ["DURATION"], os.environ["ROUNDS"]))
     reloads_before = len(a.applied_include_hashes())
-    ra, rb, ca, cb = [], [], [], []
+    ra, rb, rl, ca, cb, cl = [], [], [], [], [], []
+    order = [(a, ra, ca), (l_, rl, cl), (b, rb, cb)]
     for r in range(int(os.environ["ROUNDS"])):
-        for ngx_, rps, cpu in ((a, ra, ca), (b, rb, cb)) if r % 2 == 0 else \
-                ((b, rb, cb), (a, ra, ca)):
+        for ngx_, rps, cpu in order[r % 3:] + order[:r % 3]:
             x, y = wrk(ngx_)
             rps.append(x)
             cpu.append(y)
-        print("  round %d: rendered include %7.0f req/s %5.1f us cpu/req | static upstream "
-              "%7.0f req/s %5.1f us cpu/req | ratio %.3f"
-              % (r + 1, ra[-1], ca[-1], rb[-1], cb[-1], ra[-1] / rb[-1]))
+        print("  round %d: shipped %7.0f req/s %5.1f us cpu/req | before (variable proxy_pass) "
+              "%7.0f req/s %5.1f us | static upstream %7.0f req/s %5.1f us | shipped/static "
+              "%.3f, before/static %.3f"
+              % (r + 1, ra[-1], ca[-1], rl[-1], cl[-1], rb[-1], cb[-1], ra[-1] / rb[-1],
+                 rl[-1] / rb[-1]))
     flaps = len(a.applied_include_hashes()) - reloads_before
     if flaps:
         print("  note: kumaguard reloaded nginx %d time(s) during the throughput rounds (probes "
               "failing under load); those rounds include reload cost" % flaps)
-    ma, mb = statistics.median(ra), statistics.median(rb)
-    paired = statistics.median([x / y for x, y in zip(ra, rb)])
-    print("requests/s median: rendered include %.0f, static upstream %.0f; ratio of medians "
-          "%.3f, median of per-round ratios %.3f (goal >= 0.95)" % (ma, mb, ma / mb, paired))
-    print("nginx worker CPU per request (median): rendered include %.1f us, static upstream "
-          "%.1f us; static/rendered %.3f (less sensitive to other load on the machine)"
-          % (statistics.median(ca), statistics.median(cb),
-             statistics.median(cb) / statistics.median(ca)))
+    ma, mb, ml = statistics.median(ra), statistics.median(rb), statistics.median(rl)
+    pa = statistics.median([x / y for x, y in zip(ra, rb)])
+    pl = statistics.median([x / y for x, y in zip(rl, rb)])
+    print("requests/s median: shipped %.0f, before %.0f, static upstream %.0f; shipped/static: "
+          "ratio of medians %.3f, median of per-round ratios %.3f (goal >= 0.98); before/static:"
+          " %.3f, %.3f" % (ma, ml, mb, ma / mb, pa, ml / mb, pl))
+    print("nginx worker CPU per request (median): shipped %.1f us, before %.1f us, static "
+          "upstream %.1f us; static/shipped %.3f, static/before %.3f (less sensitive to other "
+          "load on the machine)"
+          % (statistics.median(ca), statistics.median(cl), statistics.median(cb),
+             statistics.median(cb) / statistics.median(ca),
+             statistics.median(cb) / statistics.median(cl)))
 
-    print("throughput, both at once (the same noise hits both; they share the CPUs):")
-    qa, qb = [], []
+    print("throughput, all three at once (the same noise hits all; they share the CPUs):")
+    qa, qb, ql = [], [], []
     for r in range(max(3, int(os.environ["ROUNDS"]) // 2)):
-        (xa, _), (xb, _) = wrk_many([a, b])
+        (xa, _), (xl, _), (xb, _) = wrk_many([a, l_, b])
         qa.append(xa)
+        ql.append(xl)
         qb.append(xb)
-        print("  round %d: rendered include %7.0f req/s | static upstream %7.0f req/s | "
-              "ratio %.3f" % (r + 1, xa, xb, xa / xb))
-    print("concurrent: median of per-round ratios %.3f" % statistics.median(
-        [x / y for x, y in zip(qa, qb)]))
+        print("  round %d: shipped %7.0f req/s | before %7.0f req/s | static upstream %7.0f "
+              "req/s | shipped/static %.3f, before/static %.3f"
+              % (r + 1, xa, xl, xb, xa / xb, xl / xb))
+    print("concurrent: median of per-round ratios shipped/static %.3f, before/static %.3f" % (
+        statistics.median([x / y for x, y in zip(qa, qb)]),
+        statistics.median([x / y for x, y in zip(ql, qb)])))
 
     ia = callgrind_instructions(
         lambda p: sample_site(include, "127.0.0.1:%d" % kg_port, p), include)
     if ia is not None:
+        il = callgrind_instructions(
+            lambda p: legacy_site(sample_site(include, "127.0.0.1:%d" % kg_port, p)), include)
         ib = callgrind_instructions(lambda p: static_site(addrs, p), include)
-        print("nginx instructions per proxied request (callgrind, 2000 requests): rendered "
-              "include %.0f, static upstream %.0f; static/rendered %.3f" % (ia, ib, ib / ia))
+        print("nginx instructions per proxied request (callgrind, 2000 requests): shipped %.0f, "
+              "before %.0f, static upstream %.0f; static/shipped %.3f, static/before %.3f"
+              % (ia, il, ib, ib / ia, ib / il))
 
     print("failover: --health-interval %s --health-fast-interval %s --fall %s, %s trials" % (
         os.environ["INTERVAL"], os.environ["FAST"], os.environ["FALL"], os.environ["TRIALS"]))

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# store_moves.sh — set-based failover of N monitors through the MariaDB store vs. the Lua
-# version's per-row UPDATE loop, on a throwaway MariaDB (scripts/mariadb-test-server.sh).
+# store_moves.sh — set-based failover of N monitors through the MariaDB store vs. the floor
+# (one bare UPDATE of the same rows) and the Lua version's per-row UPDATE loop, on a throwaway
+# MariaDB (scripts/mariadb-test-server.sh).
 #
-#   bench/store_moves.sh [BUILD_DIR] [N] [SAMPLE]
+#   bench/store_moves.sh [BUILD_DIR] [N] [SAMPLE] [ROUNDS]
 #       BUILD_DIR holds bench_store_moves (default: build); N monitors (default 100000);
-#       SAMPLE rows for the per-row loop (default 2000), extrapolated to N.
+#       SAMPLE rows for the per-row loop (default 2000), extrapolated to N; ROUNDS of
+#       apply-vs-floor (default 5), reported with their medians and the server's CPU time.
 #
-# Compare the two figures of one run, not figures across runs: the machine is shared.
+# Compare the figures of one run, not figures across runs: the machine is shared.
 set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
 build=${1:-build}
 n=${2:-100000}
 sample=${3:-2000}
+rounds=${4:-5}
 case "$build" in /*) ;; *) build="$src/$build" ;; esac
 bin="$build/bench_store_moves"
 [ -x "$bin" ] || { echo "store_moves.sh: $bin not built (cmake --build $build --target bench_store_moves)" >&2; exit 1; }
@@ -24,4 +27,4 @@ cleanup() {
 }
 trap cleanup EXIT
 "$src/scripts/mariadb-test-server.sh" start "$dir" "$port"
-"$bin" "$dir/sock" "$n" "$sample"
+"$bin" "$dir/sock" "$n" "$sample" "$rounds" "$(cat "$dir/pid")"

@@ -1,5 +1,5 @@
 /* api.c — the HTTP server: libmicrohttpd daemon, request routing, authentication, errors,
- * actions and the dashboard files (endpoints: docs/API.md; contract: SPEC section 5).
+ * actions and the dashboard files (every endpoint is listed in docs/API.md).
  *
  * Threading: MHD runs a pool of cfg->http_threads epoll threads.  Reads are answered from the
  * current snapshot without any lock beyond snapshot_acquire (/api/system-status is rendered
@@ -38,7 +38,8 @@
 #include <unistd.h>
 
 #include "api_frame.h"
-#include "api_internal.h"
+#include "api_fixed_node.h"
+#include "api_respond.h"
 #include "api_json.h"
 #include "api_limits.h"
 #include "api_metrics.h"
@@ -122,63 +123,6 @@ typedef struct {
  * Response helpers
  * ------------------------------------------------------------------------------------------ */
 
-void api_add_common_headers(struct MHD_Response *resp)
-{
-    MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-    MHD_add_response_header(resp, "X-Frame-Options", "DENY");
-}
-
-static enum MHD_Result queue_buffer(struct MHD_Connection *c, unsigned status, char *body,
-                                    size_t len, const char *ctype, const char *set_cookie,
-                                    const char *allow)
-{
-    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-    if (!resp) {
-        free(body);
-        return MHD_NO;
-    }
-    api_add_common_headers(resp);
-    MHD_add_response_header(resp, "Content-Type", ctype);
-    MHD_add_response_header(resp, "Cache-Control", "no-store");
-    if (set_cookie)
-        MHD_add_response_header(resp, "Set-Cookie", set_cookie);
-    if (allow)
-        MHD_add_response_header(resp, "Allow", allow);
-    if (status == MHD_HTTP_UNAUTHORIZED)
-        MHD_add_response_header(resp, "WWW-Authenticate", "Bearer realm=\"kumaguard\"");
-    enum MHD_Result ret = MHD_queue_response(c, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
-}
-
-static enum MHD_Result queue_json_ex(struct MHD_Connection *c, unsigned status, json_object *o,
-                                     const char *set_cookie, const char *allow)
-{
-    size_t len = 0;
-    char *body = o ? api_json_dump(o, &len) : NULL;
-    json_object_put(o);
-    if (!body)
-        return MHD_NO;
-    return queue_buffer(c, status, body, len, "application/json", set_cookie, allow);
-}
-
-enum MHD_Result api_queue_json(struct MHD_Connection *c, unsigned status, json_object *o,
-                               const char *set_cookie)
-{
-    return queue_json_ex(c, status, o, set_cookie, NULL);
-}
-
-/* Error details often quote what the client sent (a path, a node id): only valid UTF-8 text
- * goes into the JSON, so the body stays JSON whatever the bytes were. */
-enum MHD_Result api_queue_error(struct MHD_Connection *c, unsigned status, const char *error,
-                                const char *detail)
-{
-    char e[128], d[512];
-    api_utf8_sanitize(error, error ? strlen(error) : 0, e, sizeof e);
-    api_utf8_sanitize(detail, detail ? strlen(detail) : 0, d, sizeof d);
-    return queue_json_ex(c, status, api_doc_error(e, detail ? d : NULL), NULL, NULL);
-}
-
 /* 400 for a request that breaks the framing rules, and the connection is closed after it:
  * what follows in the stream (a body of disputed length) must never be read as a request. */
 static enum MHD_Result framing_error(struct MHD_Connection *c, const char *why)
@@ -215,13 +159,6 @@ static enum MHD_Result no_snapshot(struct MHD_Connection *c)
  * Peers and authentication
  * ------------------------------------------------------------------------------------------ */
 
-static const struct sockaddr *peer_addr(struct MHD_Connection *c)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    return ci ? ci->client_addr : NULL;
-}
-
 static bool sockaddr_is_loopback(const struct sockaddr *sa)
 {
     if (!sa)
@@ -237,19 +174,6 @@ static bool sockaddr_is_loopback(const struct sockaddr *sa)
         return IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && in6->sin6_addr.s6_addr[12] == 127;
     }
     return false;
-}
-
-void api_peer_string(struct MHD_Connection *c, char *out, size_t len)
-{
-    const struct sockaddr *sa = peer_addr(c);
-    char host[INET6_ADDRSTRLEN] = "?";
-    if (sa && sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, host,
-                  sizeof host);
-    else if (sa && sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, host,
-                  sizeof host);
-    snprintf(out, len, "%s", host);
 }
 
 /* A request relayed by a local reverse proxy arrives from loopback too; the proxy headers tell
@@ -326,7 +250,7 @@ static unsigned check_auth(const kg_api *a, struct MHD_Connection *c, const char
                           : "wrong token";
         return rc == 1 ? MHD_HTTP_UNAUTHORIZED : MHD_HTTP_FORBIDDEN;
     }
-    if (sockaddr_is_loopback(peer_addr(c)) && !is_proxied(c))
+    if (sockaddr_is_loopback(api_peer_addr(c)) && !is_proxied(c))
         return 0;
     *error = "forbidden";
     *detail = "without KUMAGUARD_API_TOKEN, actions are accepted only from loopback clients "
@@ -493,7 +417,7 @@ static enum MHD_Result serve_metrics(struct MHD_Connection *c)
     text = api_monitors_metrics(text, &len); /* webhook counters, read now */
     if (!text)
         return api_queue_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "out of memory");
-    return queue_buffer(c, MHD_HTTP_OK, text, len, API_METRICS_CONTENT_TYPE, NULL, NULL);
+    return api_queue_buffer(c, MHD_HTTP_OK, text, len, API_METRICS_CONTENT_TYPE, NULL, NULL);
 }
 
 static const char *arg(struct MHD_Connection *c, const char *key)
@@ -524,7 +448,7 @@ static enum MHD_Result serve_debug_config(kg_api *a, struct MHD_Connection *c)
     char *js = config_to_json_redacted(a->cfg);
     if (!js)
         return api_queue_error(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "internal", "out of memory");
-    return queue_buffer(c, MHD_HTTP_OK, js, strlen(js), "application/json", NULL, NULL);
+    return api_queue_buffer(c, MHD_HTTP_OK, js, strlen(js), "application/json", NULL, NULL);
 }
 
 static enum MHD_Result serve_debug_logs(struct MHD_Connection *c)
@@ -564,7 +488,7 @@ static enum MHD_Result serve_events(kg_api *a, struct MHD_Connection *c)
     int st = 503;
     const char *last = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Last-Event-ID");
     api_client_key client;
-    if (!api_client_key_for_request(peer_addr(c), &a->cfg->trusted_proxy_nets,
+    if (!api_client_key_for_request(api_peer_addr(c), &a->cfg->trusted_proxy_nets,
                                     MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                                 "X-Forwarded-For"),
                                     &client))
@@ -808,7 +732,7 @@ static enum MHD_Result dispatch(kg_api *a, api_req *r, struct MHD_Connection *c,
         api_allow_header(m->allowed, allow, sizeof allow);
         char detail[96];
         snprintf(detail, sizeof detail, "this endpoint accepts %s", allow);
-        return queue_json_ex(c, MHD_HTTP_METHOD_NOT_ALLOWED,
+        return api_queue_json_ex(c, MHD_HTTP_METHOD_NOT_ALLOWED,
                              api_doc_error("method_not_allowed", detail), NULL, allow);
     }
     if (m->status == 400)
@@ -948,7 +872,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *c, const char
         *req_cls = r;
     }
     if (!r->headers_seen) {
-        /* First call: headers only.  Answering now would cost keep-alive (NOTES.md), so only
+        /* First call: headers only.  Queuing an answer on this first call makes
+         * libmicrohttpd 0.9.75 answer `Connection: close` every time (keep-alive lost, about 7x
+         * fewer requests per second), so only
          * a request that breaks the framing rules, or announces a body too large, is refused
          * this early. */
         r->headers_seen = true;
@@ -1074,7 +1000,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     kg_api *a = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         api_client_key *k = malloc(sizeof *k);
-        if (k && api_client_key_from_sockaddr(peer_addr(c), k) &&
+        if (k && api_client_key_from_sockaddr(api_peer_addr(c), k) &&
             api_limits_acquire(a->conns, k, 0)) {
             *socket_context = k;
         } else {

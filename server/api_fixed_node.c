@@ -1,5 +1,5 @@
 /* api_fixed_node.c — the browser's own routing preference: the KUMA_FIXED_NODE cookie that the
- * nginx include maps to `upstream kuma_node_<id>` (SPEC sections 4 and 5).
+ * nginx include maps to `upstream kuma_node_<id>` (nginx-upstream.conf.tmpl).
  *
  * Not a cluster action, so no token; instead it is shaped so another site cannot set it for a
  * visitor: setting needs POST with Content-Type application/json (a cross-site form cannot
@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_internal.h"
+#include "api_fixed_node.h"
 #include "api_json.h"
 #include "api_route.h"
 #include "snapshot.h"

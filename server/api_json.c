@@ -6,6 +6,8 @@
  * stable and free of binary-float noise like 0.30000000000000004. */
 #include "api_json.h"
 
+#include "hostcheck.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -207,6 +209,7 @@ static json_object *reconcile_obj(const kg_reconcile_view *r)
     add(o, "last_result", jstr(r->last_result ? r->last_result : "none"));
     add_int(o, "last_http_status", r->last_http);
     add(o, "last_call", jtime(r->last_call_ms));
+    add(o, "call_started", jtime(r->call_started_ms));
     add_int(o, "last_duration_ms", r->last_duration_ms);
     add(o, "next_cron", jtime(r->next_cron_ms));
     add_int(o, "calls", r->calls);
@@ -443,7 +446,7 @@ static json_object *new_doc(const kg_snapshot *s)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Keys of the Lua version (issue 14).  Added next to kumaguard's own, with the Lua meaning;
+ * Keys of the Lua version, so its users' scripts keep working.  Added next to kumaguard's own, with the Lua meaning;
  * docs/API.md marks them "compat".  `timestamp` is Unix seconds as a number, as the Lua
  * version's os.time(): here the time the snapshot was taken (kumaguard's `generated_at`).
  * ------------------------------------------------------------------------------------------ */
@@ -1019,7 +1022,7 @@ const char *api_fixed_node_refusal(const kg_snapshot *s, const char *node, int *
         *http_status = 404;
         return "unknown node";
     }
-    if (!node_state_placeable(n->state)) { /* SPEC: exists and is online */
+    if (!node_state_placeable(n->state)) { /* a pin only to a node that exists and is online */
         *http_status = 409;
         return "node is not online (offline, recovering, draining or in maintenance)";
     }
@@ -1038,7 +1041,7 @@ json_object *api_doc_fixed_node_status(const kg_snapshot *s, const char *cookie)
     bool has = cookie && *cookie;
     add_bool(o, "has_fixed_node", has);
     /* Only a well-formed id is echoed; anything else in the cookie is reported as invalid. */
-    bool well_formed = has && api_node_id_valid(cookie);
+    bool well_formed = has && hostcheck_node_id_valid(cookie);
     add(o, "current_node", has && well_formed ? jstr(cookie) : NULL);
     const char *reason = NULL;
     if (has && !well_formed) {
@@ -1084,7 +1087,7 @@ json_object *api_doc_logs(char **lines, int n)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Issue 14: ping, setup status, webhooks
+ * Ping, first-run setup status, webhook status
  * ------------------------------------------------------------------------------------------ */
 
 json_object *api_doc_ping(int64_t now_ms)

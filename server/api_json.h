@@ -64,7 +64,7 @@ const char *api_db_error_public(const char *raw, char *out, size_t len);
 /* Adds to doc's "database" object what only the API token holder sees: the raw error
  * (error_detail) and the configured host, port or socket, database name and user. */
 void api_json_add_db_detail(json_object *doc, const kg_snapshot *s, const kg_config *cfg);
-/* Issue 14.  /lb/ping (no snapshot needed); /api/setup-status (first-run setup routing);
+/* /lb/ping (no snapshot needed); /api/setup-status (first-run setup routing);
  * /api/webhook-status (the webhook sinks, URLs as scheme://host only). */
 json_object *api_doc_ping(int64_t now_ms);
 json_object *api_doc_setup_status(const kg_snapshot *s);

@@ -115,6 +115,40 @@ static long long get_home(const kg_node_view *n) { return n->home_monitors; }
 static long long get_pinned(const kg_node_view *n) { return n->pinned_monitors; }
 static long long get_probes(const kg_node_view *n) { return n->probes_total; }
 static long long get_probes_failed(const kg_node_view *n) { return n->probes_failed; }
+static long long get_rc_calls(const kg_node_view *n) { return n->reconcile.calls; }
+static long long get_rc_pending(const kg_node_view *n)
+{
+    return (long long)n->reconcile.pending_starts + n->reconcile.pending_stops;
+}
+static long long get_rc_in_flight(const kg_node_view *n) { return n->reconcile.in_flight; }
+static long long get_rc_must_tell(const kg_node_view *n) { return n->reconcile.must_tell; }
+static long long get_rc_left_to_cron(const kg_node_view *n) { return n->reconcile.left_to_cron; }
+
+/* Reconcile calls to each node by outcome: what an alert on 429 / 401 / timeouts needs. */
+static void reconcile_failures(sbuf *b, const kg_snapshot *s)
+{
+    family(b, "kumaguard_node_reconcile_failures_total", "counter",
+           "Reconcile calls to the node that failed, by cause (rate_limited = 429: raise "
+           "API_RATE_LIMIT on the nodes; unauthorized = 401: no first user, or a Bearer key; "
+           "timeout = no answer by the deadline).");
+    for (int i = 0; i < s->n_nodes; i++) {
+        const kg_reconcile_view *r = &s->nodes[i].reconcile;
+        char lbl[LBL_MAX];
+        label_value(s->nodes[i].id, lbl, sizeof lbl);
+        long long other = r->failures - r->rate_limited - r->unauthorized - r->timeouts;
+        const struct {
+            const char *cause;
+            long long n;
+        } by[] = {{"rate_limited", r->rate_limited},
+                  {"unauthorized", r->unauthorized},
+                  {"timeout", r->timeouts},
+                  {"other", other > 0 ? other : 0}};
+        for (size_t k = 0; k < sizeof by / sizeof by[0]; k++)
+            sb_printf(b, "kumaguard_node_reconcile_failures_total{node=\"%s\",cause=\"%s\"} %lld\n",
+                      lbl, by[k].cause, by[k].n);
+    }
+}
+
 static long long get_up(const kg_node_view *n)
 {
     return node_state_routable(n->state) && n->host_valid;
@@ -173,6 +207,20 @@ char *api_metrics_render(const kg_snapshot *s, size_t *len)
                  "Active monitors whose home (node_id) is the node.", get_home);
     per_node_int(&b, s, "kumaguard_node_pinned_monitors", "gauge",
                  "Active monitors pinned to the node by an operator.", get_pinned);
+    per_node_int(&b, s, "kumaguard_node_reconcile_calls_total", "counter",
+                 "Reconcile calls sent to the node.", get_rc_calls);
+    reconcile_failures(&b, s);
+    per_node_int(&b, s, "kumaguard_node_reconcile_pending", "gauge",
+                 "Monitors the node has yet to start or stop (moves not yet reconciled).",
+                 get_rc_pending);
+    per_node_int(&b, s, "kumaguard_node_reconcile_in_flight", "gauge",
+                 "1 while a reconcile call to the node is running (never more).",
+                 get_rc_in_flight);
+    per_node_int(&b, s, "kumaguard_node_reconcile_must_tell", "gauge",
+                 "1 while a node back from failing waits to be told before it is routed.",
+                 get_rc_must_tell);
+    per_node_int(&b, s, "kumaguard_node_reconcile_left_to_cron_total", "counter",
+                 "Times pending work was left to the node's own :00 cron.", get_rc_left_to_cron);
     family(&b, "kumaguard_node_monitor_limit", "gauge", "Monitor capacity of the node.");
     for (int i = 0; i < s->n_nodes; i++) {
         char lbl[LBL_MAX];
@@ -266,7 +314,7 @@ char *api_metrics_render(const kg_snapshot *s, size_t *len)
     return b.buf;
 }
 
-/* ---- webhooks (issue 14) ---------------------------------------------------------------- */
+/* ---- webhooks ------------------------------------------------------------------------- */
 
 static void per_sink(sbuf *b, const webhook_sink_status *st, int n, const char *name,
                      const char *type, const char *help,

@@ -1,4 +1,4 @@
-/* api_monitors.h — the HTTP handlers added for issue 14, kept out of api.c:
+/* api_monitors.h — the per-monitor HTTP handlers, kept out of api.c:
  *
  *   GET  /api/monitors                        a page of monitors with where and why they run
  *   POST /api/monitors/<id>/{move,pin,unpin}  per-monitor operations (monitor_ops.h)
@@ -16,7 +16,7 @@
 
 #include <stddef.h>
 
-#include "api_internal.h"
+#include "api_respond.h"
 #include "api_route.h"
 #include "config.h"
 

@@ -5,6 +5,8 @@
  * Must not: touch sockets, the snapshot, the mailbox or any global state — it is fuzzed. */
 #include "api_route.h"
 
+#include "hostcheck.h"
+
 #include <ctype.h>
 #include <json-c/json.h>
 #include <stdio.h>
@@ -196,7 +198,7 @@ static bool match_node_action(const char *rest, unsigned method, api_match *m)
             continue;
         set_found(m, node_actions[i].id, API_M_POST, F_AUTH, method);
         size_t idlen = (size_t)(slash - id);
-        if (!api_node_id_valid_n(id, idlen)) {
+        if (!hostcheck_node_id_valid_n(id, idlen)) {
             if (m->status == 0)
                 m->status = 400;
             return true;
@@ -266,7 +268,7 @@ void api_route_match(const char *method, const char *path, api_match *m)
     if (strncmp(path, "/lb/fixed-node/", 15) == 0) {
         const char *id = path + 15;
         set_found(m, API_R_FIXED_NODE_PAGE, M_READ, 0, mbit);
-        if (!api_node_id_valid(id)) {
+        if (!hostcheck_node_id_valid(id)) {
             if (m->status == 0)
                 m->status = 400;
             return;
@@ -285,26 +287,6 @@ void api_route_match(const char *method, const char *path, api_match *m)
 /* ------------------------------------------------------------------------------------------
  * Small validators
  * ------------------------------------------------------------------------------------------ */
-
-static bool node_id_char(unsigned char c)
-{
-    return isalnum(c) || c == '_' || c == '.' || c == '-';
-}
-
-bool api_node_id_valid_n(const char *s, size_t len)
-{
-    if (!s || len == 0 || len > KG_NODE_ID_MAX)
-        return false;
-    for (size_t i = 0; i < len; i++)
-        if (!node_id_char((unsigned char)s[i]))
-            return false;
-    return true;
-}
-
-bool api_node_id_valid(const char *s)
-{
-    return s && api_node_id_valid_n(s, strnlen(s, KG_NODE_ID_MAX + 1));
-}
 
 static bool static_char(unsigned char c)
 {
@@ -431,7 +413,7 @@ int api_parse_fixed_node_body(const char *body, size_t len, char *node, size_t n
         const char *s = json_object_get_string(v);
         int slen = json_object_get_string_len(v);
         /* strlen check rejects embedded NULs */
-        if (slen < 0 || strlen(s) != (size_t)slen || !api_node_id_valid(s)) {
+        if (slen < 0 || strlen(s) != (size_t)slen || !hostcheck_node_id_valid(s)) {
             snprintf(err, errlen, "\"node\" must match [A-Za-z0-9_.-]{1,%d}", KG_NODE_ID_MAX);
         } else if ((size_t)slen >= nodelen) {
             snprintf(err, errlen, "node id too long");
@@ -581,7 +563,7 @@ int api_parse_history_params(const api_history_params *p, events_query *q,
     q->limit = API_HISTORY_DEFAULT_LIMIT;
     node_buf[0] = '\0';
     if (p->node && *p->node) {
-        if (!api_node_id_valid(p->node)) {
+        if (!hostcheck_node_id_valid(p->node)) {
             snprintf(err, errlen, "node: expected a node id [A-Za-z0-9_.-]{1,%d}",
                      KG_NODE_ID_MAX);
             return -1;
@@ -688,7 +670,7 @@ int api_html_escape(const char *s, char *out, size_t outlen)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Per-monitor operations (issue 14)
+ * Per-monitor operations
  * ------------------------------------------------------------------------------------------ */
 
 int api_monitor_op_kind(api_route_id id)
@@ -781,7 +763,7 @@ int api_parse_monitor_op(monitor_op_kind kind, int64_t path_id, const char *body
         if (json_object_object_get_ex(o, "node", &v) && json_object_is_type(v, json_type_string))
             node = json_object_get_string(v);
         if (!node || strlen(node) != (size_t)json_object_get_string_len(v) ||
-            !api_node_id_valid(node)) {
+            !hostcheck_node_id_valid(node)) {
             snprintf(err, errlen, "\"node\" must be a node id [A-Za-z0-9_.-]{1,%d}",
                      KG_NODE_ID_MAX);
             goto out;
@@ -813,7 +795,7 @@ static int copy_node_param(const char *v, const char *name, char *dst, char *err
 {
     if (!v || !*v)
         return 0;
-    if (!api_node_id_valid(v)) {
+    if (!hostcheck_node_id_valid(v)) {
         snprintf(err, errlen, "%s: expected a node id [A-Za-z0-9_.-]{1,%d}", name,
                  KG_NODE_ID_MAX);
         return -1;

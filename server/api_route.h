@@ -53,7 +53,7 @@ typedef enum {
     /* dashboard */
     API_R_INDEX,
     API_R_STATIC,
-    /* appended for issue 14: first-run setup, per-monitor operations, webhooks */
+    /* first-run setup, per-monitor operations, webhooks */
     API_R_SETUP_STATUS,      /* GET /api/setup-status (/lb/setup-status) */
     API_R_MONITORS,          /* GET /api/monitors */
     API_R_MONITOR_MOVE,      /* POST /api/monitors/<id>/move, batch: /api/monitors/move */
@@ -93,10 +93,6 @@ const char *api_allow_header(unsigned allowed, char *buf, size_t len);
 /* Name of a route for logs and the action replies ("trigger-rebalancing"). */
 const char *api_route_name(api_route_id id);
 bool api_route_is_action(api_route_id id);
-
-/* Node ids as used in paths and cookies: [A-Za-z0-9_.-]{1,50}, matching hostcheck's rule. */
-bool api_node_id_valid(const char *s);
-bool api_node_id_valid_n(const char *s, size_t len);
 
 /* Relative path below /static/: 1..API_STATIC_PATH_MAX chars, segments separated by single
  * '/', each non-empty, not starting with '.', made of [A-Za-z0-9_.~+@-].  Rejects traversal,
@@ -140,7 +136,7 @@ int api_bearer_check(const char *authorization, const char *token);
 /* HTML-escapes s (& < > " ') into out.  Returns the length, or -1 when out is too small. */
 int api_html_escape(const char *s, char *out, size_t outlen);
 
-/* ---- per-monitor operations (issue 14) -------------------------------------------------- */
+/* ---- per-monitor operations ------------------------------------------------------------- */
 
 /* The operation a monitor route stands for (MONITOR_OP_MOVE ...), -1 for other routes. */
 int api_monitor_op_kind(api_route_id id);

@@ -123,7 +123,7 @@ static void stream_append(sse_stream *st, const char *data, size_t n)
  * Under st->lock. */
 static void stream_catch_up(sse_stream *st, const kg_snapshot *s, bool notice)
 {
-    char frame[4096]; /* worst case: every byte of reason and node ids escaped as \\u00XX */
+    char frame[API_SSE_FRAME_MAX]; /* worst case: every text byte escaped as \\u00XX */
     for (int i = 0; i < s->n_recent_events; i++) {
         const kg_event *e = &s->recent_events[i];
         if (e->id <= st->last_event_id)

@@ -44,6 +44,10 @@ struct MHD_Response *api_sse_open(api_sse_hub *h, struct MHD_Connection *c,
                                   const api_client_key *client, const char *last_event_id,
                                   int *http_status);
 
+/* The largest frame a stream sends: an event whose every text byte is escaped as \u00XX fits
+ * (a test checks it). */
+#define API_SSE_FRAME_MAX 4096
+
 /* Pure: one event as an SSE frame ("id: N\ndata: {json}\n\n").  Returns the length, or -1
  * when buf is too small. */
 int api_sse_format_event(const kg_event *e, char *buf, size_t len);

@@ -1,16 +1,19 @@
 /* assign.c — the assignment planner (SPEC section 3): failover, revert, adoption, rebalance and
  * force-rebalance as pure functions from a plan_view to a list of guarded moves.
  *
- * Owns: placement rules (bounded-load rendezvous hashing, minimal-movement rebalancing).
+ * Owns: placement rules (even placement by water-filling, minimal-movement rebalancing).
  * Must not: touch storage, log, read a clock, use globals or randomness.  Every choice is a
  * function of monitor ids, node ids, states and limits, so two controllers given the same view
  * plan the same moves, whatever order the nodes are listed in.
  *
  * Cost: each plan makes a few linear passes over the monitors, allocates per-node arrays and the
  * moves array once (rebalance also one candidate array and one bitmap), and never allocates per
- * monitor.  Only monitors that must be placed are scored against every placeable node. */
+ * monitor.  No step costs monitors x nodes: how many monitors each node takes is computed per
+ * node (water-filling, heaps keyed by load), and placing one monitor is O(1) amortised (see
+ * quota_picker), so 1,000,000 monitors over 1,000 nodes plan in tens of milliseconds. */
 #include "assign.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +67,6 @@ typedef struct {
     int *place;       /* [n_place] placeable node indexes, in node-id order (tie-break order) */
     int *rank;        /* [n] position of node j in node-id order */
     int *load;        /* [n] active monitors per effective node, updated as moves are planned */
-    int *cap;         /* [n] bounded-load cap (failover, force) */
     int *limit;       /* [n] monitor limit, negative clamped to 0 */
     uint64_t *hash;   /* [n] node_hash of the id */
     bool *placeable;  /* [n] */
@@ -90,7 +92,6 @@ static void ctx_free(plan_ctx *c)
     free(c->place);
     free(c->rank);
     free(c->load);
-    free(c->cap);
     free(c->limit);
     free(c->hash);
     free(c->placeable);
@@ -125,13 +126,11 @@ static int ctx_init(plan_ctx *c, const plan_view *v)
     c->place = calloc(nn, sizeof(int));
     c->rank = calloc(nn, sizeof(int));
     c->load = calloc(nn, sizeof(int));
-    c->cap = calloc(nn, sizeof(int));
     c->limit = calloc(nn, sizeof(int));
     c->hash = calloc(nn, sizeof(uint64_t));
     c->placeable = calloc(nn, sizeof(bool));
     id_ref *order = calloc(nn, sizeof(id_ref));
-    if (!c->place || !c->rank || !c->load || !c->cap || !c->limit || !c->hash || !c->placeable ||
-        !order) {
+    if (!c->place || !c->rank || !c->load || !c->limit || !c->hash || !c->placeable || !order) {
         free(order);
         ctx_free(c);
         return -1;
@@ -155,22 +154,6 @@ static int ctx_init(plan_ctx *c, const plan_view *v)
     return 0;
 }
 
-/* Sets cap[j] = min(limit, ceil((1+eps) * total / n_place)) for every placeable node. */
-static void ctx_set_caps(plan_ctx *c, long long total, double epsilon)
-{
-    if (c->n_place == 0)
-        return;
-    if (epsilon < 0)
-        epsilon = 0;
-    double mean = (double)total / c->n_place;
-    double b = ceil((1.0 + epsilon) * mean - FP_SLACK);
-    int bound = b > (double)INT32_MAX ? INT32_MAX : (int)b;
-    for (int k = 0; k < c->n_place; k++) {
-        int j = c->place[k];
-        c->cap[j] = bound < c->limit[j] ? bound : c->limit[j];
-    }
-}
-
 static long long placeable_load(const plan_ctx *c)
 {
     long long t = 0;
@@ -179,54 +162,171 @@ static long long placeable_load(const plan_ctx *c)
     return t;
 }
 
-/* Bounded-load rendezvous: the highest-scoring placeable node below its cap; else the
- * highest-scoring node below its limit; else (everything full) the least loaded node, flagged
- * as over capacity — running over the limit beats not running.  Ties go to the lower node id
- * because place[] is in id order and only a strictly higher score replaces the best. */
-static int pick_bounded(const plan_ctx *c, uint64_t mkey, bool *over_capacity)
+/* ======================================================================================== */
+/* Even placement                                                                           */
+/* ======================================================================================== */
+
+/* Monitors node j takes to rise from base[j] to `level` (with `capped`, never above its limit). */
+static inline long long fill_of(const plan_ctx *c, const long long *base, int j, long long level,
+                                bool capped)
 {
-    int best = -1, room = -1, least = -1;
-    uint64_t best_s = 0, room_s = 0;
-    *over_capacity = false;
-    for (int k = 0; k < c->n_place; k++) {
-        int j = c->place[k];
-        int l = c->load[j];
-        if (least < 0 || l < c->load[least])
-            least = j;
-        if (l >= c->limit[j])
-            continue;
-        uint64_t s = hrw_score(mkey, c->hash[j]);
-        if (l < c->cap[j] && (best < 0 || s > best_s)) {
-            best = j;
-            best_s = s;
-        }
-        if (room < 0 || s > room_s) {
-            room = j;
-            room_s = s;
-        }
-    }
-    if (best >= 0)
-        return best;
-    if (room >= 0)
-        return room;
-    *over_capacity = true;
-    return least;
+    long long top = capped && c->limit[j] < level ? c->limit[j] : level;
+    return top > base[j] ? top - base[j] : 0;
 }
 
-/* Least loaded placeable node with room under its limit (ties: lower node id); when all are
- * full, the least loaded one, flagged as over capacity. */
-static int pick_least_loaded(const plan_ctx *c, bool *over_capacity)
+static long long fill_sum(const plan_ctx *c, const long long *base, long long level, bool capped)
 {
-    int room = -1, least = -1;
-    for (int k = 0; k < c->n_place; k++) {
-        int j = c->place[k];
-        if (least < 0 || c->load[j] < c->load[least])
-            least = j;
-        if (c->load[j] < c->limit[j] && (room < 0 || c->load[j] < c->load[room]))
-            room = j;
+    long long s = 0;
+    for (int k = 0; k < c->n_place; k++)
+        s += fill_of(c, base, c->place[k], level, capped);
+    return s;
+}
+
+/* Pours k monitors onto the placeable nodes (k no more than fits under the limits when
+ * capped): every node below the highest level T that k reaches rises to T, then the remainder
+ * rises to T+1 on the lowest node ids that can.  T is found by bisection, since fill_sum grows
+ * with the level.  Adds the counts to quota[] and raises base[]. */
+static void pour(const plan_ctx *c, long long *base, long long k, bool capped, int *quota)
+{
+    if (k <= 0)
+        return;
+    long long lo = LLONG_MAX, hi = 0;
+    for (int q = 0; q < c->n_place; q++) {
+        int j = c->place[q];
+        long long top = capped ? c->limit[j] : base[j];
+        lo = base[j] < lo ? base[j] : lo;
+        hi = top > hi ? top : hi;
     }
-    *over_capacity = room < 0;
-    return room >= 0 ? room : least;
+    if (!capped)
+        hi += k;
+    if (hi < lo)
+        hi = lo;
+    while (lo < hi) { /* the largest T with fill_sum(T) <= k; fill_sum(lo) is 0 */
+        long long mid = lo + (hi - lo + 1) / 2;
+        if (fill_sum(c, base, mid, capped) <= k)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    long long left = k;
+    for (int q = 0; q < c->n_place; q++) {
+        int j = c->place[q];
+        long long f = fill_of(c, base, j, lo, capped);
+        quota[j] += (int)f;
+        base[j] += f;
+        left -= f;
+    }
+    for (int q = 0; q < c->n_place && left > 0; q++) { /* place[] is in node-id order */
+        int j = c->place[q];
+        if (base[j] == lo && (!capped || c->limit[j] > lo)) {
+            quota[j]++;
+            base[j]++;
+            left--;
+        }
+    }
+}
+
+/* How many of k monitors each placeable node receives (quota[], zeroed here), and adds them to
+ * the loads: even under the limits while any node has room, the rest evenly over the limits.
+ * Returns how many go over a limit.  -1 on allocation failure. */
+static long long even_quotas(plan_ctx *c, long long k, int *quota)
+{
+    long long *base = malloc((size_t)(c->n > 0 ? c->n : 1) * sizeof(long long));
+    if (!base)
+        return -1;
+    memset(quota, 0, (size_t)(c->n > 0 ? c->n : 1) * sizeof(int));
+    long long room = 0;
+    for (int q = 0; q < c->n_place; q++) {
+        int j = c->place[q];
+        base[j] = c->load[j];
+        room += c->limit[j] > c->load[j] ? c->limit[j] - c->load[j] : 0;
+    }
+    long long under = k < room ? k : room;
+    pour(c, base, under, true, quota);
+    pour(c, base, k - under, false, quota);
+    for (int q = 0; q < c->n_place; q++)
+        c->load[c->place[q]] += quota[c->place[q]];
+    free(base);
+    return k - under;
+}
+
+/* Hands out quotas: a monitor goes to the node its id hashes to among the nodes with a quota
+ * (in node-id order), or to the next one along that still has some.  "Next with some left" is
+ * a union-find over the slots (path compression), so a pick costs O(1) amortised however many
+ * nodes there are.  Deterministic, and independent of the order nodes are listed in. */
+typedef struct {
+    int n;         /* slots: nodes with a quota, in node-id order */
+    int *node;     /* [n] node index of the slot */
+    int *left;     /* [n] monitors the slot still takes */
+    int *next;     /* [n] a slot at or after this one (cyclically) closer to one with room */
+    long long total;
+} quota_picker;
+
+static void picker_free(quota_picker *p)
+{
+    free(p->node);
+    free(p->left);
+    free(p->next);
+    memset(p, 0, sizeof(*p));
+}
+
+static int picker_init(quota_picker *p, const plan_ctx *c, const int *quota)
+{
+    memset(p, 0, sizeof(*p));
+    size_t nn = (size_t)(c->n_place > 0 ? c->n_place : 1);
+    p->node = malloc(nn * sizeof(int));
+    p->left = malloc(nn * sizeof(int));
+    p->next = malloc(nn * sizeof(int));
+    if (!p->node || !p->left || !p->next) {
+        picker_free(p);
+        return -1;
+    }
+    for (int q = 0; q < c->n_place; q++) {
+        int j = c->place[q];
+        if (quota[j] <= 0)
+            continue;
+        p->node[p->n] = j;
+        p->left[p->n] = quota[j];
+        p->next[p->n] = p->n;
+        p->total += quota[j];
+        p->n++;
+    }
+    return 0;
+}
+
+/* The node for monitor key mkey; -1 once every quota is used up (callers take exactly the sum
+ * of the quotas, so that never happens). */
+static int picker_take(quota_picker *p, uint64_t mkey)
+{
+    if (p->total <= 0)
+        return -1;
+    int i = (int)(((mkey >> 32) * (uint64_t)p->n) >> 32);
+    int root = i;
+    while (p->next[root] != root)
+        root = p->next[root];
+    while (p->next[i] != root) {
+        int up = p->next[i];
+        p->next[i] = root;
+        i = up;
+    }
+    p->total--;
+    if (--p->left[root] == 0)
+        p->next[root] = (root + 1) % p->n; /* full: point along (some slot has room) */
+    return p->node[root];
+}
+
+/* Even placement of k monitors in one go: quotas, then a picker over them.  Returns the
+ * number placed over a limit, -1 on allocation failure. */
+static long long place_evenly(plan_ctx *c, long long k, quota_picker *p)
+{
+    int *quota = malloc((size_t)(c->n > 0 ? c->n : 1) * sizeof(int));
+    if (!quota)
+        return -1;
+    long long over = even_quotas(c, k, quota);
+    if (over >= 0 && picker_init(p, c, quota) != 0)
+        over = -1;
+    free(quota);
+    return over;
 }
 
 /* ======================================================================================== */
@@ -235,7 +335,6 @@ static int pick_least_loaded(const plan_ctx *c, bool *over_capacity)
 
 void plan_options_default(plan_options *o)
 {
-    o->epsilon = 0.1;
     o->revert_batch = 500;
     o->tolerance = 0.1;
 }
@@ -284,6 +383,7 @@ static void push_move(plan_result *r, const plan_view *v, size_t i, plan_move_ki
     mv->kind = (uint8_t)kind;
     mv->clear_override = clear_override ? 1 : 0;
     mv->to = to;
+    mv->expect_active = m->active ? 1 : 0;
     mv->expect_home = m->home;
     mv->expect_over = m->over;
 }
@@ -325,6 +425,21 @@ static bool home_takes_revert(const plan_ctx *c, const plan_options *o, const pl
            c->v->nodes[m->home].revert_ok;
 }
 
+/* Our overrides on inactive monitors are cleared: an inactive monitor runs nowhere, so the
+ * override protects nothing, and left in place it would send the monitor to a failover
+ * target whenever it is switched on again, long after its home came back.  Costs no load. */
+static void converge_inactive(const plan_ctx *c, plan_result *r)
+{
+    const plan_view *v = c->v;
+    for (size_t i = 0; i < v->n_monitors; i++) {
+        const plan_monitor *m = &v->monitors[i];
+        if (!m->active && m->over >= 0 && m->ours) {
+            push_move(r, v, i, MOVE_CLEAR_OVERRIDE, -1, false);
+            r->n_inactive_cleared++;
+        }
+    }
+}
+
 /* Reverts come first so that failover targets see the loads after them.  Only overrides on a
  * live node are handled here (at most revert_batch per plan, lowest monitor id first, and never
  * pushing the home over its limit); an override on a dead node must move anyway and is handled
@@ -356,57 +471,90 @@ static void converge_reverts(plan_ctx *c, const plan_options *o, plan_result *r)
     }
 }
 
-/* Every active, unpinned monitor whose effective node is not placeable gets a new one.  Our
- * override on a dead node goes home when the home may take reverts; otherwise the monitor gets
- * a bounded-load rendezvous target (clearing the override instead when the target is its
- * home, which leaves the same effective node without an override to revert later). */
-static void converge_failover(plan_ctx *c, const plan_options *o, plan_result *r,
-                              size_t n_fail)
+/* A monitor the failover must move: active, not pinned, running on a node that is not
+ * placeable. */
+static inline bool needs_failover(const plan_ctx *c, const plan_monitor *m)
 {
-    const plan_view *v = c->v;
-    ctx_set_caps(c, placeable_load(c) + (long long)n_fail, o->epsilon);
-    for (size_t i = 0; i < v->n_monitors; i++) {
-        const plan_monitor *m = &v->monitors[i];
-        if (!m->active || is_pinned(m))
-            continue;
-        int32_t eff = plan_effective(m);
-        if (eff < 0 || c->placeable[eff] || v->nodes[eff].keep)
-            continue;
-        int32_t to;
-        bool over_cap = false;
-        if (m->over >= 0 && home_takes_revert(c, o, m) &&
-            c->load[m->home] < c->limit[m->home]) {
-            to = m->home;
-        } else {
-            to = pick_bounded(c, monitor_key(m->id), &over_cap);
-        }
-        if (to == m->home)
-            push_move(r, v, i, MOVE_CLEAR_OVERRIDE, -1, false);
-        else
-            push_move(r, v, i, MOVE_SET_OVERRIDE, to, false);
-        c->load[eff]--;
-        c->load[to]++;
-        r->n_failover++;
-        if (over_cap)
-            r->n_over_capacity++;
-    }
+    int32_t eff = plan_effective(m);
+    return m->active && !is_pinned(m) && eff >= 0 && !c->placeable[eff] &&
+           !c->v->nodes[eff].keep;
 }
 
-static void converge_adopt(plan_ctx *c, plan_result *r)
+/* Our override on a dead node goes home when the home may take reverts and has room. */
+static inline bool fails_over_home(const plan_ctx *c, const plan_options *o,
+                                   const plan_monitor *m)
+{
+    return m->over >= 0 && home_takes_revert(c, o, m) && c->load[m->home] < c->limit[m->home];
+}
+
+/* Moves one monitor off its dead effective node to `to`: clearing the override instead when
+ * `to` is its home, which leaves the same effective node without an override to revert. */
+static void push_failover(plan_ctx *c, plan_result *r, size_t i, int32_t to)
+{
+    const plan_monitor *m = &c->v->monitors[i];
+    if (to == m->home)
+        push_move(r, c->v, i, MOVE_CLEAR_OVERRIDE, -1, false);
+    else
+        push_move(r, c->v, i, MOVE_SET_OVERRIDE, to, false);
+    c->load[plan_effective(m)]--;
+    r->n_failover++;
+}
+
+/* Every active, unpinned monitor whose effective node is not placeable gets a new one.  First
+ * our overrides on dead nodes whose home may take them back go home (lowest id first, while the
+ * home has room); then the rest are placed evenly over the placeable nodes. */
+static int converge_failover(plan_ctx *c, const plan_options *o, plan_result *r,
+                             size_t n_fail)
 {
     const plan_view *v = c->v;
+    size_t home_first = r->n_moves;
+    for (size_t i = 0; i < v->n_monitors; i++) {
+        const plan_monitor *m = &v->monitors[i];
+        if (needs_failover(c, m) && fails_over_home(c, o, m)) {
+            c->load[m->home]++;
+            push_failover(c, r, i, m->home);
+        }
+    }
+    size_t home_end = r->n_moves, rest = n_fail - (home_end - home_first);
+    if (rest == 0)
+        return 0;
+    quota_picker p;
+    long long over = place_evenly(c, (long long)rest, &p);
+    if (over < 0)
+        return -1;
+    r->n_over_capacity += (int)over;
+    size_t h = home_first; /* the moves home, in monitor order like this loop */
+    for (size_t i = 0; i < v->n_monitors; i++) {
+        const plan_monitor *m = &v->monitors[i];
+        if (!needs_failover(c, m))
+            continue;
+        if (h < home_end && r->moves[h].monitor_index == i)
+            h++;
+        else
+            push_failover(c, r, i, picker_take(&p, monitor_key(m->id)));
+    }
+    picker_free(&p);
+    return 0;
+}
+
+/* Active monitors with neither home nor override get a home, placed evenly. */
+static int converge_adopt(plan_ctx *c, plan_result *r, size_t n_adopt)
+{
+    const plan_view *v = c->v;
+    quota_picker p;
+    long long over = place_evenly(c, (long long)n_adopt, &p);
+    if (over < 0)
+        return -1;
+    r->n_over_capacity += (int)over;
     for (size_t i = 0; i < v->n_monitors; i++) {
         const plan_monitor *m = &v->monitors[i];
         if (!m->active || m->home >= 0 || m->over >= 0)
             continue;
-        bool over_cap;
-        int to = pick_least_loaded(c, &over_cap);
-        push_move(r, v, i, MOVE_SET_HOME, to, false);
-        c->load[to]++;
+        push_move(r, v, i, MOVE_SET_HOME, picker_take(&p, monitor_key(m->id)), false);
         r->n_adopt++;
-        if (over_cap)
-            r->n_over_capacity++;
     }
+    picker_free(&p);
+    return 0;
 }
 
 int plan_converge(const plan_view *v, const plan_options *o, plan_result *r)
@@ -420,11 +568,13 @@ int plan_converge(const plan_view *v, const plan_options *o, plan_result *r)
     plan_count_load(v, c.load);
 
     /* Census: how many need a node, how many reverts are conceivable (for the one allocation). */
-    size_t n_fail = 0, n_adopt = 0, n_rev = 0;
+    size_t n_fail = 0, n_adopt = 0, n_rev = 0, n_inactive = 0;
     for (size_t i = 0; i < v->n_monitors; i++) {
         const plan_monitor *m = &v->monitors[i];
-        if (!m->active)
+        if (!m->active) {
+            n_inactive += m->over >= 0 && m->ours;
             continue;
+        }
         if (is_pinned(m)) {
             if (!node_state_routable(v->nodes[m->over].state))
                 r->n_pinned_stranded++;
@@ -438,24 +588,26 @@ int plan_converge(const plan_view *v, const plan_options *o, plan_result *r)
         else if (m->over >= 0)
             n_rev++;
     }
+    int rc = -1;
+    if (result_reserve(r, n_fail + n_adopt + n_rev + n_inactive) != 0)
+        goto out;
+    if (n_inactive)
+        converge_inactive(&c, r);
+    rc = 0;
     if (c.n_place == 0) {
         /* Nowhere to go: move nothing (monitors on a draining node keep running there) and
          * say how many wait; the next plan retries when a node becomes placeable. */
         r->n_no_target = (int)(n_fail + n_adopt);
-        ctx_free(&c);
-        return 0;
-    }
-    if (result_reserve(r, n_fail + n_adopt + n_rev) != 0) {
-        ctx_free(&c);
-        return -1;
+        goto out;
     }
     converge_reverts(&c, o, r);
-    if (n_fail)
-        converge_failover(&c, o, r, n_fail);
-    if (n_adopt)
-        converge_adopt(&c, r);
+    if (n_fail && converge_failover(&c, o, r, n_fail) != 0)
+        rc = -1;
+    else if (n_adopt && converge_adopt(&c, r, n_adopt) != 0)
+        rc = -1;
+out:
     ctx_free(&c);
-    return 0;
+    return rc;
 }
 
 /* ======================================================================================== */
@@ -464,8 +616,7 @@ int plan_converge(const plan_view *v, const plan_options *o, plan_result *r)
 
 int plan_force_all(const plan_view *v, const plan_options *o, plan_result *r)
 {
-    plan_options tmp;
-    o = options_or_default(o, &tmp);
+    (void)o;
     result_reset(r);
     plan_ctx c;
     if (ctx_init(&c, v) != 0)
@@ -490,20 +641,20 @@ int plan_force_all(const plan_view *v, const plan_options *o, plan_result *r)
         ctx_free(&c);
         return 0;
     }
-    if (result_reserve(r, n_place_me) != 0) {
+    quota_picker p;
+    long long over = -1;
+    if (result_reserve(r, n_place_me) == 0)
+        over = place_evenly(&c, (long long)n_place_me, &p);
+    if (over < 0) {
         ctx_free(&c);
         return -1;
     }
-    ctx_set_caps(&c, placeable_load(&c) + (long long)n_place_me, o->epsilon);
+    r->n_over_capacity = (int)over;
     for (size_t i = 0; i < v->n_monitors; i++) {
         const plan_monitor *m = &v->monitors[i];
         if (!m->active || is_pinned(m))
             continue;
-        bool over_cap;
-        int to = pick_bounded(&c, monitor_key(m->id), &over_cap);
-        c.load[to]++;
-        if (over_cap)
-            r->n_over_capacity++;
+        int to = picker_take(&p, monitor_key(m->id));
         if (to == m->home && m->over < 0)
             continue; /* already where it belongs */
         push_move(r, v, i, MOVE_SET_HOME, to, m->over >= 0);
@@ -512,6 +663,7 @@ int plan_force_all(const plan_view *v, const plan_options *o, plan_result *r)
         else
             r->n_rebalance++;
     }
+    picker_free(&p);
     ctx_free(&c);
     return 0;
 }
@@ -580,47 +732,143 @@ static void rebalance_bounds(const plan_ctx *c, double tol, long long total, bou
     }
 }
 
+/* A binary heap of node indexes, ordered by one measure of the band (most first, ties to the
+ * lower node id, exactly as a scan over place[] keeping the first maximum would choose).  The
+ * rebalance only ever lowers the measure of the node on top, so one sift-down per move keeps
+ * it ordered: O(log nodes) per move instead of a scan of every node. */
+typedef enum { BY_EXCESS, BY_DEFICIT, BY_ROOM, BY_ABOVE_LO } band_measure;
+
+typedef struct {
+    const plan_ctx *c;
+    const bounds *b;
+    band_measure by;
+    int *a;
+    int n;
+} node_heap;
+
+static int measure(const node_heap *h, int j)
+{
+    int l = h->c->load[j];
+    switch (h->by) {
+    case BY_EXCESS: return l - h->b[j].hi;
+    case BY_DEFICIT: return h->b[j].lo - l;
+    case BY_ROOM: return h->b[j].hi - l;
+    default: return l - h->b[j].lo;
+    }
+}
+
+static bool heap_before(const node_heap *h, int x, int y)
+{
+    int mx = measure(h, x), my = measure(h, y);
+    return mx > my || (mx == my && h->c->rank[x] < h->c->rank[y]);
+}
+
+static void heap_sift_down(node_heap *h, int i)
+{
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, best = i;
+        if (l < h->n && heap_before(h, h->a[l], h->a[best]))
+            best = l;
+        if (r < h->n && heap_before(h, h->a[r], h->a[best]))
+            best = r;
+        if (best == i)
+            return;
+        int t = h->a[i];
+        h->a[i] = h->a[best];
+        h->a[best] = t;
+        i = best;
+    }
+}
+
+/* Every placeable node whose measure is positive (and, for donors, with a movable monitor). */
+static void heap_build(node_heap *h, band_measure by, const int *movable, const int *out)
+{
+    h->by = by;
+    h->n = 0;
+    for (int k = 0; k < h->c->n_place; k++) {
+        int j = h->c->place[k];
+        if (measure(h, j) > 0 && (!movable || movable[j] > out[j]))
+            h->a[h->n++] = j;
+    }
+    for (int i = h->n / 2 - 1; i >= 0; i--)
+        heap_sift_down(h, i);
+}
+
+/* The top node, after dropping those whose measure fell to zero or (donors) that have no
+ * movable monitor left; -1 when none is left. */
+static int heap_top(node_heap *h, const int *movable, const int *out)
+{
+    while (h->n > 0) {
+        int j = h->a[0];
+        if (measure(h, j) > 0 && (!movable || movable[j] > out[j]))
+            return j;
+        h->a[0] = h->a[--h->n];
+        heap_sift_down(h, 0);
+    }
+    return -1;
+}
+
 /* Decides how many monitors leave (out) and arrive at (in) each placeable node, one move at a
  * time so loads level out: while some node is above hi and has a movable monitor, take from the
  * one most above hi and give to the one most below lo, or else to the one with the most room
- * under hi; once no excess can move, fill nodes below lo from the node most above its lo. */
+ * under hi; once no excess can move, fill nodes below lo from the node most above its lo.
+ * Returns the number of moves, or (size_t)-1 on allocation failure. */
 static size_t rebalance_quotas(const plan_ctx *c, const bounds *b, const int *movable, int *out,
                                int *in)
 {
     int *load = c->load;
-    size_t moves = 0;
+    size_t moves = 0, nn = (size_t)(c->n_place > 0 ? c->n_place : 1);
+    node_heap donors = {c, b, BY_EXCESS, malloc(nn * sizeof(int)), 0};
+    node_heap takers = {c, b, BY_DEFICIT, malloc(nn * sizeof(int)), 0};
+    if (!donors.a || !takers.a) {
+        moves = (size_t)-1;
+        goto done;
+    }
+    /* Excess goes first to deficits, then to room under hi.  A donor stays above hi and a taker
+     * at or below hi, so no node ever enters another heap's set while a phase runs. */
+    heap_build(&donors, BY_EXCESS, movable, out);
+    heap_build(&takers, BY_DEFICIT, NULL, NULL);
+    bool to_room = false;
     for (;;) {
-        int donor = -1, deficit = -1, roomy = -1;
-        for (int k = 0; k < c->n_place; k++) {
-            int j = c->place[k];
-            int ex = load[j] - b[j].hi;
-            if (ex > 0 && movable[j] > out[j] && (donor < 0 || ex > load[donor] - b[donor].hi))
-                donor = j;
-            int def = b[j].lo - load[j];
-            if (def > 0 && (deficit < 0 || def > b[deficit].lo - load[deficit]))
-                deficit = j;
-            int room = b[j].hi - load[j];
-            if (room > 0 && (roomy < 0 || room > b[roomy].hi - load[roomy]))
-                roomy = j;
+        int donor = heap_top(&donors, movable, out);
+        if (donor < 0)
+            break;
+        int to = heap_top(&takers, NULL, NULL);
+        if (to < 0 && !to_room) {
+            heap_build(&takers, BY_ROOM, NULL, NULL); /* deficits never come back */
+            to_room = true;
+            to = heap_top(&takers, NULL, NULL);
         }
-        int to = deficit >= 0 ? deficit : roomy;
-        if (donor < 0 && deficit >= 0) {
-            for (int k = 0; k < c->n_place; k++) {
-                int j = c->place[k];
-                int above = load[j] - b[j].lo;
-                if (above > 0 && movable[j] > out[j] &&
-                    (donor < 0 || above > load[donor] - b[donor].lo))
-                    donor = j;
-            }
-        }
-        if (donor < 0 || to < 0)
+        if (to < 0)
+            goto done; /* excess left, but nowhere below hi to put it */
+        out[donor]++;
+        in[to]++;
+        load[donor]--;
+        load[to]++;
+        moves++;
+        heap_sift_down(&donors, 0);
+        heap_sift_down(&takers, 0);
+    }
+    /* No excess can move any more: fill what is below lo from the nodes most above lo. */
+    if (to_room)
+        goto done; /* the deficits were all filled */
+    heap_build(&donors, BY_ABOVE_LO, movable, out);
+    for (;;) {
+        int to = heap_top(&takers, NULL, NULL);
+        int donor = to < 0 ? -1 : heap_top(&donors, movable, out);
+        if (donor < 0)
             break;
         out[donor]++;
         in[to]++;
         load[donor]--;
         load[to]++;
         moves++;
+        heap_sift_down(&donors, 0);
+        heap_sift_down(&takers, 0);
     }
+done:
+    free(donors.a);
+    free(takers.a);
     return moves;
 }
 
@@ -673,17 +921,17 @@ static void select_smallest(cand *a, size_t n, size_t k)
 
 /* Which monitors leave a donor: the ones with the lowest rendezvous weight on it, i.e. the ones
  * hashing would least place there, so repeated runs and other controllers agree.  Where each
- * goes: the receiver with the highest weight among those still short, in monitor id order. */
+ * goes: the receivers' quotas, handed out by a quota_picker in monitor id order. */
 static int rebalance_pick(const plan_ctx *c, const int *out, int *in, plan_result *r)
 {
     const plan_view *v = c->v;
     int n = c->n, rc = -1;
     size_t *start = calloc((size_t)n + 1, sizeof(size_t)); /* bucket of donor j: [start[j], start[j+1]) */
     size_t *fill = calloc((size_t)n, sizeof(size_t));
-    int *recv = calloc((size_t)c->n_place, sizeof(int));
+    quota_picker p = {0};
     uint64_t *chosen = calloc(v->n_monitors / 64 + 1, sizeof(uint64_t)); /* bitmap by index */
     cand *cands = NULL;
-    if (!start || !fill || !recv || !chosen)
+    if (!start || !fill || !chosen)
         goto done;
 
     /* Candidates: movable monitors on donors, bucketed by donor (counting sort). */
@@ -699,7 +947,9 @@ static int rebalance_pick(const plan_ctx *c, const int *out, int *in, plan_resul
         fill[j] = start[j];
     }
     start[n] = total;
-    cands = malloc((total ? total : 1) * sizeof(cand));
+    /* calloc, not malloc: the counting pass above sizes every bucket exactly, which the static
+     * analyzer cannot follow; zeroed memory costs nothing here and makes that moot */
+    cands = calloc(total ? total : 1, sizeof(cand));
     if (!cands)
         goto done;
     for (size_t i = 0; i < v->n_monitors; i++) {
@@ -722,38 +972,20 @@ static int rebalance_pick(const plan_ctx *c, const int *out, int *in, plan_resul
         }
     }
 
-    /* Receivers in node-id order; a monitor goes to the best-scoring one still short. */
-    int n_recv = 0;
-    for (int k = 0; k < c->n_place; k++)
-        if (in[c->place[k]] > 0)
-            recv[n_recv++] = c->place[k];
-    for (size_t i = 0; i < v->n_monitors && n_recv > 0; i++) {
+    if (picker_init(&p, c, in) != 0)
+        goto done;
+    for (size_t i = 0; i < v->n_monitors; i++) {
         if (!((chosen[i / 64] >> (i % 64)) & 1))
             continue;
-        uint64_t mkey = monitor_key(v->monitors[i].id);
-        int best = 0;
-        uint64_t best_s = hrw_score(mkey, c->hash[recv[0]]);
-        for (int q = 1; q < n_recv; q++) {
-            uint64_t s = hrw_score(mkey, c->hash[recv[q]]);
-            if (s > best_s) {
-                best = q;
-                best_s = s;
-            }
-        }
-        int to = recv[best];
-        push_move(r, v, i, MOVE_SET_HOME, to, false);
+        push_move(r, v, i, MOVE_SET_HOME, picker_take(&p, monitor_key(v->monitors[i].id)),
+                  false);
         r->n_rebalance++;
-        if (--in[to] == 0) {
-            /* keep the id order of the remaining receivers (it breaks score ties) */
-            memmove(&recv[best], &recv[best + 1], (size_t)(n_recv - best - 1) * sizeof(int));
-            n_recv--;
-        }
     }
     rc = 0;
 done:
     free(cands);
     free(chosen);
-    free(recv);
+    picker_free(&p);
     free(fill);
     free(start);
     return rc;
@@ -788,6 +1020,8 @@ int plan_rebalance(const plan_view *v, const plan_options *o, plan_result *r)
     }
     rebalance_bounds(&c, o->tolerance, placeable_load(&c), b);
     size_t n = rebalance_quotas(&c, b, movable, out, in);
+    if (n == (size_t)-1)
+        goto done;
     rc = 0;
     if (n == 0)
         goto done;

@@ -56,10 +56,13 @@ typedef struct {
     uint32_t monitor_index; /* index into plan_view.monitors */
     uint8_t kind;           /* plan_move_kind */
     uint8_t clear_override; /* MOVE_SET_HOME: also clear our override (force rebalance) */
-    int32_t to;             /* node index (-1 for CLEAR_OVERRIDE) */
     /* guard: the row is only changed if it still has these values */
+    uint8_t expect_active;  /* 1 for every move of a running monitor; 0 only for clearing our
+                               override on an inactive one (so a monitor switched on or off
+                               meanwhile is skipped, never given an override) */
     int32_t expect_home;
     int32_t expect_over;
+    int32_t to;             /* node index (-1 for CLEAR_OVERRIDE) */
 } plan_move;
 
 typedef struct {
@@ -74,11 +77,11 @@ typedef struct {
     int n_over_capacity;   /* monitors placed on a node already at its limit */
     int n_no_target;       /* monitors that need a node but no node is placeable */
     int n_pinned_stranded; /* pinned monitors whose pin points at a non-routable node */
+    int n_inactive_cleared;/* our overrides cleared on inactive monitors (they run nowhere) */
     bool reverts_truncated;/* more reverts were possible than the batch allowed */
 } plan_result;
 
 typedef struct {
-    double epsilon;        /* bounded load: cap = ceil((1+epsilon) * mean), default 0.1 */
     int revert_batch;      /* at most this many reverts per plan (0 = no reverts) */
     double tolerance;      /* rebalance: every placeable node within mean*(1±tolerance) */
 } plan_options;
@@ -87,19 +90,31 @@ void plan_options_default(plan_options *o);
 void plan_result_init(plan_result *r);
 void plan_result_free(plan_result *r);
 
+/* Even placement, used wherever monitors are placed (failover, adoption, force, the receiving
+ * side of a rebalance): k monitors fill the placeable nodes like water, least-loaded first, up
+ * to an even level — never above a node's limit while another node has room under its own;
+ * only when every node is full does the rest go over the limits, again least-loaded first.
+ * Where the level leaves a remainder, the lower node ids take one more.  The resulting loads
+ * are exactly those of placing the monitors one at a time on the least-loaded node (ties to
+ * the lower id), computed in O(nodes x log) instead of O(k x nodes).  Which monitor goes to
+ * which node is then a hash of the monitor id over the nodes still short, so the choice does
+ * not depend on the order the nodes are listed in. */
+
 /* Failover + revert + adoption in one pass: monitors whose effective node is not placeable
- * (offline, unknown, recovering, draining, maintenance) get an override to a placeable node;
- * our overrides whose home is revert_ok are cleared (up to revert_batch); active monitors with
- * neither home nor override get a home.  Manual pins are left alone (counted as stranded).
- * Returns 0, or -1 on allocation failure. */
+ * (offline, unknown, recovering, draining, maintenance) get an override to a placeable node
+ * (our override on a dead node goes home instead when its home may take reverts and has
+ * room); our overrides whose home is revert_ok are cleared (up to revert_batch); active
+ * monitors with neither home nor override get a home; our overrides on inactive monitors are
+ * cleared (an inactive monitor never keeps an override of ours).  Manual pins are left alone
+ * (counted as stranded).  Returns 0, or -1 on allocation failure. */
 int plan_converge(const plan_view *v, const plan_options *o, plan_result *r);
 
 /* Fewest home changes that bring every placeable node within tolerance of the mean effective
  * load (only unpinned monitors without an override move). */
 int plan_rebalance(const plan_view *v, const plan_options *o, plan_result *r);
 
-/* Recomputes every unpinned active monitor's home from scratch (rendezvous hashing with
- * bounded load) and clears our overrides.  Deterministic. */
+/* Recomputes every unpinned active monitor's home from scratch (even placement over the
+ * pinned load) and clears our overrides.  Deterministic; a second run moves nothing. */
 int plan_force_all(const plan_view *v, const plan_options *o, plan_result *r);
 
 /* Effective node index of a monitor (-1 = runs nowhere). */

@@ -495,6 +495,13 @@ static int config_finish(kg_config *cfg, char *err, size_t errlen)
     if (netpolicy_parse_cidrs(cfg->trusted_proxies, &cfg->trusted_proxy_nets, why,
                               sizeof why) != 0)
         return errf(err, errlen, "KUMAGUARD_TRUSTED_PROXIES / --trusted-proxies: %s", why);
+    /* A Kuma node takes any Authorization that is not "Bearer ..." as its API key; a Bearer
+     * value is refused (401) on every call.  Still allowed (a node might change), but said. */
+    if (cfg->kuma_api_key && strncasecmp(cfg->kuma_api_key, "Bearer ", 7) == 0 &&
+        cfg->n_warnings < KG_CONFIG_MAX_WARNINGS)
+        snprintf(cfg->warnings[cfg->n_warnings++], sizeof cfg->warnings[0],
+                 "KUMA_API_KEY starts with 'Bearer ': a Kuma node answers such a key with 401 "
+                 "on every reconcile call; give the key alone");
     return check_webhooks(cfg, err, errlen);
 }
 

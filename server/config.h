@@ -100,7 +100,7 @@ typedef struct {
     char warnings[KG_CONFIG_MAX_WARNINGS][256];
     int n_warnings;
 
-    /* webhooks (webhook.h), appended for issue 14: two sinks, each URL, secret, kinds, format */
+    /* webhooks (webhook.h): two sinks, each URL, secret, kinds, format */
     char *webhook_url;    /* secret (a Slack URL is a credential); NULL = no webhook */
     char *webhook_secret; /* secret: HMAC-SHA256 key for X-Kumaguard-Signature */
     char *webhook_events; /* comma-separated kinds or "all" */

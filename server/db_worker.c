@@ -76,7 +76,6 @@ static bool prepare(db_job *j)
         W.schema_ready = false;
     }
     W.store->fence_generation = j->generation;
-    W.store->maintain_overrides = j->leader;
     if (!W.schema_ready) {
         int rc = W.store->ops->ensure_schema(W.store, W.cfg->init_schema, err, sizeof err);
         if (rc != STORE_OK)
@@ -176,7 +175,26 @@ static void run_job(db_job *j)
         }
         j->nodes_done = true;
     }
-    if (j->load_monitors) {
+    if (j->load_monitors && j->monitors_cached && W.store->ops->monitors_changed) {
+        /* the cheap probe first: an unchanged table is not read again */
+        bool changed = true;
+        if (W.store->ops->monitors_changed(W.store, &changed, err, sizeof err) == STORE_OK &&
+            !changed) {
+            j->monitors_unchanged = true;
+            j->monitors_done = true;
+        }
+    }
+    if (j->load_monitors && !j->monitors_unchanged) {
+        if (j->generation > 0) {
+            /* the leader drops override records someone else changed under us, fenced, before
+             * a full read (only a changed table can have made one stale) */
+            size_t forgotten = 0;
+            rc = W.store->ops->forget_stale_overrides(W.store, &forgotten, err, sizeof err);
+            if (rc != STORE_OK) {
+                fail(j, "forget stale override records", rc, err);
+                goto out;
+            }
+        }
         rc = W.store->ops->load_monitors(W.store, &j->monitors_tab, &j->monitors, err,
                                          sizeof err);
         if (rc != STORE_OK) {
@@ -193,7 +211,6 @@ static void run_job(db_job *j)
         }
         j->prune_done = true;
     }
-    rc = STORE_OK;
     if (!j->lease && !j->n_states && !j->n_events && !j->n_moves && !j->load_nodes &&
         !j->load_monitors && !j->prune_before_ms && !j->monitor_op) {
         /* an empty job is a liveness check */

@@ -33,7 +33,6 @@ typedef struct db_job {
     uint64_t id;
     /* --- what to do (owned by the job) --- */
     int64_t generation;           /* fence for writes; 0 = no writes allowed (follower) */
-    bool leader;                  /* the store may maintain override records */
     bool upsert_static;           /* (re)write the configured static nodes' rows */
     bool lease;                   /* take or renew the leader lease */
     bool release_lease;           /* give the lease up (clean shutdown); nothing else runs */
@@ -49,6 +48,8 @@ typedef struct db_job {
     char actor[64];               /* who asked for monitor_op */
     bool load_nodes;
     bool load_monitors;
+    bool monitors_cached;         /* the controller has a set: ask the store first whether the
+                                     table changed, and read it only then */
     int64_t prune_before_ms;      /* > 0: delete kumaguard_event rows older than this */
     /* --- what happened --- */
     int rc;                       /* STORE_OK, STORE_ERROR, STORE_FENCED, STORE_SCHEMA_MISSING */
@@ -67,6 +68,7 @@ typedef struct db_job {
     store_node_row *nodes;
     size_t n_nodes;
     bool monitors_done;
+    bool monitors_unchanged;      /* the cheap probe said: nothing changed, nothing was read */
     store_monitor_set monitors;   /* indexes into monitors_tab */
     kg_nametab monitors_tab;
     int64_t started_mono_ms, finished_mono_ms;

@@ -67,7 +67,7 @@ health_transition health_apply(node_health *h, const health_params *p, bool ok, 
         h->consecutive_successes = 0;
     }
 
-    health_transition t = none;
+    health_transition t;
     switch (h->state) {
     case NODE_UNKNOWN:
     case NODE_ONLINE:

@@ -1,4 +1,4 @@
-/* health.h — the node health state machine (SPEC section 2).  Pure: probe results and the
+/* health.h — the node health state machine.  Pure: probe results and the
  * clock go in, state transitions come out.  It never probes, sleeps, logs or touches storage.
  *
  *   online --fail--> suspect --(fall fails)--> offline --ok--> recovering --(rise oks)--> online

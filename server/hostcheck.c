@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "types.h"
+
 static bool fail(char *err, size_t errlen, const char *why)
 {
     if (err && errlen)
@@ -95,17 +97,21 @@ bool hostcheck_valid(const char *hostport, char *err, size_t errlen)
     return true;
 }
 
-bool hostcheck_node_id_valid(const char *id)
+bool hostcheck_node_id_valid_n(const char *id, size_t len)
 {
-    if (!id)
-        return false;
-    size_t n = 0;
-    for (; id[n]; n++) {
+    if (!id || len == 0 || len > KG_NODE_ID_MAX)
+        return false; /* never cut a longer id: the cut one would name another node */
+    for (size_t n = 0; n < len; n++) {
         char c = id[n];
         bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                   c == '-' || c == '_' || c == '.';
-        if (!ok || n >= 50)
+        if (!ok)
             return false;
     }
-    return n > 0;
+    return true;
+}
+
+bool hostcheck_node_id_valid(const char *id)
+{
+    return id && hostcheck_node_id_valid_n(id, strnlen(id, KG_NODE_ID_MAX + 1));
 }

@@ -14,5 +14,8 @@
 bool hostcheck_valid(const char *hostport, char *err, size_t errlen);
 /* Node ids used in names (upstream kuma_node_<id>, cookie values): [A-Za-z0-9_.-]{1,50}. */
 bool hostcheck_node_id_valid(const char *id);
+/* The same for the first len bytes of id (a path segment, a column): the one node-id rule,
+ * used by every module that takes an id from outside. */
+bool hostcheck_node_id_valid_n(const char *id, size_t len);
 
 #endif

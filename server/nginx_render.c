@@ -420,6 +420,37 @@ static void out_int(outbuf *o, int v)
     out_put(o, num, (size_t)k);
 }
 
+/* The id as a map key.  `map` reads default, hostnames, include and volatile as its own
+ * parameters unless they start with a backslash (which nginx then strips); the backslash must
+ * not precede other ids, where "\n..." would be read as a newline escape.
+ *
+ * nginx refuses a map whose key does not fit in one bucket of map_hash_bucket_size, 64 bytes
+ * by default on x86-64 and arm64 (the CPU's cache line): an element takes a pointer, a 2-byte
+ * length and the key, rounded up to 8 bytes, and the bucket ends in a null pointer, so keys of
+ * 47 bytes and more fail `nginx -t`.  A node id may have 50 characters, and no operator should
+ * have to tune nginx for that: a longer id becomes an anchored, case-insensitive pattern
+ * ("~*^id$", dots escaped; ids hold only [A-Za-z0-9._-]), which nginx tries only when the
+ * hashed keys do not match.  Many keys that nearly fill a bucket make nginx warn that the hash
+ * is not optimal; it still works. */
+static void out_map_key(outbuf *o, const char *id)
+{
+    size_t len = strlen(id);
+    if (len > NGINX_MAP_KEY_MAX) {
+        out_put(o, "\"~*^", 4);
+        for (size_t i = 0; i < len; i++) {
+            if (id[i] == '.')
+                out_put(o, "\\", 1);
+            out_put(o, &id[i], 1);
+        }
+        out_put(o, "$\"", 2);
+        return;
+    }
+    if (!strcmp(id, "default") || !strcmp(id, "hostnames") || !strcmp(id, "include") ||
+        !strcmp(id, "volatile"))
+        out_put(o, "\\", 1);
+    out_put(o, id, len);
+}
+
 static void list_of(const lists *ls, name_id nm, const kg_node_view ***v, int *n)
 {
     switch (nm) {
@@ -444,14 +475,7 @@ static void render_range(outbuf *o, const tok_list *l, int from, int to, const l
             case NM_ID: out_put(o, item->id, strlen(item->id)); break;
             case NM_HOST: out_put(o, item->host, strlen(item->host)); break;
             case NM_MAP_KEY:
-                /* The id as a map key.  `map` reads default, hostnames, include and volatile
-                 * as its own parameters unless they start with a backslash (which nginx then
-                 * strips); the backslash must not precede other ids, where "\n..." would be
-                 * read as a newline escape. */
-                if (!strcmp(item->id, "default") || !strcmp(item->id, "hostnames") ||
-                    !strcmp(item->id, "include") || !strcmp(item->id, "volatile"))
-                    out_put(o, "\\", 1);
-                out_put(o, item->id, strlen(item->id));
+                out_map_key(o, item->id);
                 break;
             case NM_CLUSTER_COUNT: out_int(o, ls->n_cluster); break;
             case NM_ROUTABLE_COUNT: out_int(o, ls->n_routable); break;

@@ -17,7 +17,9 @@
  *   routable  valid nodes whose state is routable (online, suspect, draining)
  *   cluster   what `upstream kuma_cluster` holds: `routable`, or when that is empty every valid
  *             node not in maintenance (fallback: nginx keeps trying them)
- * Values: inside a list `id`, `host` and `map_key` (the id, escaped for use as a `map` key);
+ * Values: inside a list `id`, `host` and `map_key` (the id as a `map` key: escaped, or for an
+ * id longer than NGINX_MAP_KEY_MAX an anchored case-insensitive pattern, since nginx's default
+ * map_hash_bucket_size cannot hold it);
  * anywhere `cluster_count`, `routable_count`,
  * `node_count`, `rejected_count`.
  * Unknown names, unbalanced sections, a list nested in a list, or `id`/`host` outside a list are
@@ -35,6 +37,8 @@
 #include "snapshot.h"
 
 #define NGINX_TEMPLATE_MAX (64 * 1024)
+/* The longest id written as a plain `map` key; longer ones become patterns (see map_key). */
+#define NGINX_MAP_KEY_MAX 46
 
 typedef struct {
     int cluster_nodes;   /* servers in upstream kuma_cluster */

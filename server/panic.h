@@ -1,4 +1,4 @@
-/* panic.h — the panic guard and the confirmation round (SPEC section 2).  Pure: the nodes'
+/* panic.h — the panic guard and the confirmation round.  Pure: the nodes'
  * probe picture and the clock go in, a verdict comes out; it never probes, logs or stores.
  *
  * Why a guard: when most nodes fail at once, the fault is more likely ours (the controller's

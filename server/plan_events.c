@@ -46,6 +46,8 @@ int plan_events(const plan_move *moves, size_t n, const kg_nametab *tab,
         first_to[i] = -1;
     for (size_t i = 0; i < n; i++) {
         const plan_move *m = &moves[i];
+        if (!m->expect_active)
+            continue; /* our override cleared on a paused monitor: neither failover nor revert */
         int32_t from = policy_move_from(m), to = policy_move_to(m);
         bool from_placeable = from >= 0 && from < nn && node_state_placeable(nodes[from].state);
         switch (policy_classify_move(m, from_placeable)) {

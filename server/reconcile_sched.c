@@ -5,6 +5,11 @@
 
 #include <string.h>
 
+/* A node that timed out while answering probes is taken to be this many times slower than the
+ * configured costs (up to SLOW_MAX); after a few quick answers it is trusted again. */
+#define SLOW_STEP 4
+#define SLOW_MAX 16
+
 const char *rsched_result_name(rsched_result r)
 {
     switch (r) {
@@ -42,6 +47,13 @@ int64_t rsched_worst_ms(const rsched_cfg *c, int starts, int stops)
     return c->base_ms + (int64_t)starts * c->start_ms + (int64_t)stops * c->stop_ms;
 }
 
+/* This node's worst case: the configured costs times how much slower this node has shown it
+ * is (slow_factor, 1 until a call timed out while the node kept answering probes). */
+static int64_t node_worst(const rsched_node *n, const rsched_cfg *c, int starts, int stops)
+{
+    return rsched_worst_ms(c, starts, stops) * (n->slow_factor > 1 ? n->slow_factor : 1);
+}
+
 /* Start of the cron at or before `now` (monotonic ms). */
 static int64_t prev_cron(const rsched_cfg *c, int64_t now_ms, int64_t off)
 {
@@ -58,6 +70,32 @@ int64_t rsched_next_cron_ms(const rsched_cfg *c, int64_t now_ms, int64_t wall_of
 }
 
 static bool has_work(const rsched_node *n) { return n->n_work > 0; }
+
+/* Work that asks for a call: ours (moves kumaguard applied). */
+static bool has_own_work(const rsched_node *n)
+{
+    for (int i = 0; i < n->n_work; i++)
+        if (!n->work[i].foreign)
+            return true;
+    return false;
+}
+
+static int64_t worst_before(const rsched_node *n, const rsched_cfg *c, int64_t t);
+
+/* When the cron that started at `prev` may still be running.  Its worst case covers the work
+ * it may have seen (committed up to prev + skew: a node clock behind ours runs it later).  And
+ * a node that was not answering at some point since that cron could start (hung: SIGSTOP, a
+ * stalled VM) may have been stopped in the middle of it: the run resumes when the node does,
+ * so it may last its worst case from the moment the node answers again. */
+static int64_t cron_end(const rsched_node *n, const rsched_cfg *c, int64_t prev,
+                        int64_t alive_since)
+{
+    int64_t w = worst_before(n, c, prev + c->cron_skew_ms);
+    int64_t end = prev + c->cron_skew_ms + w;
+    if (alive_since > prev - c->cron_skew_ms && alive_since + w > end)
+        end = alive_since + w;
+    return end;
+}
 
 static void sum_work(rsched_node *n)
 {
@@ -79,23 +117,28 @@ static void drop_work_before(rsched_node *n, int64_t t)
     sum_work(n);
 }
 
-/* Worst case of the work committed before `t`. */
+/* Worst case of the work that may have been committed before `t` (a cron starting at t may
+ * have it to do). */
 static int64_t worst_before(const rsched_node *n, const rsched_cfg *c, int64_t t)
 {
     int s = 0, p = 0;
     for (int i = 0; i < n->n_work; i++)
-        if (n->work[i].at_ms < t) {
+        if (n->work[i].from_ms < t) {
             s += n->work[i].starts;
             p += n->work[i].stops;
         }
-    return rsched_worst_ms(c, s, p);
+    return node_worst(n, c, s, p);
 }
 
-void rsched_add_work(rsched_node *n, int starts, int stops, int64_t now_ms)
+static void add_work(rsched_node *n, int starts, int stops, int64_t from_ms, int64_t now_ms,
+                     bool foreign)
 {
     if (starts <= 0 && stops <= 0)
         return;
-    if (n->n_work > 0 && n->work[n->n_work - 1].at_ms == now_ms) {
+    if (from_ms > now_ms)
+        from_ms = now_ms;
+    if (n->n_work > 0 && n->work[n->n_work - 1].at_ms == now_ms &&
+        n->work[n->n_work - 1].from_ms == from_ms && n->work[n->n_work - 1].foreign == foreign) {
         n->work[n->n_work - 1].starts += starts > 0 ? starts : 0;
         n->work[n->n_work - 1].stops += stops > 0 ? stops : 0;
     } else {
@@ -103,14 +146,30 @@ void rsched_add_work(rsched_node *n, int starts, int stops, int64_t now_ms)
             /* merge the two oldest into the later of them */
             n->work[1].starts += n->work[0].starts;
             n->work[1].stops += n->work[0].stops;
+            if (n->work[0].from_ms < n->work[1].from_ms)
+                n->work[1].from_ms = n->work[0].from_ms;
+            n->work[1].foreign = n->work[0].foreign && n->work[1].foreign;
             memmove(n->work, n->work + 1, sizeof n->work[0] * (RSCHED_WORK_SLOTS - 1));
             n->n_work--;
         }
         n->work[n->n_work++] = (rsched_work){.at_ms = now_ms,
+                                             .from_ms = from_ms,
+                                             .foreign = foreign,
                                              .starts = starts > 0 ? starts : 0,
                                              .stops = stops > 0 ? stops : 0};
     }
     sum_work(n);
+}
+
+void rsched_add_work(rsched_node *n, int starts, int stops, int64_t now_ms)
+{
+    add_work(n, starts, stops, now_ms, now_ms, false);
+}
+
+void rsched_add_work_between(rsched_node *n, int starts, int stops, int64_t from_ms,
+                             int64_t to_ms)
+{
+    add_work(n, starts, stops, from_ms, to_ms, true);
 }
 
 void rsched_mark_returning(rsched_node *n) { n->tell_first = true; }
@@ -144,7 +203,9 @@ static void left_to_cron(rsched_node *n, int64_t b, const rsched_cfg *c)
 
 static int budget_left(rsched_node *n, const rsched_cfg *c, int64_t now)
 {
-    int budget = c->budget < 1 ? 1 : (c->budget > RSCHED_BUDGET_MAX ? RSCHED_BUDGET_MAX : c->budget);
+    int budget = c->budget < 1 ? 1
+                 : c->budget > RSCHED_BUDGET_MAX ? RSCHED_BUDGET_MAX
+                                                 : c->budget;
     /* drop calls that left the window (the ring is in start order from budget_head) */
     while (n->budget_used > 0) {
         int oldest = (n->budget_head - n->budget_used + RSCHED_BUDGET_MAX) % RSCHED_BUDGET_MAX;
@@ -169,12 +230,21 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
         return wait_until(n, "a call is in flight", n->call_deadline_ms);
     if (n->stale) {
         /* rule 3: the timed-out call runs whenever the node wakes up; count its worst case
-         * from the moment it answers again */
-        if (!alive_since || alive_since <= n->stale_since_ms)
+         * from the moment it answers again.  A node that answered probes all along is slower
+         * than our worst case, not hung: it gets as long again from the deadline. */
+        if (!alive_since)
             return wait_until(n, "a timed-out call may still be running on the node", 0);
+        int64_t until = alive_since + n->stale_worst_ms;
+        if (alive_since <= n->stale_since_ms) {
+            /* it answered probes all along: slower than the configured costs, not hung.  It
+             * gets SLOW_STEP times the deadline in all, and its later deadlines as much. */
+            until = n->stale_since_ms + n->stale_worst_ms * (SLOW_STEP - 1);
+            int f = (n->slow_factor > 1 ? n->slow_factor : 1) * SLOW_STEP;
+            n->slow_factor = f > SLOW_MAX ? SLOW_MAX : f;
+        }
         n->stale = false;
-        if (alive_since + n->stale_worst_ms > n->busy_until_ms)
-            n->busy_until_ms = alive_since + n->stale_worst_ms;
+        if (until > n->busy_until_ms)
+            n->busy_until_ms = until;
     }
     if (!has_work(n) && !n->tell_first)
         return (rsched_decision){0};
@@ -183,9 +253,9 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
         left_to_cron(n, prev - c->cron_period_ms, c);
     if (cron_covered(n, c, prev, alive_since, now))
         left_to_cron(n, prev, c);
-    if (!has_work(n) && !n->tell_first)
-        return (rsched_decision){0};
-    int64_t worst = rsched_worst_ms(c, n->starts, n->stops);
+    if (!has_own_work(n) && !n->tell_first)
+        return (rsched_decision){0}; /* only foreign work (or none): the cron does it */
+    int64_t worst = node_worst(n, c, n->starts, n->stops);
     int64_t after_cron = next + c->cron_skew_ms + worst; /* when the next cron surely ended */
     if (!callable)
         return wait_until(n, "the node cannot be called now: left to its cron", after_cron);
@@ -200,7 +270,7 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
         return wait_until(n, "call budget for this node spent: left to its cron", after_cron);
     /* rule 4: not while the last cron may still run, nor if we could still run at the next */
     /* (a cron whose clock lags ours by the skew may also have seen work up to prev + skew) */
-    int64_t prev_end = prev + c->cron_skew_ms + worst_before(n, c, prev + c->cron_skew_ms);
+    int64_t prev_end = cron_end(n, c, prev, alive_since);
     if (now < prev_end)
         return wait_until(n, "the node's cron may be running", prev_end);
     if (now + worst >= next - c->cron_skew_ms)
@@ -216,10 +286,10 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
     return (rsched_decision){.call = true, .deadline_ms = n->call_deadline_ms - now};
 }
 
-int64_t rsched_room_ms(rsched_node *n, const rsched_cfg *c, bool callable, int64_t now,
-                       int64_t off)
+int64_t rsched_room_ms(rsched_node *n, const rsched_cfg *c, bool callable,
+                       int64_t alive_since, int64_t now, int64_t off)
 {
-    int64_t worst = rsched_worst_ms(c, n->starts, n->stops);
+    int64_t worst = node_worst(n, c, n->starts, n->stops);
     int64_t prev = prev_cron(c, now, off), next = prev + c->cron_period_ms;
     int64_t room;
     if (!callable) {
@@ -228,7 +298,7 @@ int64_t rsched_room_ms(rsched_node *n, const rsched_cfg *c, bool callable, int64
     } else {
         if (n->in_flight || n->stale || now < n->busy_until_ms)
             return 0;
-        if (now < prev + c->cron_skew_ms + worst_before(n, c, prev + c->cron_skew_ms))
+        if (now < cron_end(n, c, prev, alive_since))
             return 0; /* the last cron may still run */
         room = next - c->cron_skew_ms - now - worst;
     }
@@ -250,6 +320,10 @@ void rsched_finish(rsched_node *n, const rsched_cfg *c, rsched_result r, int htt
         /* the node re-read its assignments when the call started: what was pending then is
          * done; what arrived during the call is not */
         drop_work_before(n, n->call_start_ms + 1);
+        /* a call that took under a quarter of its deadline: this node is faster than we feared */
+        int64_t took = now - n->call_start_ms, allowed = n->call_deadline_ms - n->call_start_ms;
+        if (n->slow_factor > 1 && took * 4 < allowed)
+            n->slow_factor /= 2;
         if (n->call_tell)
             n->tell_first = false;
         n->retries = 0;

@@ -19,10 +19,15 @@
  *      stops*stop_ms, capped);
  *   3. a call whose deadline passed may still be running on the node (a hung node runs it when
  *      it wakes up): no new call until the node answers probes again and the stale call's
- *      worst case has passed since;
+ *      worst case has passed since; a node that answered probes all along was only slower than
+ *      the configured costs: it gets four times the deadline in all, and its later deadlines
+ *      (and pacing) count it four times slower, until quick answers show otherwise;
  *   4. no call that could still be running when the node's :00 cron starts (allowing
- *      `cron_skew_ms` between its clock and ours), and none while that cron may be running;
- *      work that cannot be done before :00 is left to the cron;
+ *      `cron_skew_ms` between its clock and ours), and none while that cron may be running —
+ *      its worst case counts all work it may have seen, including changes kumaguard did not
+ *      make (Kuma adding or pausing monitors, which the caller reports as work too), and a
+ *      cron a hung node was stopped in resumes with the node; work that cannot be done before
+ *      :00 is left to the cron;
  *   5. after a cron window in which the node kept answering probes, work committed before
  *      that cron is done: it is forgotten, not called for;
  *   6. a node that comes back after failing must be told before it is routed again
@@ -72,8 +77,10 @@ const char *rsched_result_name(rsched_result r);
 /* Work committed at one time (merged with its neighbour when the slots run out, keeping the
  * later time: a cron is then only trusted with it later, never earlier). */
 typedef struct {
-    int64_t at_ms;
+    int64_t at_ms;             /* committed no later than this */
+    int64_t from_ms;           /* and no earlier than this (== at_ms for our own moves) */
     int starts, stops;
+    bool foreign;              /* not ours: counts toward a run's worst case, asks for no call */
 } rsched_work;
 
 typedef struct {
@@ -89,6 +96,7 @@ typedef struct {
     /* a call that timed out (rule 3) */
     bool stale;
     int64_t stale_since_ms, stale_worst_ms;
+    int slow_factor;           /* this node's costs are this many times the configured ones */
     int64_t busy_until_ms;
     /* back-off and retries (rule 7) */
     int64_t not_before_ms;
@@ -119,6 +127,12 @@ void rsched_init(rsched_node *n);
 /* The node's monitor set changed: it must start `starts` and stop `stops` monitors.  `now` is
  * when the change was committed. */
 void rsched_add_work(rsched_node *n, int starts, int stops, int64_t now_ms);
+/* Work kumaguard did not cause (Kuma added, removed, paused or re-pinned monitors), noticed by
+ * comparing two reads of the monitor table: committed somewhere between from_ms and to_ms.
+ * It asks for no call (the node's own cron picks it up, as it would without kumaguard) but
+ * lengthens the worst case of the node's next run, and a call made anyway covers it. */
+void rsched_add_work_between(rsched_node *n, int starts, int stops, int64_t from_ms,
+                             int64_t to_ms);
 /* The node failed (went offline): when it answers again it must be told first. */
 void rsched_mark_returning(rsched_node *n);
 /* Does the node still have to be told before it may be routed? */
@@ -141,8 +155,8 @@ void rsched_finish(rsched_node *n, const rsched_cfg *c, rsched_result r, int htt
  * it.  0 while a call is in flight or may still be running, or inside a cron window.  Moves
  * beyond it wait: a node asked to start more than it can before :00 would have its cron
  * overlap the reconcile, which is how copies leak. */
-int64_t rsched_room_ms(rsched_node *n, const rsched_cfg *c, bool callable, int64_t now_ms,
-                       int64_t wall_offset_ms);
+int64_t rsched_room_ms(rsched_node *n, const rsched_cfg *c, bool callable,
+                       int64_t alive_since_ms, int64_t now_ms, int64_t wall_offset_ms);
 
 /* Worst-case duration of a reconcile doing this much work. */
 int64_t rsched_worst_ms(const rsched_cfg *c, int starts, int stops);

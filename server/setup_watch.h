@@ -1,4 +1,4 @@
-/* setup_watch.h — first-run setup of the Kuma cluster (KUMA-NODE.md, "Setup").
+/* setup_watch.h — first-run setup of the Kuma cluster.
  *
  * On a fresh cluster the `user` table is empty and only the primary node can create the first
  * user; the other nodes wait, and every node answers reconcile calls with 401.  While that is

@@ -32,13 +32,15 @@ int store_check_moves(const kg_nametab *tab, const plan_move *moves, size_t n, c
     for (size_t i = 0; i < n; i++) {
         const plan_move *mv = &moves[i];
         bool needs_target = mv->kind != MOVE_CLEAR_OVERRIDE;
+        /* an inactive monitor is only ever relieved of our override, never given a node */
+        bool active_ok = mv->expect_active == 1 || (mv->expect_active == 0 && !needs_target);
         if (mv->kind > MOVE_SET_HOME || !index_ok(tab, mv->expect_home, true)
-            || !index_ok(tab, mv->expect_over, true)
+            || !index_ok(tab, mv->expect_over, true) || !active_ok
             || (needs_target && !index_ok(tab, mv->to, false))) {
             snprintf(err, errlen,
-                     "store: invalid move for monitor %lld (kind %d, to %d, expect %d/%d)",
-                     (long long)mv->monitor_id, mv->kind, mv->to, mv->expect_home,
-                     mv->expect_over);
+                     "store: invalid move for monitor %lld (kind %d, to %d, expect %d/%d,"
+                     " active %d)", (long long)mv->monitor_id, mv->kind, mv->to,
+                     mv->expect_home, mv->expect_over, mv->expect_active);
             return STORE_ERROR;
         }
     }

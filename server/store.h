@@ -1,16 +1,17 @@
 /* store.h — the cluster database interface, with two backends: store_sqlite.c (embedded
  * default) and store_mariadb.c (the shared database of a real cluster).
  *
- * A kg_store is not thread safe: the controller thread owns its store; another thread that
- * needs the database (the setup watcher, the per-monitor listing of the HTTP API) opens a store
- * of its own with store_open() and only reads through it.  Every write operation is one
- * transaction; moves are applied set-based (a temporary table of moves joined to `monitor`),
- * each row guarded by the values the plan saw, so a row a Kuma node changed meanwhile is
- * skipped, not clobbered.  When `fence_generation` > 0 every write transaction begins with
- * the fence: it *writes* the kumaguard_leader row where that generation still holds (so the
- * database arbitrates it against a takeover: a row lock on one server, certification on
- * Galera) and aborts with STORE_FENCED when it does not, or when the database says another
- * node's write won (Galera 1213/1180/1047).
+ * A kg_store is not thread safe: the database applier (db_worker.c) owns the controller's
+ * store; another thread that needs the database (the setup watcher, the per-monitor listing of
+ * the HTTP API) opens a store of its own with store_open() and only reads through it.  Every
+ * write operation is one transaction; moves are applied set-based (statements over sets of
+ * rows, never one per move), each row guarded by the values the plan saw (node_id,
+ * assigned_node and active), so a row a Kuma node changed meanwhile is skipped, not clobbered,
+ * and a monitor switched off meanwhile is never given an override.  When `fence_generation` > 0
+ * every write transaction begins with the fence: it *writes* the kumaguard_leader row where
+ * that generation still holds (so the database arbitrates it against a takeover: a row lock on
+ * one server, certification on Galera) and aborts with STORE_FENCED when it does not, or when
+ * the database says another node's write won (Galera 1213/1180/1047).
  *
  * Owns: connections, SQL text, schema creation for kumaguard_* tables (and node/monitor only
  * with init_schema), and which lease generation it took (kept across reconnects).  Must not:
@@ -38,9 +39,10 @@ enum {
                                 was written */
 };
 
-/* ---- first-run setup, per-monitor listing and operations (issue 14) ---------------------- */
+/* ---- first-run setup, per-monitor listing and operations ------------------------------- */
 
-/* Whether the Kuma cluster's first user exists (SPEC / KUMA-NODE.md "Setup"). */
+/* Whether the Kuma cluster's first user exists: before it does, only the primary node can
+ * create it and every node answers reconcile calls with 401 (setup_watch.h). */
 typedef enum {
     STORE_SETUP_NOT_GATED = 0, /* no `user` table (embedded SQLite, --init-schema): never gated */
     STORE_SETUP_PENDING,       /* `user` exists and is empty: only the primary can set up */
@@ -158,10 +160,21 @@ typedef struct {
     /* All monitors (active or not) with our-override flags; node names interned into tab. */
     int (*load_monitors)(kg_store *s, kg_nametab *tab, store_monitor_set *out, char *err,
                          size_t errlen);
+    /* A cheap probe, so an unchanged monitor table is not read again: *changed = false only
+     * when neither `monitor` nor kumaguard_override can have changed since this store's last
+     * successful load_monitors (a monitor added, deleted, switched or re-pinned by anyone, or
+     * moved by us); true when they may have, or when the store cannot tell.  Costs no scan of
+     * either table (MariaDB: InnoDB's in-memory update time of the two tables; SQLite:
+     * PRAGMA data_version). */
+    int (*monitors_changed)(kg_store *s, bool *changed, char *err, size_t errlen);
     /* Applies moves[0..n) in one transaction (see header comment).  `what` labels the
      * operation for kumaguard_override.reason ("failover", "revert", ...). */
     int (*apply_moves)(kg_store *s, const kg_nametab *tab, const plan_move *moves, size_t n,
                        const char *what, store_apply_result *res, char *err, size_t errlen);
+    /* Drops kumaguard_override records whose override someone else changed since we wrote
+     * it, in a fenced write (the leader's job: STORE_FENCED without a fence generation).
+     * load_monitors never writes; such a record is simply not "ours" when read. */
+    int (*forget_stale_overrides)(kg_store *s, size_t *forgotten, char *err, size_t errlen);
     int (*append_event)(kg_store *s, const kg_event *ev, char *err, size_t errlen);
     /* Deletes kumaguard_event rows older than before_ms (history retention), at most 10,000
      * per call so a large backlog never holds a long transaction. */
@@ -181,7 +194,7 @@ typedef struct {
      * at once instead of after the TTL.  No-op when it holds none. */
     int (*release_lease)(kg_store *s, char *err, size_t errlen);
 
-    /* ---- appended for issue 14 ---- */
+    /* ---- first-run setup, per-monitor listing and operations ---- */
     /* First-run setup: SQLite is never gated; MariaDB looks for a `user` table and a row. */
     int (*setup_status)(kg_store *s, store_setup_state *st, char *err, size_t errlen);
     /* A page of monitors (read only; safe on a store opened by any thread for itself).  The
@@ -198,9 +211,6 @@ typedef struct {
 struct kg_store {
     const kg_store_ops *ops;
     int64_t fence_generation; /* 0 = no fencing check */
-    bool maintain_overrides;  /* load_monitors also drops kumaguard_override records that no
-                                 longer match their monitor (the leader's job; default true,
-                                 the controller clears it on followers, which write nothing) */
     void *impl;
 };
 
@@ -220,7 +230,8 @@ bool store_change_writes_row(const store_monitor_change *c);
 void store_page_take(store_monitor_page *out, store_monitor_row *rows, size_t n, int limit);
 /* Both backends call this before applying: STORE_ERROR naming the first move with an unknown
  * kind or a node index that is not -1/interned (a target is required except for
- * CLEAR_OVERRIDE). */
+ * CLEAR_OVERRIDE), or that would give an inactive monitor a node (expect_active 0 is only
+ * valid for CLEAR_OVERRIDE). */
 int store_check_moves(const kg_nametab *tab, const plan_move *moves, size_t n, char *err,
                       size_t errlen);
 

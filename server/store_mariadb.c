@@ -16,10 +16,17 @@
  * every TIMESTAMP we write or read is UTC, and with lock waits shorter than the read timeout
  * so a blocked statement fails with a lock error instead of a dropped connection.
  *
- * Moves.  apply_moves bulk-loads the plan into a session-private temporary table (multi-row
- * INSERTs, names escaped with mysql_real_escape_string), then in one transaction runs a few
- * set-based statements per range of 10,000 moves (see APPLY_STEPS): set-based, yet no single
- * statement runs long enough to trip the read timeout on a large failover.
+ * Moves.  apply_moves runs in one transaction: the fence first (begin_write), then the moves
+ * in monitor id order, in units of up to 4,000 (apply_units): per unit one guarded UPDATE of
+ * `monitor` whose WHERE lists the ids and the values the plan saw (node_id, assigned_node,
+ * active), with the new values as constants or a CASE over the unit's few groups of targets,
+ * and one statement of kumaguard_override bookkeeping.  Small units share a round trip
+ * (multi-statements, switched on for this operation only).  The UPDATE's "rows matched" says
+ * whether every guard held; when one did not, that unit is rolled back to its savepoint and
+ * applied exactly (rows locked, guards read, only those applied), so a row a Kuma node
+ * changed meanwhile is never clobbered and never recorded as ours.  Measured against the
+ * floor, one bare UPDATE of the same rows: bench/store_moves.sh.  Names are escaped with
+ * mysql_real_escape_string; no statement runs long enough to trip the read timeout.
  *
  * Leader lease.  One row, kumaguard_leader id 1 (holder, generation, expires_at), taken and
  * renewed by compare-and-set UPDATEs whose expiry the database computes with its own clock
@@ -48,8 +55,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MOVES_PER_INSERT 4000 /* rows per multi-row INSERT: ~200 KB, far below max_allowed_packet */
-#define MOVES_PER_STATEMENT 10000 /* moves per guarded UPDATE (see apply_guarded_moves) */
+#define MOVES_PER_STATEMENT 4000 /* monitors per guarded UPDATE (see apply_units): ~30 KB of
+                                     ids, tens of milliseconds of work per statement */
+#define MAX_GROUPS 16             /* groups (target, guard) per UPDATE: a CASE over them */
+#define BATCH_BYTES (1 << 20)     /* SQL per round trip, far below max_allowed_packet */
 #define MAX_BINDS 12
 
 typedef struct {
@@ -71,6 +80,15 @@ typedef struct {
     bool galera;            /* the server is a Galera node (wsrep_on): lease reads sync-wait */
     /* lease */
     int64_t lease_gen;      /* generation we took and renew; 0 = we hold no lease */
+    bool json_table;        /* the server has JSON_TABLE (MariaDB 10.6+): cheap id lists */
+    bool update_times;      /* MariaDB: InnoDB keeps table update times (monitors_changed) */
+    unsigned long conn_epoch; /* connections made so far */
+    /* monitors_changed: what the probe said just before the last successful full read */
+    bool probe_valid;
+    unsigned long probe_epoch;
+    int64_t probe_at;       /* server time, s */
+    int64_t probe_start;    /* when the server started (now - Uptime), s */
+    int64_t probe_mon, probe_ovr; /* update times of monitor, kumaguard_override (-1: NULL) */
 } my_store;
 
 /* ---- errors and connection ------------------------------------------------------------- */
@@ -182,6 +200,9 @@ static int my_connect(my_store *m, char *err, size_t errlen)
     }
     m->db = db;
     m->galera = galera;
+    m->json_table = mysql_get_server_version(db) >= 100600;
+    m->update_times = strstr(mysql_get_server_info(db), "MariaDB") != NULL;
+    m->conn_epoch++; /* a new session: the server may have restarted, so probes start over */
     return STORE_OK;
 }
 
@@ -661,6 +682,78 @@ static int32_t intern_field(kg_nametab *tab, const char *v, unsigned long len)
     return idx < 0 ? -2 : idx;
 }
 
+/* ---- the change probe -------------------------------------------------------------------
+ *
+ * InnoDB keeps, in memory, the time of the last committed change of each table (shown as
+ * information_schema.TABLES.UPDATE_TIME; MariaDB sets it at commit to the start time, in
+ * seconds, of the transaction that made the change).  So the monitors are read again only
+ * when that time of `monitor` or kumaguard_override differs from what it was just before our
+ * last full read.  What that cannot see, and how it is covered:
+ *   - a transaction that started in the same second as the change we last saw and commits
+ *     after our read leaves the same time behind: so while that change is less than
+ *     PROBE_SETTLE_S old at our read, every probe says "changed" (Kuma's writes are single
+ *     statements of milliseconds);
+ *   - the times live in memory: NULL until a table's first change after the server started
+ *     (or after InnoDB dropped the table from its cache, which it does not do to a table in
+ *     use: every Kuma node reads `monitor` each minute).  A restart is seen as a new session
+ *     or a new server start time, and means "read";
+ *   - only MariaDB is known to keep them like this: another server always reads;
+ *   - our own apply_moves and forget_stale_overrides clear the probe;
+ *   - as a last net, a full read at least every PROBE_MAX_AGE_S seconds. */
+#define PROBE_SETTLE_S 3
+#define PROBE_MAX_AGE_S 300
+
+static const char PROBE_SQL[] =
+    "SELECT UNIX_TIMESTAMP(), UNIX_TIMESTAMP() - (SELECT variable_value FROM"
+    " information_schema.global_status WHERE variable_name = 'UPTIME'), (SELECT"
+    " UNIX_TIMESTAMP(update_time) FROM information_schema.tables WHERE table_schema ="
+    " DATABASE() AND table_name = 'monitor'), (SELECT UNIX_TIMESTAMP(update_time) FROM"
+    " information_schema.tables WHERE table_schema = DATABASE() AND table_name ="
+    " 'kumaguard_override')";
+
+enum { PROBE_NOW, PROBE_START, PROBE_MON, PROBE_OVR, PROBE_N };
+
+/* The probe's values; -1 for NULL. */
+static int read_probe(my_store *m, int64_t v[PROBE_N], char *err, size_t errlen)
+{
+    if (mysql_real_query(m->db, PROBE_SQL, sizeof(PROBE_SQL) - 1))
+        return my_fail(m, "probe monitor changes", err, errlen);
+    MYSQL_RES *res = mysql_store_result(m->db);
+    if (!res)
+        return my_fail(m, "probe monitor changes", err, errlen);
+    MYSQL_ROW row = mysql_fetch_row(res);
+    for (int i = 0; i < PROBE_N; i++)
+        v[i] = row && row[i] ? strtoll(row[i], NULL, 10) : -1;
+    mysql_free_result(res);
+    return STORE_OK;
+}
+
+static int op_monitors_changed(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    bool *changed = arg;
+    *changed = true;
+    if (!m->probe_valid || !m->update_times || m->probe_epoch != m->conn_epoch)
+        return STORE_OK;
+    int64_t v[PROBE_N];
+    int rc = read_probe(m, v, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    int64_t last = m->probe_mon > m->probe_ovr ? m->probe_mon : m->probe_ovr;
+    int64_t start_moved = v[PROBE_START] - m->probe_start;
+    *changed = v[PROBE_MON] != m->probe_mon || v[PROBE_OVR] != m->probe_ovr ||
+               v[PROBE_NOW] < 0 || v[PROBE_START] < 0 || start_moved > 2 || start_moved < -2 ||
+               m->probe_at - last < PROBE_SETTLE_S ||
+               v[PROBE_NOW] - m->probe_at >= PROBE_MAX_AGE_S;
+    return STORE_OK;
+}
+
+static int my_monitors_changed(kg_store *s, bool *changed, char *err, size_t errlen)
+{
+    *changed = true;
+    return run_op(s, op_monitors_changed, changed, err, errlen);
+}
+
 /* Streams the rows (mysql_use_result: no client-side copy of the result) straight into
  * plan_monitor records; the only allocations are the growing array and new names. */
 static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
@@ -671,17 +764,13 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
         "SELECT m.id, m.node_id, m.assigned_node, COALESCE(m.active = 1, 0),"
         " COALESCE(CAST(o.node_id AS BINARY) = CAST(m.assigned_node AS BINARY), 0)"
         " FROM monitor m LEFT JOIN kumaguard_override o ON o.monitor_id = m.id ORDER BY m.id";
-    /* A record whose override someone else changed is garbage: drop it before it can match a
-     * later manual pin by accident and make that pin look like ours (invariant 5). */
     int rc = STORE_OK;
-    if (s->maintain_overrides) /* the leader's job: followers write nothing */
-        rc = my_exec(m,
-                     "DELETE o FROM kumaguard_override o LEFT JOIN monitor m ON m.id = o.monitor_id"
-                     " AND CAST(m.assigned_node AS BINARY) = CAST(o.node_id AS BINARY)"
-                     " WHERE m.id IS NULL",
-                     "forget stale override records", err, errlen);
-    if (rc != STORE_OK)
-        return rc;
+    /* The probe just before the read: any commit after it shows as a change. */
+    int64_t probe[PROBE_N] = {-1, -1, -1, -1};
+    m->probe_valid = false;
+    bool probed = m->update_times && read_probe(m, probe, err, errlen) == STORE_OK;
+    if (!probed && m->broken)
+        return STORE_ERROR;
     if (mysql_real_query(m->db, sql, sizeof(sql) - 1))
         return my_fail(m, "load monitors", err, errlen);
     MYSQL_RES *res = mysql_use_result(m->db);
@@ -728,7 +817,47 @@ static int op_load_monitors(kg_store *s, void *arg, char *err, size_t errlen)
     }
     a->out->monitors = mons;
     a->out->n = count;
+    if (probed && probe[PROBE_NOW] >= 0 && probe[PROBE_START] >= 0) {
+        m->probe_valid = true;
+        m->probe_epoch = m->conn_epoch;
+        m->probe_at = probe[PROBE_NOW];
+        m->probe_start = probe[PROBE_START];
+        m->probe_mon = probe[PROBE_MON];
+        m->probe_ovr = probe[PROBE_OVR];
+    }
     return STORE_OK;
+}
+
+/* A record whose override someone else changed is garbage: dropped, in a fenced write of the
+ * leader, before it can match a later manual pin by accident and make that pin look like
+ * ours.  (Reads never write: a stale record is simply not "ours" when monitors are loaded.) */
+static int op_forget_stale_overrides(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    size_t *forgotten = arg;
+    int rc = begin_write(s, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    rc = my_exec(m,
+                 "DELETE o FROM kumaguard_override o LEFT JOIN monitor m ON m.id = o.monitor_id"
+                 " AND CAST(m.assigned_node AS BINARY) = CAST(o.node_id AS BINARY)"
+                 " WHERE m.id IS NULL",
+                 "forget stale override records", err, errlen);
+    if (rc == STORE_OK)
+        *forgotten = (size_t)mysql_affected_rows(m->db);
+    if (*forgotten)
+        m->probe_valid = false; /* the table changed under the probe's last answer */
+    return my_end(m, rc, err, errlen);
+}
+
+static int my_forget_stale_overrides(kg_store *s, size_t *forgotten, char *err, size_t errlen)
+{
+    *forgotten = 0;
+    if (s->fence_generation <= 0) {
+        snprintf(err, errlen, "forget stale override records: only the leader writes");
+        return STORE_FENCED;
+    }
+    return run_op(s, op_forget_stale_overrides, forgotten, err, errlen);
 }
 
 static int my_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out, char *err,
@@ -742,32 +871,45 @@ static int my_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out
 
 /* ---- apply_moves ------------------------------------------------------------------------ */
 
+/* A growable text buffer for the SQL of a batch; an allocation failure sticks in `oom`. */
 typedef struct {
     char *p;
     size_t len;
     size_t cap;
+    bool oom;
 } sbuf;
 
-static bool sbuf_reserve(sbuf *b, size_t more)
+static void sbuf_add(sbuf *b, const char *s, size_t n)
 {
-    if (b->p && b->len + more + 1 <= b->cap) /* b->p: never "room" in a buffer not allocated */
-        return true;
-    size_t cap = b->cap ? b->cap : 1 << 16;
-    while (cap < b->len + more + 1)
-        cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (!p)
-        return false;
-    b->p = p;
-    b->cap = cap;
-    return true;
-}
-
-static void sbuf_put(sbuf *b, const char *s, size_t n)
-{
+    if (b->oom)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 1 << 16;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
     memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
+}
+
+static void sbuf_str(sbuf *b, const char *s)
+{
+    sbuf_add(b, s, strlen(s));
+}
+
+static void sbuf_i64(sbuf *b, long long v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", v);
+    sbuf_add(b, num, (size_t)n);
 }
 
 /* Quoted, escaped SQL literals of the node names, built once per apply (a plan uses a
@@ -777,6 +919,7 @@ typedef struct {
     int n;
 } literals;
 
+/* The literal of name idx ("NULL" for -1); NULL only on out of memory. */
 static const char *literal_of(my_store *m, literals *L, const kg_nametab *tab, int32_t idx)
 {
     if (idx < 0)
@@ -801,155 +944,505 @@ static void literals_free(literals *L)
     for (int i = 0; L->lit && i < L->n; i++) /* lit is NULL when its calloc failed */
         free(L->lit[i]);
     free(L->lit);
+    L->lit = NULL;
 }
 
-static int create_moves_table(my_store *m, char *err, size_t errlen)
+/* Moves that share kind, guard values and target form a group; a failover has one group per
+ * target node, a revert one per (home, override) pair. */
+static int group_key_cmp(const plan_move *x, const plan_move *y)
 {
-    /* The guard compares kg_moves columns with monitor columns, so they are created from
-     * monitor's own definitions (same character set and collation, whatever Kuma chose). */
-    if (my_exec(m, "DROP TEMPORARY TABLE IF EXISTS kg_moves", "drop moves table", err, errlen))
-        return STORE_ERROR;
-    return my_exec(m,
-                   "CREATE TEMPORARY TABLE kg_moves (kind TINYINT NOT NULL DEFAULT 0,"
-                   " clear_override TINYINT NOT NULL DEFAULT 0,"
-                   " PRIMARY KEY (id)) ENGINE=InnoDB"
-                   " SELECT id, node_id AS exp_home, assigned_node AS exp_over,"
-                   " assigned_node AS target FROM monitor WHERE 0",
-                   "create moves table", err, errlen);
+    int32_t kx[6] = {x->kind, x->clear_override, x->expect_active, x->expect_home,
+                     x->expect_over, x->kind == MOVE_CLEAR_OVERRIDE ? -1 : x->to};
+    int32_t ky[6] = {y->kind, y->clear_override, y->expect_active, y->expect_home,
+                     y->expect_over, y->kind == MOVE_CLEAR_OVERRIDE ? -1 : y->to};
+    for (int i = 0; i < 6; i++)
+        if (kx[i] != ky[i])
+            return kx[i] < ky[i] ? -1 : 1;
+    return 0;
 }
 
-/* Bulk-loads the moves with multi-row INSERTs of MOVES_PER_INSERT rows. */
-static int fill_moves_table(my_store *m, const kg_nametab *tab, const plan_move *moves,
-                            size_t n, char *err, size_t errlen)
+static bool same_guard(const plan_move *x, const plan_move *y)
 {
-    static const char head[] = "INSERT INTO kg_moves (id, exp_home, exp_over, target, kind,"
-                               " clear_override) VALUES ";
-    literals L = {calloc((size_t)(tab->n ? tab->n : 1), sizeof(char *)), tab->n};
-    sbuf b = {0};
-    bool oom = !L.lit;
-    int rc = STORE_OK;
-    for (size_t i = 0; !oom && rc == STORE_OK && i < n; i++) {
-        const plan_move *mv = &moves[i];
-        const char *eh = literal_of(m, &L, tab, mv->expect_home);
-        const char *eo = literal_of(m, &L, tab, mv->expect_over);
-        const char *to = literal_of(m, &L, tab, mv->kind == MOVE_CLEAR_OVERRIDE ? -1 : mv->to);
-        if (!eh || !eo || !to
-            || !sbuf_reserve(&b, sizeof(head) + strlen(eh) + strlen(eo) + strlen(to) + 64)) {
-            oom = true;
-            break;
+    return x->expect_active == y->expect_active && x->expect_home == y->expect_home &&
+           x->expect_over == y->expect_over;
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+    const plan_move *x = *(const plan_move *const *)a, *y = *(const plan_move *const *)b;
+    return (x->monitor_id > y->monitor_id) - (x->monitor_id < y->monitor_id);
+}
+
+/* A unit: consecutive moves in monitor id order (at most MOVES_PER_STATEMENT, of at most
+ * MAX_GROUPS groups), applied by one guarded UPDATE of `monitor` and one bookkeeping statement
+ * per group.  Going through the table in id order matters: an UPDATE per group would walk
+ * every page once per failover target, and cost about twice the floor. */
+typedef struct {
+    const plan_move *const *mv; /* ascending monitor id */
+    size_t n;
+} apply_unit;
+
+typedef struct {
+    my_store *m;
+    const kg_nametab *tab;
+    literals names;
+    const char *reason;         /* escaped, quoted */
+    sbuf sql;
+    /* the unit being written: its groups, and the moves' ids ordered by group */
+    const plan_move *key[MAX_GROUPS];
+    size_t first[MAX_GROUPS + 1];
+    int g;
+    uint8_t gi[MOVES_PER_STATEMENT]; /* group of each move of the unit */
+    int64_t *ids;               /* [MOVES_PER_STATEMENT] */
+    int64_t *all;               /* [MOVES_PER_STATEMENT] the unit's ids, ascending */
+} apply_ctx;
+
+/* Splits a unit into its groups: key[], and ids[first[k]..first[k+1]) ascending per group. */
+static void unit_groups(apply_ctx *a, const apply_unit *u)
+{
+    uint8_t *gi = a->gi;
+    size_t count[MAX_GROUPS] = {0};
+    a->g = 0;
+    for (size_t i = 0; i < u->n; i++) {
+        int k = 0;
+        while (k < a->g && group_key_cmp(a->key[k], u->mv[i]) != 0)
+            k++;
+        if (k == a->g)
+            a->key[a->g++] = u->mv[i]; /* build_units keeps it within MAX_GROUPS */
+        gi[i] = (uint8_t)k;
+        count[k]++;
+        a->all[i] = u->mv[i]->monitor_id;
+    }
+    a->first[0] = 0;
+    for (int k = 0; k < a->g; k++)
+        a->first[k + 1] = a->first[k] + count[k];
+    size_t fill[MAX_GROUPS];
+    memcpy(fill, a->first, sizeof(fill));
+    for (size_t i = 0; i < u->n; i++)
+        a->ids[fill[gi[i]]++] = u->mv[i]->monitor_id;
+}
+
+static void sql_ids(sbuf *b, const int64_t *ids, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            sbuf_add(b, ",", 1);
+        sbuf_i64(b, ids[i]);
+    }
+}
+
+static void sql_in_group(apply_ctx *a, int k)
+{
+    sbuf_str(&a->sql, " WHEN id IN (");
+    sql_ids(&a->sql, a->ids + a->first[k], a->first[k + 1] - a->first[k]);
+    sbuf_str(&a->sql, ") THEN ");
+}
+
+/* What group k writes into a column ("node_id" or "assigned_node"); NULL when it leaves the
+ * column alone; "" on out of memory. */
+static const char *group_value(apply_ctx *a, int k, bool node_id)
+{
+    const plan_move *g = a->key[k];
+    const char *to = g->kind == MOVE_CLEAR_OVERRIDE ? "NULL"
+                                                    : literal_of(a->m, &a->names, a->tab, g->to);
+    if (!to)
+        return "";
+    if (node_id)
+        return g->kind == MOVE_SET_HOME ? to : NULL;
+    if (g->kind == MOVE_SET_OVERRIDE)
+        return to;
+    return g->kind == MOVE_CLEAR_OVERRIDE || g->clear_override ? "NULL" : NULL;
+}
+
+/* "col = value" for the unit: a constant when every group writes the same value, else a
+ * CASE over the groups' ids.  Nothing when no group writes the column. */
+static bool sql_set_column(apply_ctx *a, const char *col, bool node_id, bool *first)
+{
+    const char *same = NULL;
+    bool all_same = true, any = false;
+    for (int k = 0; k < a->g; k++) {
+        const char *v = group_value(a, k, node_id);
+        if (v && !*v)
+            return false;
+        if (!v) {
+            all_same = false;
+            continue;
         }
-        if (b.len == 0)
-            sbuf_put(&b, head, sizeof(head) - 1);
-        else
-            sbuf_put(&b, ",", 1);
-        b.len += (size_t)snprintf(b.p + b.len, b.cap - b.len, "(%lld,%s,%s,%s,%d,%d)",
-                                  (long long)mv->monitor_id, eh, eo, to, mv->kind,
-                                  mv->clear_override ? 1 : 0);
-        if ((i + 1) % MOVES_PER_INSERT == 0 || i + 1 == n) {
-            if (mysql_real_query(m->db, b.p, (unsigned long)b.len))
-                rc = my_fail(m, "fill moves table", err, errlen);
-            b.len = 0;
+        all_same &= !same || strcmp(same, v) == 0;
+        same = v;
+        any = true;
+    }
+    if (!any)
+        return true;
+    sbuf_str(&a->sql, *first ? "" : ", ");
+    *first = false;
+    sbuf_str(&a->sql, col);
+    sbuf_str(&a->sql, " = ");
+    if (all_same) {
+        sbuf_str(&a->sql, same);
+        return true;
+    }
+    sbuf_str(&a->sql, "CASE");
+    for (int k = 0; k < a->g; k++) {
+        const char *v = group_value(a, k, node_id);
+        if (v) {
+            sql_in_group(a, k);
+            sbuf_str(&a->sql, v);
         }
     }
-    if (oom) {
-        snprintf(err, errlen, "mariadb: fill moves table: out of memory");
-        rc = STORE_ERROR;
+    sbuf_str(&a->sql, " ELSE ");
+    sbuf_str(&a->sql, col);
+    sbuf_str(&a->sql, " END");
+    return true;
+}
+
+static bool sql_guard_of(apply_ctx *a, const plan_move *g)
+{
+    const char *eh = literal_of(a->m, &a->names, a->tab, g->expect_home);
+    const char *eo = literal_of(a->m, &a->names, a->tab, g->expect_over);
+    if (!eh || !eo)
+        return false;
+    sbuf_str(&a->sql, "node_id <=> ");
+    sbuf_str(&a->sql, eh);
+    sbuf_str(&a->sql, " AND assigned_node <=> ");
+    sbuf_str(&a->sql, eo);
+    sbuf_str(&a->sql, g->expect_active ? " AND COALESCE(active = 1, 0) = 1"
+                                       : " AND COALESCE(active = 1, 0) = 0");
+    return true;
+}
+
+/* " WHERE id IN (unit) AND <guard>": the rows that still hold node_id, assigned_node and
+ * active as the plan saw them (a monitor switched off meanwhile never gets an override). */
+static bool sql_where_guarded(apply_ctx *a, size_t n)
+{
+    sbuf_str(&a->sql, " WHERE id IN (");
+    sql_ids(&a->sql, a->all, n);
+    sbuf_str(&a->sql, ") AND ");
+    bool one = true;
+    for (int k = 1; k < a->g; k++)
+        one &= same_guard(a->key[0], a->key[k]);
+    if (one)
+        return sql_guard_of(a, a->key[0]);
+    sbuf_str(&a->sql, "CASE");
+    for (int k = 0; k < a->g; k++) {
+        sql_in_group(a, k);
+        if (!sql_guard_of(a, a->key[k]))
+            return false;
     }
-    free(b.p);
-    literals_free(&L);
-    return rc;
+    sbuf_str(&a->sql, " ELSE 0 END");
+    return true;
 }
 
-/* The steps of an apply, run in this order for each id range of kg_moves.  They lock the
- * monitor rows of the range (driving the join from kg_moves, so only those rows are locked),
- * drop the moves whose guard no longer holds (usually none), apply the rest with one UPDATE
- * of monitor, and bring kumaguard_override in line.  The rows stay locked until COMMIT, so
- * what remains in kg_moves is exactly what was applied.  (Marking applied moves inside the
- * UPDATE instead means updating a second table row by row: about half again the cost.) */
-static const struct {
-    const char *what;
-    const char *sql;
-    bool with_reason; /* first parameter is the override reason */
-} APPLY_STEPS[] = {
-    {"lock monitor rows",
-     "SELECT COUNT(*) FROM kg_moves t STRAIGHT_JOIN monitor m ON m.id = t.id"
-     " WHERE t.id BETWEEN ? AND ? FOR UPDATE", false},
-    {"check move guards",
-     "DELETE t FROM kg_moves t LEFT JOIN monitor m ON m.id = t.id WHERE t.id BETWEEN ? AND ?"
-     " AND (m.id IS NULL OR NOT (m.node_id <=> t.exp_home AND m.assigned_node <=> t.exp_over))",
-     false},
-    {"apply moves",
-     "UPDATE kg_moves t STRAIGHT_JOIN monitor m ON m.id = t.id SET"
-     " m.assigned_node = CASE t.kind WHEN 0 THEN t.target WHEN 1 THEN NULL"
-     "  ELSE IF(t.clear_override = 1, NULL, m.assigned_node) END,"
-     " m.node_id = IF(t.kind = 2, t.target, m.node_id)"
-     " WHERE t.id BETWEEN ? AND ? AND m.node_id <=> t.exp_home AND m.assigned_node <=> t.exp_over",
-     false},
-    {"clear override records",
-     "DELETE o FROM kg_moves t STRAIGHT_JOIN kumaguard_override o ON o.monitor_id = t.id"
-     " WHERE t.id BETWEEN ? AND ? AND (t.kind = 1 OR (t.kind = 2 AND t.clear_override = 1))",
-     false},
-    {"update override homes",
-     "UPDATE kg_moves t STRAIGHT_JOIN kumaguard_override o ON o.monitor_id = t.id"
-     " SET o.home_node = t.target WHERE t.id BETWEEN ? AND ? AND t.kind = 2", false},
-    {"record overrides",
-     "INSERT INTO kumaguard_override (monitor_id, node_id, home_node, reason, created_at)"
-     " SELECT t.id, t.target, t.exp_home, ?, UTC_TIMESTAMP() FROM kg_moves t"
-     " WHERE t.id BETWEEN ? AND ? AND t.kind = 0"
-     " ON DUPLICATE KEY UPDATE node_id = VALUES(node_id), home_node = VALUES(home_node),"
-     " reason = VALUES(reason), created_at = VALUES(created_at)", true},
-};
-#define N_APPLY_STEPS (sizeof(APPLY_STEPS) / sizeof(APPLY_STEPS[0]))
-
-static int cmp_i64(const void *a, const void *b)
+static bool records_ours(const plan_move *g)
 {
-    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
+    return g->kind == MOVE_SET_OVERRIDE;
 }
 
-/* Inside the transaction: every step over ranges of MOVES_PER_STATEMENT moves, so that no
- * single statement runs long enough to hit the connection's read timeout (DB_TIMEOUT) even
- * for 100,000 moves on a slow server; the transaction still makes it all-or-nothing. */
-static int apply_guarded_moves(my_store *m, const plan_move *moves, size_t n,
-                               const char *reason, size_t *applied, char *err, size_t errlen)
+/* A record exists only for a monitor that had an override (stale ones are dropped at the next
+ * load), so a home change without one needs no bookkeeping. */
+static bool drops_record(const plan_move *g)
 {
-    int64_t *ids = malloc(n * sizeof(*ids));
-    MYSQL_STMT *st[N_APPLY_STEPS] = {0};
-    int rc = STORE_OK;
-    if (!ids) {
+    return g->expect_over >= 0 &&
+           (g->kind == MOVE_CLEAR_OVERRIDE || (g->kind == MOVE_SET_HOME && g->clear_override));
+}
+
+static bool moves_record_home(const plan_move *g)
+{
+    return g->expect_over >= 0 && g->kind == MOVE_SET_HOME && !g->clear_override;
+}
+
+static const char RECORD_UPSERT[] =
+    " ON DUPLICATE KEY UPDATE node_id = VALUES(node_id), home_node = VALUES(home_node),"
+    " reason = VALUES(reason), created_at = VALUES(created_at);";
+
+/* Records our new overrides, for every SET_OVERRIDE group of the unit in one statement in
+ * monitor id order (appends to the primary key instead of one pass per group): the ids and
+ * group numbers as one JSON literal, which costs the server half of what an IN list of
+ * values does; the group's target and home come out of ELT().  Servers without JSON_TABLE
+ * (before MariaDB 10.6) get one INSERT ... SELECT per group.  Returns the number of
+ * statements written, -1 on out of memory. */
+static int sql_record_overrides(apply_ctx *a, const apply_unit *u)
+{
+    sbuf *b = &a->sql;
+    int n_ins = 0, num[MAX_GROUPS] = {0};
+    for (int k = 0; k < a->g; k++)
+        num[k] = records_ours(a->key[k]) ? ++n_ins : 0;
+    if (n_ins == 0)
+        return 0;
+    if (!a->m->json_table) {
+        for (int k = 0; k < a->g; k++) {
+            if (!num[k])
+                continue;
+            const char *to = literal_of(a->m, &a->names, a->tab, a->key[k]->to);
+            const char *eh = literal_of(a->m, &a->names, a->tab, a->key[k]->expect_home);
+            if (!to || !eh)
+                return -1;
+            sbuf_str(b, "INSERT INTO kumaguard_override (monitor_id, node_id, home_node,"
+                        " reason, created_at) SELECT id, ");
+            sbuf_str(b, to);
+            sbuf_str(b, ", ");
+            sbuf_str(b, eh);
+            sbuf_str(b, ", ");
+            sbuf_str(b, a->reason);
+            sbuf_str(b, ", UTC_TIMESTAMP() FROM monitor WHERE id IN (");
+            sql_ids(b, a->ids + a->first[k], a->first[k + 1] - a->first[k]);
+            sbuf_add(b, ")", 1);
+            sbuf_str(b, RECORD_UPSERT);
+        }
+        return n_ins;
+    }
+    sbuf_str(b, "INSERT INTO kumaguard_override (monitor_id, node_id, home_node, reason,"
+                " created_at) SELECT j.id, ELT(j.g");
+    for (int pass = 0; pass < 2; pass++) {
+        for (int k = 0; k < a->g; k++) {
+            if (!num[k])
+                continue;
+            const plan_move *g = a->key[k];
+            const char *v = literal_of(a->m, &a->names, a->tab, pass ? g->expect_home : g->to);
+            if (!v)
+                return -1;
+            sbuf_str(b, ", ");
+            sbuf_str(b, v);
+        }
+        sbuf_str(b, pass ? "), " : "), ELT(j.g");
+    }
+    sbuf_str(b, a->reason);
+    sbuf_str(b, ", UTC_TIMESTAMP() FROM JSON_TABLE('[");
+    bool first = true;
+    for (size_t i = 0; i < u->n; i++) {
+        int g = num[a->gi[i]];
+        if (!g)
+            continue;
+        sbuf_str(b, first ? "[" : ",[");
+        first = false;
+        sbuf_i64(b, u->mv[i]->monitor_id);
+        sbuf_add(b, ",", 1);
+        sbuf_i64(b, g);
+        sbuf_add(b, "]", 1);
+    }
+    sbuf_str(b, "]', '$[*]' COLUMNS (id INT PATH '$[0]', g INT PATH '$[1]')) AS j");
+    sbuf_str(b, RECORD_UPSERT);
+    return 1;
+}
+
+/* The rest of the bookkeeping: records of overrides we clear dropped (one statement for the
+ * unit), and the home kept up to date in the records of monitors whose home we change. */
+static int sql_other_records(apply_ctx *a, const apply_unit *u)
+{
+    sbuf *b = &a->sql;
+    int n = 0;
+    bool any_drop = false;
+    for (int k = 0; k < a->g; k++)
+        any_drop |= drops_record(a->key[k]);
+    if (any_drop) {
+        sbuf_str(b, "DELETE FROM kumaguard_override WHERE monitor_id IN (");
+        bool first = true;
+        for (size_t i = 0; i < u->n; i++) {
+            if (!drops_record(a->key[a->gi[i]]))
+                continue;
+            if (!first)
+                sbuf_add(b, ",", 1);
+            first = false;
+            sbuf_i64(b, u->mv[i]->monitor_id);
+        }
+        sbuf_str(b, ");");
+        n++;
+    }
+    for (int k = 0; k < a->g; k++) {
+        if (!moves_record_home(a->key[k]))
+            continue;
+        const char *to = literal_of(a->m, &a->names, a->tab, a->key[k]->to);
+        if (!to)
+            return -1;
+        sbuf_str(b, "UPDATE kumaguard_override SET home_node = ");
+        sbuf_str(b, to);
+        sbuf_str(b, " WHERE monitor_id IN (");
+        sql_ids(b, a->ids + a->first[k], a->first[k + 1] - a->first[k]);
+        sbuf_str(b, ");");
+        n++;
+    }
+    return n;
+}
+
+/* Appends the unit's statements (each ending in ';'): the guarded UPDATE first, then the
+ * bookkeeping.  Returns how many statements, 0 on out of memory. */
+static int sql_unit(apply_ctx *a, const apply_unit *u)
+{
+    unit_groups(a, u);
+    bool first = true;
+    sbuf_str(&a->sql, "UPDATE monitor SET ");
+    if (!sql_set_column(a, "assigned_node", false, &first) ||
+        !sql_set_column(a, "node_id", true, &first) || !sql_where_guarded(a, u->n))
+        return 0;
+    sbuf_add(&a->sql, ";", 1);
+    int ins = sql_record_overrides(a, u);
+    int other = ins < 0 ? -1 : sql_other_records(a, u);
+    if (other < 0 || a->sql.oom)
+        return 0;
+    return 1 + ins + other;
+}
+
+/* "Rows matched: N" of the UPDATE just read (rows that held the guard, changed or not). */
+static size_t rows_matched(MYSQL *db)
+{
+    const char *info = mysql_info(db);
+    unsigned long long matched;
+    if (info && sscanf(info, "Rows matched: %llu", &matched) == 1)
+        return (size_t)matched;
+    return (size_t)mysql_affected_rows(db);
+}
+
+/* Sends a->sql (several statements) in one round trip and reads every result:
+ * matched[upd_of_stmt[i]] receives the row count of statement i when upd_of_stmt[i] >= 0.
+ * Leaves the connection ready for the next query whatever happens. */
+static int run_batch(apply_ctx *a, const int *upd_of_stmt, size_t *matched, char *err,
+                     size_t errlen)
+{
+    my_store *m = a->m;
+    if (a->sql.oom) {
         snprintf(err, errlen, "mariadb: apply moves: out of memory");
         return STORE_ERROR;
     }
-    for (size_t i = 0; i < n; i++)
-        ids[i] = moves[i].monitor_id;
-    qsort(ids, n, sizeof(*ids), cmp_i64);
-    for (size_t k = 0; rc == STORE_OK && k < N_APPLY_STEPS; k++)
-        rc = stmt_prepare(m, APPLY_STEPS[k].sql, &st[k], APPLY_STEPS[k].what, err, errlen);
-    for (size_t first = 0; rc == STORE_OK && first < n; first += MOVES_PER_STATEMENT) {
-        size_t last = first + MOVES_PER_STATEMENT < n ? first + MOVES_PER_STATEMENT - 1 : n - 1;
-        for (size_t k = 0; rc == STORE_OK && k < N_APPLY_STEPS; k++) {
-            binds bs;
-            binds_reset(&bs);
-            if (APPLY_STEPS[k].with_reason)
-                bind_str(&bs, reason);
-            bind_i64(&bs, ids[first]);
-            bind_i64(&bs, ids[last]);
-            rc = stmt_run(m, st[k], &bs, APPLY_STEPS[k].what, err, errlen);
-            if (rc == STORE_OK && mysql_stmt_field_count(st[k]) > 0
-                && (mysql_stmt_store_result(st[k]) || mysql_stmt_free_result(st[k])))
-                rc = my_stmt_fail(m, st[k], APPLY_STEPS[k].what, err, errlen);
+    if (mysql_real_query(m->db, a->sql.p, (unsigned long)a->sql.len))
+        return my_fail(m, "apply moves", err, errlen);
+    int rc = STORE_OK;
+    for (int i = 0;; i++) {
+        MYSQL_RES *res = mysql_store_result(m->db); /* none for these statements */
+        if (res)
+            mysql_free_result(res);
+        if (upd_of_stmt[i] >= 0)
+            matched[upd_of_stmt[i]] = rows_matched(m->db);
+        int next = mysql_next_result(m->db);
+        if (next == -1)
+            break;
+        if (next > 0) { /* the server stopped at this statement */
+            rc = my_fail(m, "apply moves", err, errlen);
+            break;
         }
     }
-    for (size_t k = 0; k < N_APPLY_STEPS; k++)
-        if (st[k])
-            mysql_stmt_close(st[k]);
-    free(ids);
-    int64_t count = 0;
-    bool found;
+    return rc;
+}
+
+/* The slow path for a unit that a Kuma node changed meanwhile: lock its rows, keep the moves
+ * whose rows still hold the guard, and apply exactly those. */
+static int apply_unit_exact(apply_ctx *a, const apply_unit *u, size_t *applied, char *err,
+                            size_t errlen)
+{
+    my_store *m = a->m;
+    a->sql.len = 0;
+    unit_groups(a, u);
+    sbuf_str(&a->sql, "SELECT id FROM monitor");
+    if (!sql_where_guarded(a, u->n) || (sbuf_str(&a->sql, " ORDER BY id FOR UPDATE"),
+                                       a->sql.oom)) {
+        snprintf(err, errlen, "mariadb: apply moves: out of memory");
+        return STORE_ERROR;
+    }
+    if (mysql_real_query(m->db, a->sql.p, (unsigned long)a->sql.len))
+        return my_fail(m, "lock changed rows", err, errlen);
+    MYSQL_RES *res = mysql_store_result(m->db);
+    if (!res)
+        return my_fail(m, "lock changed rows", err, errlen);
+    const plan_move **held = malloc((u->n ? u->n : 1) * sizeof(*held));
+    size_t k = 0, i = 0;
+    MYSQL_ROW row;
+    while (held && (row = mysql_fetch_row(res))) { /* both in id order: a merge */
+        int64_t id = strtoll(row[0], NULL, 10);
+        while (i < u->n && u->mv[i]->monitor_id < id)
+            i++;
+        if (i < u->n && u->mv[i]->monitor_id == id)
+            held[k++] = u->mv[i++];
+    }
+    mysql_free_result(res);
+    if (!held) {
+        snprintf(err, errlen, "mariadb: apply moves: out of memory");
+        return STORE_ERROR;
+    }
+    int rc = STORE_OK;
+    if (k > 0) {
+        apply_unit h = {held, k};
+        int upd[MAX_GROUPS + 4];
+        size_t matched = 0;
+        upd[0] = 0;
+        for (int s = 1; s < MAX_GROUPS + 4; s++)
+            upd[s] = -1;
+        a->sql.len = 0;
+        if (sql_unit(a, &h) == 0) {
+            snprintf(err, errlen, "mariadb: apply moves: out of memory");
+            rc = STORE_ERROR;
+        } else {
+            rc = run_batch(a, upd, &matched, err, errlen);
+        }
+        if (rc == STORE_OK && matched != k) { /* the rows are locked: cannot happen */
+            snprintf(err, errlen, "mariadb: apply moves: %zu of %zu locked rows changed",
+                     k - matched, k);
+            rc = STORE_ERROR;
+        }
+    }
+    free(held);
     if (rc == STORE_OK)
-        rc = my_query_int(m, "SELECT COUNT(*) FROM kg_moves", &count, &found, "count moves", err,
-                          errlen);
-    *applied = (size_t)count;
+        *applied += k;
+    return rc;
+}
+
+/* Runs the units, each behind a savepoint, small ones several per round trip (a batch holds
+ * at most MOVES_PER_STATEMENT monitors and about BATCH_BYTES of SQL: a large unit is a batch
+ * of its own, so little work is ever done twice).  The fast path is the common one: a unit's
+ * UPDATE matched every monitor, so every guard held and the bookkeeping that followed it is
+ * right.  A unit that matched fewer (a Kuma node changed or deleted some of its rows since the
+ * plan) is rolled back to its savepoint, which also undoes the units after it in that batch,
+ * and applied exactly (apply_unit_exact).  Some node is then writing while we apply, so the
+ * remaining units go the exact way too: two round trips each, but no work done twice. */
+static int apply_units(apply_ctx *a, const apply_unit *units, size_t n_units, size_t *applied,
+                       char *err, size_t errlen)
+{
+    /* calloc: every slot the statements below do not reach reads as "no UPDATE here" / 0 */
+    int *upd = calloc((MAX_GROUPS + 4) * n_units + 1, sizeof(int));
+    size_t *matched = calloc(n_units + 1, sizeof(size_t));
+    int rc = STORE_OK;
+    if (!upd || !matched) {
+        snprintf(err, errlen, "mariadb: apply moves: out of memory");
+        rc = STORE_ERROR;
+    }
+    bool exact = false;
+    for (size_t i = 0; rc == STORE_OK && i < n_units;) {
+        if (exact) {
+            rc = apply_unit_exact(a, &units[i++], applied, err, errlen);
+            continue;
+        }
+        size_t j = i, n_stmt = 0, rows = 0;
+        a->sql.len = 0;
+        while (j < n_units && (j == i || (rows + units[j].n <= MOVES_PER_STATEMENT &&
+                                          a->sql.len < BATCH_BYTES))) {
+            rows += units[j].n;
+            sbuf_str(&a->sql, "SAVEPOINT kg_u");
+            sbuf_i64(&a->sql, (long long)(j - i));
+            sbuf_add(&a->sql, ";", 1);
+            upd[n_stmt++] = -1;
+            int st = sql_unit(a, &units[j]);
+            if (st == 0)
+                a->sql.oom = true;
+            for (int k = 0; k < st; k++)
+                upd[n_stmt++] = k == 0 ? (int)(j - i) : -1;
+            j++;
+        }
+        rc = run_batch(a, upd, matched, err, errlen);
+        size_t k = i;
+        while (rc == STORE_OK && k < j && matched[k - i] == units[k].n)
+            *applied += units[k++].n;
+        if (rc != STORE_OK || k == j) {
+            i = j;
+            continue;
+        }
+        char sql[64];
+        snprintf(sql, sizeof(sql), "ROLLBACK TO SAVEPOINT kg_u%zu", k - i);
+        rc = my_exec(a->m, sql, "roll back a changed unit", err, errlen);
+        if (rc == STORE_OK)
+            rc = apply_unit_exact(a, &units[k], applied, err, errlen);
+        exact = true;
+        i = k + 1;
+    }
+    free(upd);
+    free(matched);
     return rc;
 }
 
@@ -961,29 +1454,90 @@ typedef struct {
     store_apply_result *res;
 } apply_args;
 
+/* Sorts the moves by monitor id and cuts them into units, before the transaction starts so
+ * no row is locked while this runs.  `order` receives the sorted pointers. */
+static apply_unit *build_units(const plan_move *moves, size_t n, const plan_move **order,
+                               size_t *n_units)
+{
+    apply_unit *units = malloc((n ? n : 1) * sizeof(*units));
+    if (!units)
+        return NULL;
+    for (size_t i = 0; i < n; i++)
+        order[i] = &moves[i];
+    qsort(order, n, sizeof(*order), id_cmp);
+    size_t u = 0;
+    const plan_move *key[MAX_GROUPS];
+    int g = 0;
+    for (size_t i = 0; i < n; i++) {
+        int k = 0;
+        while (u > 0 && k < g && group_key_cmp(key[k], order[i]) != 0)
+            k++;
+        if (u == 0 || units[u - 1].n == MOVES_PER_STATEMENT || (k == g && g == MAX_GROUPS)) {
+            units[u++] = (apply_unit){&order[i], 0};
+            g = 0;
+            k = 0;
+        }
+        if (k == g)
+            key[g++] = order[i];
+        units[u - 1].n++;
+    }
+    *n_units = u;
+    return units;
+}
+
 static int op_apply_moves(kg_store *s, void *arg, char *err, size_t errlen)
 {
     my_store *m = s->impl;
     apply_args *a = arg;
     a->res->applied = 0;
     a->res->skipped = 0;
-    /* The temporary table is private to this session, so it is filled before the transaction
-     * starts: monitor rows are locked only for the UPDATE and the override bookkeeping. */
-    int rc = create_moves_table(m, err, errlen);
+    m->probe_valid = false; /* our own write: read the monitors again after it */
+    const plan_move **order = malloc(a->n * sizeof(*order));
+    size_t n_units = 0;
+    apply_unit *units = order ? build_units(a->moves, a->n, order, &n_units) : NULL;
+    apply_ctx c = {.m = m, .tab = a->tab};
+    c.names.lit = calloc((size_t)(a->tab->n ? a->tab->n : 1), sizeof(char *));
+    c.names.n = a->tab->n;
+    c.ids = malloc(MOVES_PER_STATEMENT * sizeof(int64_t));
+    c.all = malloc(MOVES_PER_STATEMENT * sizeof(int64_t));
+    char *reason = malloc(2 * strlen(a->reason) + 3);
+    int rc = STORE_OK;
+    if (!units || !c.names.lit || !c.ids || !c.all || !reason) {
+        snprintf(err, errlen, "mariadb: apply moves: out of memory");
+        rc = STORE_ERROR;
+        goto out;
+    }
+    reason[0] = '\'';
+    unsigned long e = mysql_real_escape_string(m->db, reason + 1, a->reason,
+                                               (unsigned long)strlen(a->reason));
+    reason[e + 1] = '\'';
+    reason[e + 2] = '\0';
+    c.reason = reason;
+
+    /* Several statements per round trip, for this operation only. */
+    if (mysql_set_server_option(m->db, MYSQL_OPTION_MULTI_STATEMENTS_ON))
+        rc = my_fail(m, "apply moves", err, errlen);
     if (rc == STORE_OK)
-        rc = fill_moves_table(m, a->tab, a->moves, a->n, err, errlen);
-    if (rc != STORE_OK)
-        return rc;
-    rc = begin_write(s, err, errlen);
-    if (rc != STORE_OK)
-        return rc;
+        rc = begin_write(s, err, errlen); /* START TRANSACTION + the fence, one call */
     size_t applied = 0;
-    rc = apply_guarded_moves(m, a->moves, a->n, a->reason, &applied, err, errlen);
-    rc = my_end(m, rc, err, errlen);
+    if (rc == STORE_OK) {
+        rc = apply_units(&c, units, n_units, &applied, err, errlen);
+        rc = my_end(m, rc, err, errlen);
+    }
+    if (!m->broken && mysql_set_server_option(m->db, MYSQL_OPTION_MULTI_STATEMENTS_OFF))
+        record_error(m, mysql_errno(m->db));
     if (rc == STORE_OK) {
         a->res->applied = applied;
         a->res->skipped = a->n - applied;
     }
+out:
+    free(c.sql.p);
+    free(c.ids);
+    free(c.all);
+    literals_free(&c.names);
+    free(reason);
+    free(units);
+    free(order);
     return rc;
 }
 
@@ -1516,6 +2070,7 @@ static int my_apply_monitor_changes(kg_store *s, const store_monitor_change *ch,
 {
     *changed = 0;
     changes_args a = {ch, n, reason, changed};
+    ((my_store *)s->impl)->probe_valid = false; /* our own write: read the monitors again */
     return run_op(s, op_apply_monitor_changes, &a, err, errlen);
 }
 
@@ -1551,7 +2106,9 @@ static const kg_store_ops mariadb_ops = {
     .upsert_node = my_upsert_node,
     .write_node_states = my_write_node_states,
     .load_monitors = my_load_monitors,
+    .monitors_changed = my_monitors_changed,
     .apply_moves = my_apply_moves,
+    .forget_stale_overrides = my_forget_stale_overrides,
     .append_event = my_append_event,
     .prune_events = my_prune_events,
     .lease = my_lease,
@@ -1579,7 +2136,6 @@ kg_store *store_mariadb_open(const kg_config *cfg, char *err, size_t errlen)
         return NULL;
     }
     s->ops = &mariadb_ops;
-    s->maintain_overrides = true;
     s->impl = m;
     bool is_socket = cfg->db_host && cfg->db_host[0] == '/';
     bool ok = dup_opt(is_socket ? &m->socket : &m->host, cfg->db_host, NULL)

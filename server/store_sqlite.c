@@ -26,6 +26,11 @@ typedef struct {
     sqlite3 *db;
     char lock_path[1100];  /* <db>.lease: flock'ed by the instance that leads */
     int lock_fd;           /* -1 until the lease is held */
+    /* monitors_changed: PRAGMA data_version when the monitors were last loaded.  It changes
+     * whenever another connection commits; our own writes to monitor/kumaguard_override (only
+     * apply_moves makes them) clear loaded_valid instead. */
+    bool loaded_valid;
+    int64_t loaded_version;
 } sq_store;
 
 static sqlite3 *db_of(kg_store *s)
@@ -354,22 +359,70 @@ static int32_t intern_column(sqlite3_stmt *st, int col, kg_nametab *tab)
     return idx < 0 ? -2 : idx;
 }
 
+static int data_version(sqlite3 *db, int64_t *v, char *err, size_t errlen)
+{
+    sqlite3_stmt *st;
+    int rc = sq_prepare(db, "PRAGMA data_version", &st, "read data version", err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    if (sqlite3_step(st) == SQLITE_ROW)
+        *v = sqlite3_column_int64(st, 0);
+    else
+        rc = sq_fail(db, "read data version", err, errlen);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int sq_monitors_changed(kg_store *s, bool *changed, char *err, size_t errlen)
+{
+    sq_store *q = s->impl;
+    *changed = true;
+    if (!q->loaded_valid)
+        return STORE_OK;
+    int64_t v = 0;
+    int rc = data_version(q->db, &v, err, errlen);
+    if (rc == STORE_OK)
+        *changed = v != q->loaded_version;
+    return rc;
+}
+
+/* A record whose override someone else changed is garbage: dropped, in a fenced write of the
+ * leader, before it can match a later manual pin by accident and make that pin look like
+ * ours.  (Reads never write: a stale record is simply not "ours" when monitors are loaded.) */
+static int sq_forget_stale_overrides(kg_store *s, size_t *forgotten, char *err, size_t errlen)
+{
+    ((sq_store *)s->impl)->loaded_valid = false; /* our own write (see apply_moves) */
+    *forgotten = 0;
+    if (s->fence_generation <= 0) {
+        snprintf(err, errlen, "forget stale override records: only the leader writes");
+        return STORE_FENCED;
+    }
+    sqlite3_stmt *st = NULL;
+    int rc = fenced_one_begin(s,
+                              "DELETE FROM kumaguard_override WHERE NOT EXISTS (SELECT 1 FROM"
+                              " monitor m WHERE m.id = kumaguard_override.monitor_id"
+                              " AND m.assigned_node IS kumaguard_override.node_id)",
+                              "forget stale override records", &st, err, errlen);
+    int before = sqlite3_total_changes(db_of(s));
+    rc = fenced_one_end(s, st, rc, "forget stale override records", err, errlen);
+    if (rc == STORE_OK)
+        *forgotten = (size_t)(sqlite3_total_changes(db_of(s)) - before);
+    return rc;
+}
+
 static int sq_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out, char *err,
                             size_t errlen)
 {
     sqlite3 *db = db_of(s);
+    sq_store *q = s->impl;
     sqlite3_stmt *st;
     out->monitors = NULL;
     out->n = 0;
-    /* A record whose override someone else changed is garbage: drop it before it can match a
-     * later manual pin by accident and make that pin look like ours (invariant 5). */
+    q->loaded_valid = false;
     int rc = STORE_OK;
-    if (s->maintain_overrides)
-        rc = sq_exec(db,
-                     "DELETE FROM kumaguard_override WHERE NOT EXISTS (SELECT 1 FROM monitor m"
-                     " WHERE m.id = kumaguard_override.monitor_id"
-                     " AND m.assigned_node IS kumaguard_override.node_id)",
-                     "forget stale override records", err, errlen);
+    int64_t version = 0;
+    if (rc == STORE_OK) /* before the read: a commit after it shows as a change */
+        rc = data_version(db, &version, err, errlen);
     if (rc != STORE_OK)
         return rc;
     rc = sq_prepare(db,
@@ -416,6 +469,8 @@ static int sq_load_monitors(kg_store *s, kg_nametab *tab, store_monitor_set *out
     }
     out->monitors = mons;
     out->n = count;
+    q->loaded_valid = true;
+    q->loaded_version = version;
     return STORE_OK;
 }
 
@@ -426,7 +481,7 @@ static int fill_moves_table(sqlite3 *db, const kg_nametab *tab, const plan_move 
                      "CREATE TEMP TABLE IF NOT EXISTS kg_moves ("
                      " id INTEGER PRIMARY KEY, exp_home TEXT, exp_over TEXT, target TEXT,"
                      " kind INTEGER NOT NULL, clear_override INTEGER NOT NULL,"
-                     " applied INTEGER NOT NULL DEFAULT 0);"
+                     " exp_active INTEGER NOT NULL, applied INTEGER NOT NULL DEFAULT 0);"
                      "DELETE FROM kg_moves;",
                      "create moves table", err, errlen);
     if (rc != STORE_OK)
@@ -434,7 +489,7 @@ static int fill_moves_table(sqlite3 *db, const kg_nametab *tab, const plan_move 
     sqlite3_stmt *st;
     rc = sq_prepare(db,
                     "INSERT INTO kg_moves (id, exp_home, exp_over, target, kind,"
-                    " clear_override) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    " clear_override, exp_active) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     &st, "fill moves table", err, errlen);
     for (size_t i = 0; rc == STORE_OK && i < n; i++) {
         const plan_move *mv = &moves[i];
@@ -446,6 +501,7 @@ static int fill_moves_table(sqlite3 *db, const kg_nametab *tab, const plan_move 
                                                                  : nametab_name(tab, mv->to));
         sqlite3_bind_int(st, 5, mv->kind);
         sqlite3_bind_int(st, 6, mv->clear_override ? 1 : 0);
+        sqlite3_bind_int(st, 7, mv->expect_active ? 1 : 0);
         rc = sq_step_done(db, st, "fill moves table", err, errlen);
     }
     sqlite3_finalize(st);
@@ -453,15 +509,17 @@ static int fill_moves_table(sqlite3 *db, const kg_nametab *tab, const plan_move 
 }
 
 /* The set-based apply, inside the caller's transaction.  Step 1 marks the moves whose guard
- * still holds; step 2 changes exactly those monitor rows; steps 3-5 keep kumaguard_override
- * in line with what we now own. */
+ * still holds (node_id, assigned_node and active as the plan saw them: a monitor switched off
+ * meanwhile never gets an override); step 2 changes exactly those monitor rows; steps 3-5 keep
+ * kumaguard_override in line with what we now own. */
 static int apply_marked_moves(sqlite3 *db, const char *reason, size_t *applied, char *err,
                               size_t errlen)
 {
     int rc = sq_run(db,
                     "UPDATE kg_moves SET applied = 1 WHERE EXISTS (SELECT 1 FROM monitor m"
                     " WHERE m.id = kg_moves.id AND m.node_id IS kg_moves.exp_home"
-                    " AND m.assigned_node IS kg_moves.exp_over)",
+                    " AND m.assigned_node IS kg_moves.exp_over"
+                    " AND COALESCE(m.active = 1, 0) = kg_moves.exp_active)",
                     "check move guards", err, errlen);
     if (rc != STORE_OK)
         return rc;
@@ -530,6 +588,8 @@ static int sq_apply_moves(kg_store *s, const kg_nametab *tab, const plan_move *m
         res->applied = applied;
         res->skipped = n - applied;
     }
+    if (applied || rc != STORE_OK) /* our own write: data_version does not show it to us */
+        ((sq_store *)s->impl)->loaded_valid = false;
     return rc;
 }
 
@@ -777,6 +837,8 @@ static int sq_apply_monitor_changes(kg_store *s, const store_monitor_change *ch,
                                     const char *reason, size_t *changed, char *err,
                                     size_t errlen)
 {
+    /* our own write: data_version does not show it to us, so the next read reads */
+    ((sq_store *)s->impl)->loaded_valid = false;
     static const char *const sql[4] = {
         "SELECT 1 FROM monitor WHERE id = ?1 AND node_id IS ?2 AND assigned_node IS ?3",
         "UPDATE monitor SET node_id = ?1, assigned_node = ?2 WHERE id = ?3",
@@ -829,7 +891,9 @@ static const kg_store_ops sqlite_ops = {
     .upsert_node = sq_upsert_node,
     .write_node_states = sq_write_node_states,
     .load_monitors = sq_load_monitors,
+    .monitors_changed = sq_monitors_changed,
     .apply_moves = sq_apply_moves,
+    .forget_stale_overrides = sq_forget_stale_overrides,
     .append_event = sq_append_event,
     .prune_events = sq_prune_events,
     .lease = sq_lease,
@@ -850,7 +914,6 @@ kg_store *store_sqlite_open(const char *path, char *err, size_t errlen)
         return NULL;
     }
     s->ops = &sqlite_ops;
-    s->maintain_overrides = true;
     s->impl = q;
     q->lock_fd = -1;
     snprintf(q->lock_path, sizeof(q->lock_path), "%s.lease", path);

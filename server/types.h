@@ -14,8 +14,8 @@
 #define KG_HOST_MAX 255      /* generous; validated by hostcheck before use */
 #define KG_REASON_MAX 128
 
-/* Node states (SPEC section 2).  Persisted in node.status as the lower-case name, except
- * SUSPECT which is persisted as "online" (a suspect node is still routed). */
+/* Node states (health.h has the machine).  Persisted in node.status as the lower-case name,
+ * except SUSPECT which is persisted as "online" (a suspect node is still routed). */
 typedef enum {
     NODE_UNKNOWN = 0, /* never probed yet since kumaguard started */
     NODE_ONLINE,
@@ -72,7 +72,8 @@ typedef struct {
     bool must_tell;            /* came back after failing: told before it is routed */
     const char *last_result;   /* static text: "none", "ok", "timeout", "rate_limited" ... */
     int last_http;
-    int64_t last_call_ms;      /* wall clock; 0 = never */
+    int64_t last_call_ms;      /* wall clock of the last finished call; 0 = never */
+    int64_t call_started_ms;   /* wall clock of the call in flight; 0 = none */
     int64_t last_duration_ms;
     int64_t next_cron_ms;      /* wall clock of the node's next :00 */
     const char *waiting;       /* static text: why pending work waits, NULL when idle */

@@ -12,73 +12,25 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const BUILD = process.env.KG_BUILD_DIR || path.join(ROOT, 'build');
-const CHROMIUM = process.env.KG_CHROMIUM || '/usr/bin/chromium';
+import { killAll, launchBrowser, sleep, startKumaguard, stop, waitFor } from './harness.mjs';
 
 let tmp;
-let kgProc;
+let kg;
 let kgUrl;
 let decoy;
 let decoyUrl;
 let browser;
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitFor(what, fn, timeoutMs) {
-  const deadline = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < deadline) {
-    try {
-      last = await fn();
-      if (last) return last;
-    } catch (e) {
-      last = e;
-    }
-    await sleep(100);
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what} (last: ${last})`);
-}
-
-process.on('exit', () => { if (kgProc && kgProc.exitCode === null) kgProc.kill('SIGKILL'); });
-
 before(async () => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'kg-clickjack-'));
   // A no-token install: actions are accepted from loopback, which is exactly what makes a
   // framed dashboard dangerous.
-  const port = await freePort();
-  kgUrl = `http://127.0.0.1:${port}`;
-  const log = fs.openSync(path.join(tmp, 'kumaguard.log'), 'a');
-  kgProc = spawn(path.join(BUILD, 'kumaguard'), ['--listen', `127.0.0.1:${port}`,
-    '--state-dir', path.join(tmp, 'state'), '--web-dir', path.join(ROOT, 'web')],
-  { stdio: ['ignore', log, log] });
-  fs.closeSync(log);
-  await waitFor('kumaguard /health', async () => {
-    if (kgProc.exitCode !== null) throw new Error('kumaguard exited');
-    const r = await fetch(kgUrl + '/health', { signal: AbortSignal.timeout(2000) });
-    return r.status === 200;
-  }, 20000);
+  kg = await startKumaguard({ dir: tmp, args: ['--state-dir', path.join(tmp, 'state')] });
+  kgUrl = kg.url;
 
   // The attacker's page, on another origin (another host name and port).
   decoy = http.createServer((req, res) => {
@@ -91,21 +43,14 @@ before(async () => {
   await new Promise((r) => decoy.listen(0, '127.0.0.1', r));
   decoyUrl = `http://127.0.0.1:${decoy.address().port}/`;
 
-  browser = await chromium.launch({
-    executablePath: CHROMIUM, headless: true, timeout: 30000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'],
-  });
+  browser = await launchBrowser();
 });
 
 after(async () => {
   if (browser) await browser.close();
   if (decoy) await new Promise((r) => decoy.close(r));
-  if (kgProc && kgProc.exitCode === null) {
-    kgProc.kill('SIGTERM');
-    await Promise.race([new Promise((r) => kgProc.once('exit', r)), sleep(10000)]);
-    if (kgProc.exitCode === null) kgProc.kill('SIGKILL');
-  }
+  if (kg) await stop(kg.proc, 10000);
+  killAll('SIGKILL');
   if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 

@@ -9,7 +9,7 @@
  * reports, the target aborts when an accepted input breaks a promise of api_route.h (a node id
  * or static path that passed validation but is not well-formed, HTML that still holds '<').
  *
- * fuzz-sources: api_route.c snapshot.c types.c
+ * fuzz-sources: api_route.c snapshot.c types.c clock.c hostcheck.c
  * (read by scripts/fuzz-short.sh: the server files this target links) */
 #include <stdint.h>
 #include <stdio.h>
@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "api_route.h"
+#include "hostcheck.h"
 
 static void check(int cond, const char *what)
 {
@@ -46,7 +47,7 @@ static void fuzz_route(const char *method, const char *path)
         check(m.allowed != 0, "a route allows some method");
     }
     if (m.status == 0 && m.node[0])
-        check(api_node_id_valid(m.node), "node id from the path is valid");
+        check(hostcheck_node_id_valid(m.node), "node id from the path is valid");
     if (m.status == 0 && m.id == API_R_STATIC) {
         check(api_static_path_ok(m.static_rel), "static path valid");
         check(m.static_rel[0] != '/', "relative");
@@ -75,7 +76,7 @@ static void fuzz_history(const char *q)
     char node[KG_NODE_ID_MAX + 1], err[256];
     if (api_parse_history_params(&p, &q2, node, err, sizeof err) == 0) {
         check(q2.limit >= 1 && q2.limit <= API_HISTORY_MAX_LIMIT, "limit bounded");
-        check(!q2.node || api_node_id_valid(q2.node), "history node valid");
+        check(!q2.node || hostcheck_node_id_valid(q2.node), "history node valid");
         check(q2.since_ms >= 0 && q2.until_ms >= 0 && q2.before_id >= 0, "non-negative");
         check(!(q2.since_ms && q2.until_ms) || q2.since_ms <= q2.until_ms, "range ordered");
     }
@@ -96,7 +97,7 @@ static void fuzz_monitor_op(const char *body, size_t n, uint8_t sel)
         check(req.ids[i] >= 1 && req.ids[i] <= INT32_MAX && (i == 0 || req.ids[i] > req.ids[i - 1]),
               "monitor ids positive, sorted and unique");
     check(!path_id || (req.n_ids == 1 && req.ids[0] == path_id), "single form names its id");
-    check(kind == MONITOR_OP_UNPIN || api_node_id_valid(req.node), "target node valid");
+    check(kind == MONITOR_OP_UNPIN || hostcheck_node_id_valid(req.node), "target node valid");
     check(kind == MONITOR_OP_MOVE || !req.revert, "revert only for move");
 }
 
@@ -115,8 +116,8 @@ static void fuzz_monitors_params(const char *q)
     if (api_parse_monitors_params(&p, &f, err, sizeof err) != 0)
         return;
     check(f.limit >= 1 && f.limit <= API_MONITORS_MAX_LIMIT, "monitor page bounded");
-    check(!f.node[0] || api_node_id_valid(f.node), "monitor node filter valid");
-    check(!f.home[0] || api_node_id_valid(f.home), "monitor home filter valid");
+    check(!f.node[0] || hostcheck_node_id_valid(f.node), "monitor node filter valid");
+    check(!f.home[0] || hostcheck_node_id_valid(f.home), "monitor home filter valid");
     check(strlen(f.search) <= API_MONITORS_SEARCH_MAX, "search bounded");
     for (const char *c = f.search; *c; c++)
         check((unsigned char)*c >= 0x20 && *c != 0x7f, "search printable");
@@ -150,7 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(exact, body, body_n);
     if (api_parse_fixed_node_body((const char *)exact, body_n, node, sizeof node, err,
                                   sizeof err) == 0)
-        check(api_node_id_valid(node), "node from the JSON body is valid");
+        check(hostcheck_node_id_valid(node), "node from the JSON body is valid");
     if (api_parse_confirm_body((const char *)exact, body_n, "force-rebalance-all"))
         check(body_n >= strlen("{\"confirm\":\"force-rebalance-all\"}"), "confirm is explicit");
     fuzz_monitor_op((const char *)exact, body_n, data[0]);

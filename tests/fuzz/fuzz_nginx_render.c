@@ -5,7 +5,7 @@
  * one that matters: whatever the node table holds, every line of the rendered include is made
  * of template text and validated values only — no ';', '{', '}' or newline smuggled in through
  * a field, so the rendered file always has the template's shape.
- * fuzz-sources: nginx_render.c hostcheck.c types.c snapshot.c */
+ * fuzz-sources: nginx_render.c hostcheck.c types.c snapshot.c clock.c */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,9 +1,11 @@
-"""Shared pytest fixtures: a throwaway MariaDB for the session, a fresh cluster database per
-test on either store, and cleanup of every process a test started."""
+"""Shared pytest fixtures: a throwaway MariaDB for the session (and one of a test's own, which
+it may pause), a fresh cluster database per test on either store, and cleanup of every process
+a test started."""
 
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,3 +65,26 @@ def procs():
                 p.stop()
         except Exception:
             pass
+
+
+@pytest.fixture
+def own_mariadb():
+    """A MariaDB of this test's own (it may be paused with SIGSTOP, which must not touch the
+    shared one), with a database kg_pause the kuma user may use; info["pid"] is mariadbd."""
+    d = tempfile.mkdtemp(prefix="kg-mariadb-own-")
+    port = free_port()
+    script = os.path.join(ROOT, "scripts", "mariadb-test-server.sh")
+    r = subprocess.run([script, "start", d, str(port)], capture_output=True, text=True)
+    if r.returncode != 0:
+        shutil.rmtree(d, ignore_errors=True)
+        pytest.fail("could not start MariaDB: %s" % r.stderr)
+    info = {"dir": d, "port": port, "socket": os.path.join(d, "sock")}
+    subprocess.run(["mariadb", "--no-defaults", "-S", info["socket"], "-uroot", "-e",
+                    "GRANT ALL ON *.* TO 'kuma'@'localhost'; FLUSH PRIVILEGES; "
+                    "CREATE DATABASE kg_pause"], check=True)
+    with open(os.path.join(d, "pid")) as f:
+        info["pid"] = int(f.read().strip())
+    yield info
+    os.kill(info["pid"], signal.SIGCONT)
+    subprocess.run([script, "stop", d], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Start and drive kumasim (the simulated Kuma node) from integration tests.
 
-Standard library only.  The binary is looked up in $KG_BUILD_DIR (default /work/main/build),
+Standard library only.  The binary is looked up in $KG_BUILD_DIR (default <repository>/build),
 or taken from $KUMASIM_BIN when that is set.
 
 A node is realistic by default (tests/kumasim/README.md): it needs a database, which is the test's
@@ -40,7 +40,8 @@ import tempfile
 import time
 import weakref
 
-DEFAULT_BUILD_DIR = "/work/main/build"
+DEFAULT_BUILD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "build")
 MODES = ("healthy", "fail", "503", "hang", "slow", "partition")
 _LISTEN_RE = re.compile(r"^kumasim (\S+) listening on (\S+):(\d+)$")
 # Variables kumasim reads like a real node; scrubbed from the inherited environment so a test

@@ -220,3 +220,28 @@ def test_operator_states_of_static_nodes_survive_a_restart(tmp_path, cluster, pr
     assert kg2.post("/api/nodes/node2/enable")[0] == 200
     wait_until(lambda: node_status(cluster)["node2"] == "online", timeout=10, what="enabled")
     kg2.stop()
+
+
+def test_revert_happens_when_the_hold_down_ends_not_a_refresh_later(tmp_path, cluster, procs):
+    """Regression: reverts waited for the next periodic convergence (a refresh interval after
+    the hold-down).  With a 30 s refresh and a 1 s hold-down, monitors return about 1 s after
+    the node is online again."""
+    nodes, kg = start_cluster(tmp_path, cluster, procs,
+                              extra=["--refresh-interval", "30s", "--recovery-batch-size", "1000"])
+    kg.wait_proven()
+    seed_monitors(cluster, ["node1", "node2", "node3"] * 10)
+    assert kg.post("/api/update-loads")[0] == 200
+    nodes[1].kill()
+    wait_until(lambda: "node2" not in effective_counts(cluster), timeout=15,
+               what="node2's monitors moved")
+    nodes[1].restart()
+    wait_until(lambda: api_node(kg, "node2")["state"] == "online", timeout=15,
+               what="node2 online again")
+    t_online = time.monotonic()
+    wait_until(lambda: effective_counts(cluster).get("node2") == 10, timeout=15,
+               what="node2's monitors back")
+    took = time.monotonic() - t_online
+    # hold-down 1 s (from the proof) plus probing and one database job; far below the 30 s
+    # refresh the old code waited for
+    assert took < 8, "revert came %.1f s after the node was online" % took
+    kg.stop()

@@ -13,22 +13,19 @@ real SQLite or MariaDB, and a real tmpfs for the state directory:
 Every loop here is bounded in time and stops by itself."""
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 import pytest
 
-from kg_harness import (INSTANT_NODE_COSTS, ROOT, Kumaguard, MariaCluster, SqliteCluster,
+from kg_harness import (INSTANT_NODE_COSTS, Kumaguard, MariaCluster, SqliteCluster,
                         effective_counts, monitors, seed_monitors, wait_until)
-from kumasim_ctl import Kumasim, free_port
+from kumasim_ctl import Kumasim
 
 API_KEY = "test-cluster-key"
 FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--health-timeout",
         "300ms", "--fall", "3", "--rise", "3", "--recovery-hold-down", "1s"] + INSTANT_NODE_COSTS
-SCRIPT = os.path.join(ROOT, "scripts", "mariadb-test-server.sh")
 
 
 def node_state(kg, node_id):
@@ -144,27 +141,6 @@ def test_no_revert_to_a_hung_node_whose_row_says_online_after_a_restart(tmp_path
                what="monitors back on node2 once proven")
     assert sorted(monitors(cluster)) == sorted(ids)
     kg2.stop()
-
-
-@pytest.fixture
-def own_mariadb():
-    """A MariaDB of this test's own: it gets paused, which must not touch the shared one."""
-    d = tempfile.mkdtemp(prefix="kg-mariadb-pause-")
-    port = free_port()
-    r = subprocess.run([SCRIPT, "start", d, str(port)], capture_output=True, text=True)
-    if r.returncode != 0:
-        shutil.rmtree(d, ignore_errors=True)
-        pytest.fail("could not start MariaDB: %s" % r.stderr)
-    info = {"dir": d, "port": port, "socket": os.path.join(d, "sock")}
-    subprocess.run(["mariadb", "--no-defaults", "-S", info["socket"], "-uroot", "-e",
-                    "GRANT ALL ON *.* TO 'kuma'@'localhost'; FLUSH PRIVILEGES; "
-                    "CREATE DATABASE kg_pause"], check=True)
-    with open(os.path.join(d, "pid")) as f:
-        info["pid"] = int(f.read().strip())
-    yield info
-    os.kill(info["pid"], signal.SIGCONT)
-    subprocess.run([SCRIPT, "stop", d], capture_output=True)
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_a_paused_database_is_seen_within_db_timeout_and_delays_nothing_else(

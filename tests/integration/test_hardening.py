@@ -622,7 +622,8 @@ def test_a_node_on_the_databases_own_address_is_refused(tmp_path, procs):
 def test_a_flood_of_aborted_connections_cannot_evict_the_log(tmp_path, sqlite, procs):
     kg = start_kg(tmp_path, sqlite, procs)
     marker = "http: listening on"
-    assert marker in kg.read_log()
+    # the log reaches the file a moment after /health answers (slower under TSan)
+    wait_until(lambda: marker in kg.read_log(), timeout=10, what="the listening line logged")
     # 1,500 clients that start a request and hang up, in batches of 50 (the hang-up arrives
     # apart from the data, so the server notices each one at once)
     for _ in range(30):

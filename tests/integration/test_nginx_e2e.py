@@ -255,13 +255,30 @@ def _ws_read_frame(sock):
     return b0 & 0x0F, exact(length)
 
 
-def test_websocket_upgrade_through_nginx(stack):
+def test_pinned_requests_keep_their_body(stack):
+    """A pinned request takes the sample site's other path (error_page -> @kuma_pinned): its
+    body must arrive whole at the pinned node."""
+    for pin in NODES:
+        # kumasim's /_sim/mode answers 400 unless the body names a mode: the body got through
+        status, headers, body = stack.nginx.request(
+            "POST", "/_sim/mode", body=b"healthy",
+            headers={"Cookie": "KUMA_FIXED_NODE=%s" % pin, "Content-Type": "text/plain"})
+        assert status == 200, "POST pinned to %s: %d %r" % (pin, status, body[:200])
+        assert headers.get("x-kuma-node") == pin
+    status, headers, body = stack.nginx.request(
+        "POST", "/_sim/mode", body=b"no-such-mode", headers={"Cookie": "KUMA_FIXED_NODE=node1"})
+    assert status == 400 and headers.get("x-kuma-node") == "node1", "the body is the client's"
+
+
+@pytest.mark.parametrize("pin", [None, "node3"])
+def test_websocket_upgrade_through_nginx(stack, pin):
     key = base64.b64encode(os.urandom(16)).decode()
     sock = socket.create_connection(("127.0.0.1", stack.nginx.port), timeout=5)
+    cookie = "Cookie: KUMA_FIXED_NODE=%s\r\n" % pin if pin else ""
     try:
         sock.sendall(("GET /socket.io/ws-echo HTTP/1.1\r\nHost: kuma\r\nUpgrade: websocket\r\n"
-                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                      "Sec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n%s"
+                      "Sec-WebSocket-Version: 13\r\n\r\n" % (key, cookie)).encode())
         head = b""
         while b"\r\n\r\n" not in head:
             chunk = sock.recv(4096)
@@ -273,7 +290,7 @@ def test_websocket_upgrade_through_nginx(stack):
         assert lines[0].startswith("HTTP/1.1 101"), lines[0]
         headers = {k.lower(): v.strip() for k, v in (h.split(":", 1) for h in lines[1:])}
         node = headers.get("x-kuma-node")
-        assert node in NODES
+        assert node in NODES and (pin is None or node == pin), (node, pin)
         for msg in (b"hello", b"second message"):
             sock.sendall(_ws_frame(msg))
             opcode, payload = _ws_read_frame(sock)

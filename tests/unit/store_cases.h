@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "nametab.h"
 #include "store.h"
@@ -22,6 +23,8 @@ typedef struct {
     /* first column of the first row into buf; "(null)" for NULL or no row */
     void (*query_str)(const char *sql, char *buf, size_t len);
     const char *widen_node_sql;              /* makes node.host/node_name wide, or NULL */
+    int settle_ms; /* how long after a change the store's change probe may still say
+                      "changed" whatever happens (MariaDB: its probe's settle time) */
 } store_harness;
 
 #define ERRLEN 512
@@ -107,7 +110,8 @@ static int32_t idx(kg_nametab *tab, const char *name)
 static plan_move move_for(const plan_monitor *m, plan_move_kind kind, int32_t to, bool clear)
 {
     plan_move mv = {.monitor_id = m->id, .kind = (uint8_t)kind, .clear_override = clear,
-                    .to = to, .expect_home = m->home, .expect_over = m->over};
+                    .to = to, .expect_active = m->active, .expect_home = m->home,
+                    .expect_over = m->over};
     return mv;
 }
 
@@ -345,9 +349,10 @@ static void case_guard(const store_harness *h)
     plan_move mv[4] = {
         move_for(find_monitor(&set, 1), MOVE_SET_OVERRIDE, n2, false),
         move_for(find_monitor(&set, 4), MOVE_SET_HOME, n3, false),
-        move_for(find_monitor(&set, 6), MOVE_SET_OVERRIDE, n2, false),
+        move_for(find_monitor(&set, 7), MOVE_SET_OVERRIDE, n2, false),
         move_for(find_monitor(&set, 2), MOVE_CLEAR_OVERRIDE, -1, false),
     };
+    mv[2].to = n3; /* m7: our override n2 -> n3 */
     h->exec("UPDATE monitor SET assigned_node = 'n3' WHERE id = 1"); /* operator pins m1 */
     h->exec("UPDATE monitor SET node_id = 'n1' WHERE id = 2");       /* Kuma rehomes m2 */
     store_apply_result res;
@@ -364,15 +369,197 @@ static void case_guard(const store_harness *h)
     cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 2"),
                  1, "a skipped clear keeps its record");
     expect_str(h, "SELECT node_id FROM monitor WHERE id = 4", "n3");
-    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 6", "n2");
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 7", "n3");
     expect_ids_intact(h, 8, 36);
 
     store_monitor_set after;
     load_all(s, &tab, &after);
     cr_expect_eq(find_monitor(&after, 1)->ours, 0, "the operator's pin is not ours");
-    cr_expect_eq(find_monitor(&after, 6)->ours, 1);
+    cr_expect_eq(find_monitor(&after, 7)->ours, 1);
     store_free_monitors(&after);
     store_free_monitors(&set);
+    nametab_free(&tab);
+    store_close(s);
+}
+
+/* Issue 12: a monitor switched off between the plan and the apply is never given an
+ * override (the guard compares active too), our override on a monitor that is off is cleared,
+ * but not once the monitor was switched back on meanwhile; and the store refuses a move that
+ * would give an inactive monitor a node. */
+static void case_guard_active(const store_harness *h)
+{
+    kg_store *s = open_with_schema(h);
+    seed_cluster(h);
+    h->exec("UPDATE monitor SET active = 0 WHERE id IN (7, 8)"); /* paused while failed over */
+    kg_nametab tab;
+    nametab_init(&tab);
+    store_monitor_set set;
+    load_all(s, &tab, &set);
+    int32_t n2 = idx(&tab, "n2");
+    cr_assert_eq(find_monitor(&set, 7)->active, 0);
+    plan_move mv[3] = {
+        move_for(find_monitor(&set, 1), MOVE_SET_OVERRIDE, n2, false),  /* active when planned */
+        move_for(find_monitor(&set, 7), MOVE_CLEAR_OVERRIDE, -1, false),/* off: clean-up */
+        move_for(find_monitor(&set, 8), MOVE_CLEAR_OVERRIDE, -1, false),/* off: clean-up */
+    };
+    cr_assert_eq(mv[1].expect_active, 0);
+    h->exec("UPDATE monitor SET active = 0 WHERE id = 1"); /* a user pauses m1 meanwhile */
+    h->exec("UPDATE monitor SET active = 1 WHERE id = 8"); /* and resumes m8 */
+    store_apply_result res;
+    char err[ERRLEN] = "";
+    cr_assert_eq(s->ops->apply_moves(s, &tab, mv, 3, "failover", &res, err, sizeof(err)),
+                 STORE_OK, "%s", err);
+    cr_expect_eq(res.applied, 1);
+    cr_expect_eq(res.skipped, 2);
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 1", "(null)");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 1"), 0,
+                 "a monitor switched off meanwhile got an override");
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 7", "(null)");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 7"), 0);
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 8", "n3");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 1,
+                 "a monitor switched back on keeps our override and its record");
+
+    /* Giving an inactive monitor a node is refused outright, and changes nothing. */
+    plan_move bad = move_for(find_monitor(&set, 6), MOVE_SET_OVERRIDE, n2, false);
+    cr_assert_eq(bad.expect_active, 0);
+    cr_expect_eq(s->ops->apply_moves(s, &tab, &bad, 1, "failover", &res, err, sizeof(err)),
+                 STORE_ERROR);
+    cr_expect(strstr(err, "invalid move") != NULL, "%s", err);
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 6", "(null)");
+    expect_ids_intact(h, 8, 36);
+    store_free_monitors(&set);
+    nametab_free(&tab);
+    store_close(s);
+}
+
+/* Moves to 40 targets at once, as a failover over a large cluster plans them: MariaDB splits
+ * them into many units with a CASE over up to 16 targets each, several units per round trip.
+ * A row changed and a row deleted behind the store's back in the middle make one unit fall
+ * back to the exact path; every other move lands, with its record, and nothing else. */
+static void case_many_targets(const store_harness *h)
+{
+    kg_store *s = open_with_schema(h);
+    insert_monitors(h, 1, 2000, "n1");
+    kg_nametab tab;
+    nametab_init(&tab);
+    store_monitor_set set;
+    load_all(s, &tab, &set);
+    cr_assert_eq(set.n, 2000);
+    int32_t t[40];
+    for (int k = 0; k < 40; k++) {
+        char name[16];
+        snprintf(name, sizeof(name), "t%02d", k);
+        t[k] = idx(&tab, name);
+    }
+    plan_move *mv = calloc(set.n, sizeof(*mv));
+    cr_assert_not_null(mv);
+    for (size_t i = 0; i < set.n; i++)
+        mv[set.n - 1 - i] = move_for(&set.monitors[i], MOVE_SET_OVERRIDE,
+                                     t[set.monitors[i].id % 40], false); /* any order */
+    h->exec("UPDATE monitor SET assigned_node = 'x' WHERE id = 1000");
+    h->exec("DELETE FROM monitor WHERE id = 1500");
+    store_apply_result res;
+    char err[ERRLEN] = "";
+    cr_assert_eq(s->ops->apply_moves(s, &tab, mv, set.n, "failover", &res, err, sizeof(err)),
+                 STORE_OK, "%s", err);
+    cr_expect_eq(res.applied, 1998);
+    cr_expect_eq(res.skipped, 2);
+    store_monitor_set after;
+    load_all(s, &tab, &after);
+    cr_assert_eq(after.n, 1999);
+    for (size_t i = 0; i < after.n; i++) {
+        const plan_monitor *m = &after.monitors[i];
+        if (m->id == 1000)
+            continue;
+        cr_assert_eq(m->over, t[m->id % 40], "monitor %lld", (long long)m->id);
+        cr_assert(m->ours, "monitor %lld", (long long)m->id);
+    }
+    store_free_monitors(&after);
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override o JOIN monitor m"
+                              " ON m.id = o.monitor_id AND m.assigned_node = o.node_id"
+                              " WHERE o.home_node = 'n1' AND o.reason = 'failover'"), 1998);
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override"), 1998,
+                 "records only for the moves applied");
+    expect_str(h, "SELECT assigned_node FROM monitor WHERE id = 1000", "x");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM monitor WHERE id = 1500"), 0);
+    expect_ids_intact(h, 1999, 2000LL * 2001 / 2 - 1500);
+    free(mv);
+    store_free_monitors(&set);
+    nametab_free(&tab);
+    store_close(s);
+}
+
+static void settle(const store_harness *h)
+{
+    struct timespec ts = {h->settle_ms / 1000, (long)(h->settle_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static bool probe_changed(kg_store *s)
+{
+    bool changed = false;
+    char err[ERRLEN] = "";
+    cr_assert_eq(s->ops->monitors_changed(s, &changed, err, sizeof(err)), STORE_OK, "%s", err);
+    return changed;
+}
+
+/* Issue 15: the monitors are read again only when something changed.  The probe says so for
+ * each kind of change a Kuma node, an operator, another controller or we make; and says
+ * "unchanged" once the rows were read after the last change. */
+static void case_change_probe(const store_harness *h)
+{
+    kg_store *s = open_with_schema(h);
+    seed_cluster(h);
+    cr_expect(probe_changed(s), "never read: must read");
+    kg_nametab tab;
+    nametab_init(&tab);
+    store_monitor_set set;
+    load_all(s, &tab, &set); /* drops the stale record of m5: a change of our own */
+    store_free_monitors(&set);
+    settle(h);
+    load_all(s, &tab, &set);
+    store_free_monitors(&set);
+    cr_expect_not(probe_changed(s), "nothing changed since the read");
+    cr_expect_not(probe_changed(s), "asking twice changes nothing");
+
+    static const struct {
+        const char *what, *sql;
+    } edits[] = {
+        {"a monitor added",
+         "INSERT INTO monitor (id, name, active, node_id) VALUES (9, 'm9', 1, 'n1')"},
+        {"a monitor switched off", "UPDATE monitor SET active = 0 WHERE id = 1"},
+        {"a monitor re-pinned", "UPDATE monitor SET assigned_node = 'n2' WHERE id = 3"},
+        {"a monitor re-homed", "UPDATE monitor SET node_id = 'n3' WHERE id = 4"},
+        {"a monitor deleted", "DELETE FROM monitor WHERE id = 9"},
+        {"our override record changed by another controller",
+         "DELETE FROM kumaguard_override WHERE monitor_id = 2"},
+    };
+    for (size_t e = 0; e < sizeof(edits) / sizeof(edits[0]); e++) {
+        h->exec(edits[e].sql);
+        cr_expect(probe_changed(s), "%s: not noticed", edits[e].what);
+        settle(h);
+        cr_expect(probe_changed(s), "%s: forgotten before the rows were read", edits[e].what);
+        load_all(s, &tab, &set);
+        store_free_monitors(&set);
+        cr_expect_not(probe_changed(s), "%s: read, then nothing changed", edits[e].what);
+    }
+
+    /* Our own moves. */
+    load_all(s, &tab, &set);
+    plan_move mv = move_for(find_monitor(&set, 4), MOVE_SET_HOME, idx(&tab, "n2"), false);
+    store_free_monitors(&set);
+    store_apply_result res;
+    char err[ERRLEN] = "";
+    cr_assert_eq(s->ops->apply_moves(s, &tab, &mv, 1, "rebalance", &res, err, sizeof(err)),
+                 STORE_OK, "%s", err);
+    cr_expect_eq(res.applied, 1);
+    cr_expect(probe_changed(s), "our own apply_moves not noticed");
+    settle(h);
+    load_all(s, &tab, &set);
+    store_free_monitors(&set);
+    cr_expect_not(probe_changed(s));
+
     nametab_free(&tab);
     store_close(s);
 }
@@ -394,11 +581,37 @@ static void case_manual_pin(const store_harness *h)
     cr_expect_eq(find_monitor(&set, 8)->ours, 0);
     cr_expect_eq(find_monitor(&set, 7)->ours, 1);
     store_free_monitors(&set);
-    /* The operator moves the pin back to n3, the value kumaguard once wrote.  It is still the
-     * operator's pin: the stale record was dropped when it stopped matching, so a recovery
-     * of n1 can never revert it (invariant 5). */
+    /* Reading writes nothing (a follower reads too): the stale record is still there, only
+     * not "ours".  Dropping it is a fenced write of the leader's — refused without a fence
+     * generation, done with one. */
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 1,
+                 "load_monitors wrote (it must not: followers read too)");
+    char err[ERRLEN] = "";
+    size_t forgotten = 99;
+    s->fence_generation = 0;
+    cr_expect_eq(s->ops->forget_stale_overrides(s, &forgotten, err, sizeof(err)), STORE_FENCED,
+                 "a follower dropped records");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 1);
+    bool leader = false;
+    int64_t gen = 0;
+    cr_assert_eq(s->ops->lease(s, "ctl-a", 10000, &leader, &gen, err, sizeof(err)), STORE_OK,
+                 "%s", err);
+    cr_assert(leader);
+    s->fence_generation = gen;
+    cr_assert_eq(s->ops->forget_stale_overrides(s, &forgotten, err, sizeof(err)), STORE_OK,
+                 "%s", err);
+    cr_expect_eq(forgotten, 2, "m8's record, and m5's (stale since the seed)");
     cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 8"), 0,
                  "a record that no longer matches its monitor must be forgotten");
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 5"), 0);
+    cr_expect_eq(h->query_int("SELECT COUNT(*) FROM kumaguard_override WHERE monitor_id = 7"), 1,
+                 "a record that still matches stays");
+    s->fence_generation = gen + 1; /* another controller took over meanwhile */
+    cr_expect_eq(s->ops->forget_stale_overrides(s, &forgotten, err, sizeof(err)), STORE_FENCED);
+    s->fence_generation = gen;
+    /* The operator moves the pin back to n3, the value kumaguard once wrote.  It is still the
+     * operator's pin: the stale record is gone, so a recovery of n1 can never revert it
+     * (invariant 5). */
     h->exec("UPDATE monitor SET assigned_node = 'n3' WHERE id = 8");
     load_all(s, &tab, &set);
     cr_expect_eq(find_monitor(&set, 8)->ours, 0, "a re-pin to our old value became ours");

@@ -1162,3 +1162,16 @@ Test(http_open, server_stops_cleanly_with_open_streams)
     curl_easy_cleanup(h);
     curl_multi_cleanup(multi);
 }
+
+/* Regression: set-fixed-node accepted a draining node.  A draining node is still routed (its
+ * sessions finish) but gets no new users: the cookie may only name a node that is online. */
+Test(http_open, set_fixed_node_refuses_a_draining_node)
+{
+    kg_snapshot *s = fixture_snapshot(10);
+    s->nodes[1].state = NODE_DRAINING; /* node02 */
+    snapshot_publish(s);
+    resp_t r = http("POST", "/lb/set-fixed-node", "{\"node\":\"node02\"}", json_ct);
+    assert_error(&r, 409, "node_not_routable");
+    cr_assert_str_eq(r.cookie, "", "no cookie for a draining node");
+    resp_free(&r);
+}

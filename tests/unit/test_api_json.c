@@ -402,3 +402,20 @@ Test(api_json, sse_frame_is_one_event_with_id)
     cr_assert_eq(strchr(buf + 13, '\n'), buf + n - 2);
     cr_assert_eq(api_sse_format_event(&snap->recent_events[1], buf, 16), -1);
 }
+
+/* Regression: the stream's frame buffer was once too small for an event whose every byte is
+ * escaped, and such an event was silently dropped.  The largest possible event — every text
+ * field full of bytes JSON escapes as \u00XX — fits the frame api_sse.c uses. */
+Test(api_json, sse_frame_fits_the_largest_possible_event)
+{
+    kg_event e = {.id = INT64_MAX, .ts_ms = INT64_MAX / 2, .kind = EV_FAILOVER,
+                  .count = INT32_MAX, .duration_ms = INT64_MAX};
+    memset(e.node, 0x01, sizeof e.node - 1);
+    memset(e.from, 0x02, sizeof e.from - 1);
+    memset(e.to, 0x03, sizeof e.to - 1);
+    memset(e.reason, 0x04, sizeof e.reason - 1);
+    char buf[API_SSE_FRAME_MAX];
+    int n = api_sse_format_event(&e, buf, sizeof buf);
+    cr_assert_gt(n, 0, "the largest event does not fit the stream's frame");
+    cr_assert(strstr(buf, "\\u0004\\u0004") != NULL);
+}

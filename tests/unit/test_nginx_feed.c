@@ -1,7 +1,11 @@
 /* test_nginx_feed.c — the nginx feed against a real nginx (Debian's /usr/sbin/nginx) started
  * with its own prefix in a mkdtemp directory and its own loopback ports.  The same nginx also
  * serves three tiny backends ("b1", "b2", "b3") that the rendered upstreams point to, so a
- * request through the front port says which node the rendered include routed it to.
+ * request through a front port says which node the rendered include routed it to.  Two fronts:
+ * `front` proxies every request with `proxy_pass http://$kuma_upstream` (site configs written
+ * before the fast path), `front2` as docker/nginx-site.conf does (no cookie: a fixed proxy_pass
+ * to kuma_cluster; a cookie: the variable, in a named location).  The nginx.conf sets no hash
+ * sizes: a stock configuration.
  *
  * Each test starts and stops its own nginx (about 50 ms).  Waits are bounded (3 s). */
 #include <criterion/criterion.h>
@@ -35,7 +39,7 @@ static struct {
     char dir[128];
     char include[256], state[256], tmpl[256], conf[256], failmark[256], reloadlog[256];
     char test_cmd[1024], reload_cmd[1024];
-    int front, b[3];
+    int front, front2, b[3];
     pid_t nginx;
     kg_config cfg;
     kg_nginx_feed *feed;
@@ -85,15 +89,15 @@ static char *read_text(const char *path)
     return strdup(buf);
 }
 
-/* GET / through the front port; returns the body ("b1"...) or "" on failure. */
-static const char *get_body(const char *cookie)
+/* GET / through a front port; returns the body ("b1"...) or "" on failure. */
+static const char *get_body_at(int port, const char *cookie)
 {
     static char resp[4096];
     resp[0] = 0;
     int s = socket(AF_INET, SOCK_STREAM, 0);
     struct timeval tv = {2, 0};
     setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)fx.front),
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) {
         close(s);
@@ -119,16 +123,26 @@ static const char *get_body(const char *cookie)
     return body ? body + 4 : "";
 }
 
-/* Polls until the front answers `want`.  A reload takes effect in tens of ms; the bound is
+static const char *get_body(const char *cookie)
+{
+    return get_body_at(fx.front, cookie);
+}
+
+/* Polls until a front answers `want`.  A reload takes effect in tens of ms; the bound is
  * 10 s because a sanitizer build on a loaded 2-core machine once needed more than 3 s. */
-static bool serves(const char *want, const char *cookie)
+static bool serves_at(int port, const char *want, const char *cookie)
 {
     for (int i = 0; i < 500; i++) {
-        if (strcmp(get_body(cookie), want) == 0)
+        if (strcmp(get_body_at(port, cookie), want) == 0)
             return true;
         sleep_ms(20);
     }
     return false;
+}
+
+static bool serves(const char *want, const char *cookie)
+{
+    return serves_at(fx.front, want, cookie);
 }
 
 static int reloads_run(void)
@@ -143,7 +157,7 @@ static int reloads_run(void)
 
 static void write_nginx_conf(void)
 {
-    char conf[4096];
+    char conf[6144];
     snprintf(conf, sizeof conf,
              "worker_processes 1;\n"
              "pid %1$s/nginx.pid;\n"
@@ -163,8 +177,13 @@ static void write_nginx_conf(void)
              "  server { listen 127.0.0.1:%6$d;\n"
              "    location / { proxy_pass http://$kuma_upstream;\n"
              "                 proxy_next_upstream error timeout http_502 http_503; } }\n"
+             "  server { listen 127.0.0.1:%7$d;\n"
+             "    location / { error_page 418 = @pinned;\n"
+             "                 if ($cookie_KUMA_FIXED_NODE != \"\") { return 418; }\n"
+             "                 proxy_pass http://kuma_cluster; }\n"
+             "    location @pinned { proxy_pass http://$kuma_upstream; } }\n"
              "}\n",
-             fx.dir, fx.include, fx.b[0], fx.b[1], fx.b[2], fx.front);
+             fx.dir, fx.include, fx.b[0], fx.b[1], fx.b[2], fx.front, fx.front2);
     write_text(fx.conf, conf);
 }
 
@@ -216,6 +235,7 @@ static void setup(void)
              "echo reload >> %s && exec " NGINX_BIN " -s reload -p %s -c %s", fx.reloadlog,
              fx.dir, fx.conf);
     fx.front = free_port();
+    fx.front2 = free_port();
     for (int i = 0; i < 3; i++)
         fx.b[i] = free_port();
     write_nginx_conf();
@@ -403,6 +423,59 @@ Test(nginx_feed, nodes_named_like_nginx_keywords_validate_and_pin)
     cr_expect(serves("b1", "default"));
     cr_expect(serves("b2", "include"));
     cr_expect(serves("b3", "node3"));
+}
+
+/* Issue 13 #2: node ids of 47 to 50 characters (the column allows 50) made the rendered map
+ * fail `nginx -t` on a stock nginx.conf (map_hash_bucket_size 64): routing froze.  Now any id
+ * the schema allows renders an include that validates, also with hundreds of long ids, and a
+ * cookie naming a long id pins to it (ignoring case, as for short ids), through both site
+ * forms; an id named "0" pins through the fast path too (a bare `if ($cookie)` would not). */
+Test(nginx_feed, node_ids_of_47_to_50_characters_validate_and_pin)
+{
+    fx.feed = new_feed();
+    enum { EXTRA = 300 };
+    kg_node_view *ns = calloc(3 + EXTRA + 1, sizeof *ns);
+    cr_assert_not_null(ns);
+    nodes3(ns, ON, ON, ON);
+    snprintf(ns[0].id, sizeof ns[0].id, "%s", "kuma-node-with-a-long-name.eu-west-1a.internals");
+    snprintf(ns[1].id, sizeof ns[1].id, "%s", "Kuma_Node.With.Dots-And.Case.48.characters.longs");
+    snprintf(ns[2].id, sizeof ns[2].id, "%s", "kuma-node-0123456789-0123456789-0123456789-0000050");
+    cr_assert_eq(strlen(ns[0].id), 47);
+    cr_assert_eq(strlen(ns[1].id), 48);
+    cr_assert_eq(strlen(ns[2].id), 50);
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz"
+                                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-";
+    uint32_t r = 12345;
+    for (int i = 0; i < EXTRA; i++) { /* ids of 40 to 50 characters on the third backend */
+        kg_node_view *v = &ns[3 + i];
+        int len = 40 + i % 11;
+        int p = snprintf(v->id, sizeof v->id, "x%03d-", i);
+        for (; p < len; p++) {
+            r = r * 1103515245u + 12345u;
+            v->id[p] = alphabet[(r >> 16) % (sizeof alphabet - 1)];
+        }
+        v->id[len] = 0;
+        snprintf(v->host, sizeof v->host, "127.0.0.1:%d", fx.b[2]);
+        v->host_valid = true;
+        v->state = ON;
+    }
+    snprintf(ns[3 + EXTRA].id, sizeof ns[3 + EXTRA].id, "0");
+    snprintf(ns[3 + EXTRA].host, sizeof ns[3 + EXTRA].host, "127.0.0.1:%d", fx.b[1]);
+    ns[3 + EXTRA].host_valid = true;
+    ns[3 + EXTRA].state = ON;
+    nginx_feed_outcome o = update(ns, 3 + EXTRA + 1, false, now_ms());
+    cr_assert(o.attempted && o.ok, "nginx -t refused ids of up to 50 characters: %s", o.error);
+    int fronts[2] = {fx.front, fx.front2};
+    for (int f = 0; f < 2; f++) {
+        cr_expect(serves_at(fronts[f], "b1", "kuma-node-with-a-long-name.eu-west-1a.internals"),
+                  "front %d: 47-character id", f);
+        cr_expect(serves_at(fronts[f], "b2", "kuma_node.with.dots-and.case.48.characters.longs"),
+                  "front %d: 48-character id, other case", f);
+        cr_expect(serves_at(fronts[f], "b3", "kuma-node-0123456789-0123456789-0123456789-0000050"),
+                  "front %d: 50-character id", f);
+        cr_expect(serves_at(fronts[f], "b2", "0"), "front %d: a node named 0", f);
+    }
+    free(ns);
 }
 
 Test(nginx_feed, unchanged_bytes_no_write_no_reload)

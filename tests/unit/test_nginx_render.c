@@ -232,6 +232,41 @@ Test(render_default, map_keys_that_are_nginx_keywords_are_escaped)
     free(out);
 }
 
+/* Issue 13 #2: a map key of 47 bytes or more does not fit nginx's default hash bucket.  Ids up
+ * to 46 characters stay plain keys; longer ones (the column allows 50) become an anchored
+ * case-insensitive pattern with the dots escaped, so "a.b" never matches "axb".  The empty
+ * cookie is its own key, so requests without one never reach the patterns. */
+Test(render_default, ids_longer_than_46_become_anchored_patterns)
+{
+    kg_node_view ns[] = {
+        node("n-46-characters-long-0123456789-0123456789-abc", "10.0.0.1:3001", NODE_ONLINE),
+        node("n.47.characters.long.0123456789.0123456789.abcd", "10.0.0.2:3001", NODE_ONLINE),
+        node("N-50_characters_long-0123456789-0123456789-abcdefg", "10.0.0.3:3001",
+             NODE_ONLINE),
+    };
+    cr_assert_eq(strlen(ns[0].id), 46);
+    cr_assert_eq(strlen(ns[1].id), 47);
+    cr_assert_eq(strlen(ns[2].id), 50);
+    nginx_render_info info;
+    char *out = render_ok(default_template(), ns, 3, &info);
+    cr_expect_eq(info.rejected_nodes, 0);
+    const char *map = strstr(out, "map $cookie_KUMA_FIXED_NODE $kuma_upstream {");
+    cr_assert_not_null(map);
+    cr_expect(strstr(map, "\n    \"\" kuma_cluster;\n"), "%s", map);
+    cr_expect(strstr(map, "\n    n-46-characters-long-0123456789-0123456789-abc"
+                          " kuma_node_n-46-characters-long-0123456789-0123456789-abc;"),
+              "%s", map);
+    cr_expect(strstr(map, "\n    \"~*^n\\.47\\.characters\\.long\\.0123456789\\.0123456789"
+                          "\\.abcd$\" kuma_node_n.47.characters.long.0123456789.0123456789.abcd;"),
+              "%s", map);
+    cr_expect(strstr(map, "\n    \"~*^N-50_characters_long-0123456789-0123456789-abcdefg$\""
+                          " kuma_node_N-50_characters_long-0123456789-0123456789-abcdefg;"),
+              "%s", map);
+    /* the upstreams keep the plain names */
+    cr_expect(strstr(out, "upstream kuma_node_n.47.characters.long.0123456789.0123456789.abcd {"));
+    free(out);
+}
+
 Test(render_default, no_routable_node_lists_every_known_node)
 {
     kg_node_view ns[] = {

@@ -57,7 +57,8 @@ Test(policy, db_backoff_doubles_to_the_cap_with_bounded_jitter)
 
 static plan_move mv(plan_move_kind k, int32_t to, int32_t home, int32_t over)
 {
-    return (plan_move){.kind = (uint8_t)k, .to = to, .expect_home = home, .expect_over = over};
+    return (plan_move){.kind = (uint8_t)k, .to = to, .expect_home = home, .expect_over = over,
+                       .expect_active = 1};
 }
 
 Test(policy, move_classes)

@@ -233,7 +233,9 @@ Test(rsched, a_returning_node_must_be_told_and_a_call_tells_it)
     rsched_add_work(&n, 0, 20, 5000); /* its monitors moved away while it was down */
     rsched_mark_returning(&n);
     cr_assert(rsched_must_tell(&n));
-    rsched_decision d = rsched_next(&n, &c, true, 10000, 10500, OFF);
+    /* answering again since 10000: a cron it may have been stopped in could run 1000 more */
+    cr_assert_not(rsched_next(&n, &c, true, 10000, 10500, OFF).call);
+    rsched_decision d = rsched_next(&n, &c, true, 10000, 11000, OFF);
     cr_assert(d.call);
     cr_assert_eq(d.deadline_ms, 1000 + 20 * 150);
     rsched_finish(&n, &c, RS_OK, 200, 12000, OFF);
@@ -259,16 +261,16 @@ Test(rsched, room_is_what_fits_before_the_next_cron)
     rsched_node n;
     rsched_init(&n);
     /* at 10000: 58000 - 10000 - base 1000 = 47000 ms of room */
-    cr_assert_eq(rsched_room_ms(&n, &c, true, 10000, OFF), 47000);
+    cr_assert_eq(rsched_room_ms(&n, &c, true, ALIVE, 10000, OFF), 47000);
     rsched_add_work(&n, 100, 0, 10000); /* 30 s of starts */
-    cr_assert_eq(rsched_room_ms(&n, &c, true, 10000, OFF), 17000);
-    cr_assert_eq(rsched_room_ms(&n, &c, true, 50000, OFF), 0, "nothing more fits");
+    cr_assert_eq(rsched_room_ms(&n, &c, true, ALIVE, 10000, OFF), 17000);
+    cr_assert_eq(rsched_room_ms(&n, &c, true, ALIVE, 50000, OFF), 0, "nothing more fits");
     rsched_next(&n, &c, true, ALIVE, 10000, OFF);
-    cr_assert_eq(rsched_room_ms(&n, &c, true, 10001, OFF), 0, "none while a call runs");
+    cr_assert_eq(rsched_room_ms(&n, &c, true, ALIVE, 10001, OFF), 0, "none while a call runs");
     /* cron-paced (not callable): one minute minus two skews */
     rsched_node m;
     rsched_init(&m);
-    cr_assert_eq(rsched_room_ms(&m, &c, false, 10000, OFF), 60000 - 4000 - 1000);
+    cr_assert_eq(rsched_room_ms(&m, &c, false, ALIVE, 10000, OFF), 60000 - 4000 - 1000);
 }
 
 Test(rsched, next_cron_follows_the_wall_clock)
@@ -278,4 +280,93 @@ Test(rsched, next_cron_follows_the_wall_clock)
     cr_assert_eq(rsched_next_cron_ms(&c, 59999, OFF), 60000);
     cr_assert_eq(rsched_next_cron_ms(&c, 60000, OFF), 120000);
     cr_assert_eq(rsched_next_cron_ms(&c, 0, OFF + 30000), 30000, "wall half a minute ahead");
+}
+
+/* The exactly-once scenario found this: a node hung in the middle of its :00 cron run resumes
+ * it when it wakes; a call sent as soon as it answered again overlapped that run. */
+Test(rsched, a_cron_a_hung_node_was_stopped_in_resumes_with_the_node)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    rsched_add_work(&n, 10, 0, 55000); /* its :00 cron does these (worst 4000 ms) */
+    rsched_mark_returning(&n);
+    /* frozen from :01 to :20; answering again at 80000 (:20) */
+    rsched_decision d = rsched_next(&n, &c, true, 80000, 80001, OFF);
+    cr_assert_not(d.call, "the cron it was stopped in may run until 80000 + 4000");
+    cr_assert_str_eq(n.waiting, "the node's cron may be running");
+    cr_assert_not(rsched_next(&n, &c, true, 80000, 83999, OFF).call);
+    cr_assert(rsched_next(&n, &c, true, 80000, 84000, OFF).call);
+    cr_assert_eq(rsched_room_ms(&n, &c, true, 80000, 83000, OFF), 0);
+}
+
+Test(rsched, a_node_up_since_before_the_cron_is_not_held_back)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    rsched_add_work(&n, 1, 0, 70000); /* after the cron at 60000 */
+    cr_assert(rsched_next(&n, &c, true, ALIVE, 70001, OFF).call);
+}
+
+/* Also found by the scenario: monitors Kuma added by SQL made the nodes' :00 cron run for
+ * seconds, and kumaguard, which did not know, called a node in the middle of that run. */
+Test(rsched, foreign_changes_lengthen_the_cron_but_ask_for_no_call)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    /* 12 monitors added somewhere between two reads at 50000 and 57000 */
+    rsched_add_work_between(&n, 12, 0, 50000, 57000);
+    cr_assert_not(rsched_next(&n, &c, true, ALIVE, 57001, OFF).call, "no call for them");
+    /* the cron at 60000 may start them: it runs until 60000 + 2000 + 1000 + 12 * 300 */
+    rsched_add_work(&n, 1, 0, 62000); /* our own move, after that cron started */
+    cr_assert_not(rsched_next(&n, &c, true, ALIVE, 66000, OFF).call,
+                  "the cron that starts them may still run");
+    cr_assert(rsched_next(&n, &c, true, ALIVE, 66600, OFF).call);
+    /* the cron did the foreign work: forgotten once its worst case is over */
+    cr_assert_eq(n.starts, 1);
+}
+
+/* Regression (clock steps): the wall clock is only used for the node's cron.  A step of it
+ * moves where the cron is expected, never the deadline of a call in flight (monotonic). */
+Test(rsched, a_wall_clock_step_moves_the_cron_not_the_deadline)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    rsched_add_work(&n, 10, 0, 5000);
+    rsched_decision d = rsched_next(&n, &c, true, ALIVE, 6000, OFF);
+    cr_assert(d.call);
+    int64_t deadline = n.call_deadline_ms;
+    /* the wall clock steps 40 s forward: the cron is now 14 s away, the call still runs */
+    rsched_decision w = rsched_next(&n, &c, true, ALIVE, 6500, OFF + 40000);
+    cr_assert_not(w.call);
+    cr_assert_eq(w.wake_ms, deadline, "the deadline did not move");
+    cr_assert_eq(rsched_next_cron_ms(&c, 6500, OFF + 40000), 20000);
+    rsched_finish(&n, &c, RS_OK, 200, 7000, OFF + 40000);
+    cr_assert_eq(n.starts, 0);
+}
+
+/* A node slower than our worst case (it kept answering probes) is not hung: after the deadline
+ * it gets four times the deadline in all (not called again before), and its later deadlines
+ * count it four times slower — until quick answers show otherwise. */
+Test(rsched, a_slow_node_that_answers_probes_is_counted_slower)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    rsched_add_work(&n, 10, 0, 5000);
+    rsched_decision d = rsched_next(&n, &c, true, ALIVE, 6000, OFF);
+    cr_assert(d.call);
+    int64_t dl = d.deadline_ms; /* 4000 */
+    rsched_finish(&n, &c, RS_TIMEOUT, 0, 6000 + dl, OFF);
+    cr_assert_not(rsched_next(&n, &c, true, ALIVE, 6000 + dl + 100, OFF).call);
+    cr_assert_not(rsched_next(&n, &c, true, ALIVE, 6000 + 4 * dl - 1, OFF).call);
+    rsched_decision again = rsched_next(&n, &c, true, ALIVE, 6000 + 4 * dl, OFF);
+    cr_assert(again.call, "called again once four times its deadline passed");
+    cr_assert_eq(again.deadline_ms, 4 * dl, "and given four times the time (%lld)",
+                 (long long)again.deadline_ms);
+    rsched_finish(&n, &c, RS_OK, 200, 6000 + 4 * dl + 500, OFF); /* quick: trusted more */
+    cr_assert_eq(n.slow_factor, 2);
 }

@@ -228,6 +228,9 @@ Test(galera, manual_pin_is_never_ours) { case_manual_pin(&H); }
 Test(galera, fencing_blocks_every_write) { case_fencing(&H); }
 Test(galera, events_are_stored_in_utc) { case_events(&H); }
 Test(galera, bulk_moves_and_escaping) { case_bulk_and_escaping(&H); }
+Test(galera, guard_skips_monitors_switched_on_or_off) { case_guard_active(&H); }
+Test(galera, moves_to_many_targets_in_one_apply) { case_many_targets(&H); }
+Test(galera, change_probe_notices_every_change, .timeout = 60) { case_change_probe(&H); }
 
 Test(galera, lease_race_across_nodes_has_one_winner) { case_lease_race(&LH, 30); }
 Test(galera, lease_settled_across_nodes_has_no_churn) { case_lease_steady(&LH, 3000); }

@@ -134,6 +134,7 @@ static const store_harness H = {
     .query_str = h_query_str,
     .widen_node_sql = "ALTER TABLE node MODIFY host VARCHAR(1000),"
                       " MODIFY node_name VARCHAR(1000), MODIFY status VARCHAR(100)",
+    .settle_ms = 3100, /* store_mariadb.c PROBE_SETTLE_S, in whole seconds of server time */
 };
 
 static double now_ms(void)
@@ -151,6 +152,9 @@ Test(mariadb, long_node_strings_are_truncated_safely) { case_long_node_strings(&
 Test(mariadb, load_monitors_indexes_and_ours_flags) { case_load_monitors(&H); }
 Test(mariadb, apply_moves_of_each_kind) { case_apply_each_kind(&H); }
 Test(mariadb, guard_skips_rows_changed_since_the_plan) { case_guard(&H); }
+Test(mariadb, guard_skips_monitors_switched_on_or_off) { case_guard_active(&H); }
+Test(mariadb, moves_to_many_targets_in_one_apply) { case_many_targets(&H); }
+Test(mariadb, change_probe_notices_every_change, .timeout = 60) { case_change_probe(&H); }
 Test(mariadb, manual_pin_is_never_ours) { case_manual_pin(&H); }
 Test(mariadb, fencing_blocks_every_write) { case_fencing(&H); }
 Test(mariadb, events_are_stored_in_utc) { case_events(&H); }
@@ -300,6 +304,44 @@ Test(mariadb, killed_connection_reconnects_and_keeps_the_lease)
                  err);
     cr_expect(leader);
     cr_expect_eq(g, g1);
+    store_close(s);
+}
+
+/* The change probe is a light touch: it reads no table row (status Rows_read; a full read of
+ * 5,000 monitors reads at least 5,000), and a new session (the server may have restarted and
+ * lost InnoDB's in-memory update times) always means "read again". */
+Test(mariadb, change_probe_reads_no_rows_and_starts_over_on_a_new_session, .timeout = 60)
+{
+    kg_store *s = open_with_schema(&H);
+    insert_monitors(&H, 1, 5000, "n1");
+    kg_nametab tab;
+    nametab_init(&tab);
+    store_monitor_set set;
+    settle(&H);
+    long long before = h_query_int("SELECT variable_value FROM information_schema.global_status"
+                                   " WHERE variable_name = 'ROWS_READ'");
+    load_all(s, &tab, &set);
+    store_free_monitors(&set);
+    long long after_read = h_query_int("SELECT variable_value FROM"
+                                       " information_schema.global_status WHERE variable_name ="
+                                       " 'ROWS_READ'");
+    for (int i = 0; i < 10; i++)
+        cr_expect_not(probe_changed(s), "probe %d", i);
+    long long after_probes = h_query_int("SELECT variable_value FROM"
+                                         " information_schema.global_status WHERE"
+                                         " variable_name = 'ROWS_READ'");
+    cr_expect_geq(after_read - before, 5000, "a full read reads every monitor");
+    cr_expect_lt(after_probes - after_read, 10, "10 probes read %lld rows",
+                 after_probes - after_read);
+
+    char sql[64];
+    snprintf(sql, sizeof(sql), "KILL %lld", store_connection_id());
+    h_exec(sql);
+    cr_expect(probe_changed(s), "a new session must read again");
+    load_all(s, &tab, &set);
+    store_free_monitors(&set);
+    cr_expect_not(probe_changed(s), "read on the new session, nothing changed since");
+    nametab_free(&tab);
     store_close(s);
 }
 

@@ -85,6 +85,7 @@ static const store_harness H = {
     .query_int = h_query_int,
     .query_str = h_query_str,
     .widen_node_sql = NULL, /* SQLite does not enforce VARCHAR lengths */
+    .settle_ms = 0,         /* PRAGMA data_version is exact */
 };
 
 TestSuite(sqlite, .init = setup, .fini = teardown);
@@ -95,6 +96,9 @@ Test(sqlite, long_node_strings_are_truncated_safely) { case_long_node_strings(&H
 Test(sqlite, load_monitors_indexes_and_ours_flags) { case_load_monitors(&H); }
 Test(sqlite, apply_moves_of_each_kind) { case_apply_each_kind(&H); }
 Test(sqlite, guard_skips_rows_changed_since_the_plan) { case_guard(&H); }
+Test(sqlite, guard_skips_monitors_switched_on_or_off) { case_guard_active(&H); }
+Test(sqlite, moves_to_many_targets_in_one_apply) { case_many_targets(&H); }
+Test(sqlite, change_probe_notices_every_change, .timeout = 60) { case_change_probe(&H); }
 Test(sqlite, manual_pin_is_never_ours) { case_manual_pin(&H); }
 Test(sqlite, fencing_blocks_every_write) { case_fencing(&H); }
 Test(sqlite, events_are_stored_in_utc) { case_events(&H); }

@@ -6,7 +6,15 @@
  * monitor runs and why), listens to the /api/events stream (SSE: one frame per history event,
  * plus an `event: snapshot` notice whenever the controller publishes a new picture) and
  * refreshes the status document when told to, and POSTs the actions (also a monitor's move,
- * pin and unpin).
+ * pin and unpin, and the panic guard's override).
+ *
+ * What it says: per node, the problems and pending work in words with their fix (the last
+ * reconcile call's cause, why work waits, told first, a host without a port, not proven yet);
+ * banners for the panic guard, the database, the local history and the page's own
+ * connection.  Up to COMPACT_ABOVE nodes it draws a card per node; above, a compact list
+ * (filter, state chips, problems first) whose rows are updated in place and open into a card,
+ * so 1,000 nodes cost one row each and a chart only where a user asked for one.  Each render
+ * is a User Timing measure ("kg-render"), which the dashboard tests and bench read.
  *
  * Must not: load anything from another host, use inline script/style or innerHTML with data
  * from the server (node names and failure reasons come from the cluster database), or poll
@@ -19,6 +27,10 @@
   const HISTORY_PAGE = 50;
   const HISTORY_MAX_ROWS = 500;       /* a tab left open for weeks keeps only the newest rows */
   const MIN_REFRESH_GAP_MS = 700;     /* snapshots can arrive several times a second */
+  const LARGE_REFRESH_GAP_MS = 2000;  /* the least gap above COMPACT_ABOVE nodes */
+  const MAX_REFRESH_GAP_MS = 10000;
+  const REFRESH_COST_FACTOR = 10;     /* parse + render at most ~10 % of the page's time */
+  const COMPACT_ABOVE = 24;           /* more nodes than this: the compact node list */
   const POLL_WHEN_DOWN_MS = 5000;     /* while the stream is down */
   const SAFETY_POLL_MS = 15000;       /* even with a live stream: notices can be missed, and a
                                        * frozen controller keeps its stream open but silent */
@@ -128,27 +140,78 @@
     return m + ' min ' + Math.round(s % 60) + ' s';
   }
 
+  /* one formatter: Number#toLocaleString builds a new one per call, which at 1,000 nodes was
+   * the dashboard's most expensive function */
+  const INT_FORMAT = new Intl.NumberFormat();
   function fmtInt(n) {
-    return Number.isFinite(n) ? n.toLocaleString() : '—';
+    return Number.isFinite(n) ? INT_FORMAT.format(n) : '—';
   }
 
   function stateInfo(st) {
     return STATES[st] || { label: st || 'Unknown', icon: '?', note: '' };
   }
 
-  /* An element whose text is "N ago" and is refreshed by the clock tick. */
-  function agoSpan(iso, cls) {
-    const t = parseTime(iso);
-    const s = el('span', { class: cls, title: iso || '' });
-    if (t !== null) s.dataset.ago = String(t);
-    s.textContent = fmtAgo(t);
+  /* A span of time in words: "42 s", "3 min 5 s", "2 h 10 min". */
+  function fmtSpan(ms) {
+    let s = Math.max(0, Math.round(ms / 1000));
+    if (s < 60) return s + ' s';
+    const m = Math.floor(s / 60);
+    s %= 60;
+    if (m < 60) return m + ' min' + (s ? ' ' + s + ' s' : '');
+    const h = Math.floor(m / 60);
+    if (h < 48) return h + ' h' + (m % 60 ? ' ' + (m % 60) + ' min' : '');
+    return Math.floor(h / 24) + ' days';
+  }
+
+  /* Spans whose text follows the clock, refreshed by tickClock() once a second:
+   * data-ago = "N ago", data-for = how long since (a duration), data-in = "in N" until. */
+  const TICKS = {
+    ago: (t) => fmtAgo(t),
+    for: (t) => fmtSpan(Date.now() - t),
+    in: (t) => (t - Date.now() < 1000 ? 'now' : 'in ' + fmtSpan(t - Date.now())),
+  };
+
+  function tickSpan(kind, t, cls, title) {
+    const s = el('span', { class: cls, title: title || null });
+    if (t !== null && t !== undefined) {
+      s.dataset[kind] = String(t);
+      s.textContent = TICKS[kind](t);
+    } else {
+      s.textContent = kind === 'ago' ? 'never' : '—';
+    }
     return s;
   }
 
-  function tickAgo() {
-    for (const s of document.querySelectorAll('[data-ago]')) {
-      setText(s, fmtAgo(Number(s.dataset.ago)));
+  /* An element whose text is "N ago" and is refreshed by the clock tick. */
+  function agoSpan(iso, cls) {
+    return tickSpan('ago', parseTime(iso), cls, iso || '');
+  }
+
+  /* Only where clock spans live (banners, tiles, cards): a query over the whole page costs
+   * milliseconds each second once a compact list of 1,000 nodes is on it. */
+  function tickClock() {
+    const roots = [$('banners'), $('summary')];
+    for (const r of S.cards.values()) roots.push(r.root);
+    for (const root of roots) tickWithin(root);
+  }
+
+  function tickWithin(root) {
+    for (const s of root.querySelectorAll('[data-ago],[data-for],[data-in]')) {
+      const kind = s.dataset.ago !== undefined ? 'ago' : s.dataset.for !== undefined ? 'for' : 'in';
+      setText(s, TICKS[kind](Number(s.dataset[kind])));
     }
+  }
+
+  /* Text made of parts: strings, and {ago|for|in: epoch ms} for a span that follows the clock.
+   * JSON of the parts is a key that changes only when what is said changes, not each second. */
+  function partsNodes(parts) {
+    return parts.map((p) => {
+      if (typeof p === 'string') return p;
+      const kind = Object.keys(p)[0];
+      const t = tickSpan(kind, p[kind], 'tick');
+      t.setAttribute('aria-live', 'off'); /* inside an alert: the seconds are not announced */
+      return t;
+    });
   }
 
   /* ------------------------------------------------------------------ HTTP */
@@ -160,10 +223,11 @@
       const r = await fetch(url, Object.assign({ cache: 'no-store', signal: ctl.signal }, opts || {}));
       let body = null;
       const text = await r.text();
+      const t0 = performance.now();
       if (text) {
         try { body = JSON.parse(text); } catch (_) { body = { detail: text.slice(0, 200) }; }
       }
-      return { status: r.status, ok: r.ok, body };
+      return { status: r.status, ok: r.ok, body, parseMs: performance.now() - t0 };
     } finally {
       clearTimeout(timer);
     }
@@ -182,9 +246,14 @@
     historyNext: null,       /* next_before of the last page, null = no more */
     historyLoaded: false,
     freshIds: new Set(),     /* rows that arrived live, highlighted once */
-    cards: new Map(),        /* node_id -> card record */
-    bannerKey: '',
+    cards: new Map(),        /* node_id -> card record (every node, or the expanded ones) */
+    banners: new Map(),      /* banner id -> banner record */
     mon: { cursors: [0], next: null, gen: 0, loaded: false }, /* the monitors view's paging */
+    /* the node view: cards up to COMPACT_ABOVE nodes, a compact list above */
+    nv: { compact: null, q: '', chip: 'all', sort: 'problems', expanded: new Set(), rows: new Map(),
+      order: '', chipKey: '' },
+    cost: 0,                 /* script ms of the last refresh (parse + render) */
+    firstRenderDone: false,
   };
 
   /* ------------------------------------------------------------------ status refresh */
@@ -194,18 +263,30 @@
   let refreshAgain = false;
   let lastRefreshAt = 0;
 
+  /* The status document grows with the cluster (about 1.2 kB a node): with many nodes, and
+   * when parsing and drawing it gets expensive, the page re-reads it less often, so an open
+   * dashboard stays a light load on the browser and on kumaguard. */
+  function refreshGap() {
+    const n = S.status ? S.status.nodes.length : 0;
+    return Math.min(MAX_REFRESH_GAP_MS, Math.max(MIN_REFRESH_GAP_MS,
+      n > COMPACT_ABOVE ? LARGE_REFRESH_GAP_MS : 0, REFRESH_COST_FACTOR * S.cost));
+  }
+
   function scheduleRefresh(soon) {
     if (refreshInFlight) { refreshAgain = true; return; }
     if (refreshTimer) return;
-    const wait = soon ? 0 : Math.max(0, lastRefreshAt + MIN_REFRESH_GAP_MS - Date.now());
+    if (document.hidden && !soon) return; /* a background tab catches up when shown */
+    const wait = soon ? 0 : Math.max(0, lastRefreshAt + refreshGap() - Date.now());
     refreshTimer = setTimeout(() => { refreshTimer = null; refreshStatus(); }, wait);
   }
 
   async function refreshStatus() {
     refreshInFlight = true;
     lastRefreshAt = Date.now();
+    let parseMs = 0;
     try {
       const r = await fetchJSON('api/system-status', { headers: { Accept: 'application/json' } });
+      parseMs = r.parseMs || 0;
       if (!r.ok || !r.body || !Array.isArray(r.body.nodes)) {
         const err = new Error((r.body && (r.body.detail || r.body.error)) || ('HTTP ' + r.status));
         err.httpStatus = r.status;
@@ -222,26 +303,43 @@
         : e && e.name === 'TypeError' ? 'cannot connect (' + e.message + ')' : String(e && e.message || e);
     } finally {
       refreshInFlight = false;
-      render();
+      S.cost = parseMs + render();
       if (refreshAgain) { refreshAgain = false; scheduleRefresh(false); }
     }
   }
 
   /* ------------------------------------------------------------------ rendering */
 
+  /* Returns the script time it took (ms).  Each render is also a User Timing measure
+   * ("kg-render"; the first one with nodes also "kg-first-render" from navigation start), so
+   * its cost can be read in the browser's performance tools and by the dashboard tests. */
   function render() {
+    const t0 = performance.now();
     renderLive();
     renderBanners();
     const s = S.status;
-    if (!s) return;
-    renderHeader(s);
-    renderSummary(s);
-    renderRebalance(s.rebalancing || {});
-    renderCards(s);
-    renderNodeFilter(s.nodes);
-    renderNodeFilter(s.nodes, 'mon-node');
-    tickAgo();
+    if (s) {
+      renderHeader(s);
+      renderSummary(s);
+      renderRebalance(s.rebalancing || {});
+      renderNodes(s);
+      renderNodeFilter(s.nodes);
+      renderNodeFilter(s.nodes, 'mon-node');
+      tickClock();
+    }
+    const t1 = performance.now();
+    if (performance.measure) {
+      const detail = { nodes: s ? s.nodes.length : 0 };
+      performance.measure('kg-render', { start: t0, end: t1, detail });
+      if (s && s.nodes.length && !S.firstRenderDone) {
+        S.firstRenderDone = true;
+        performance.measure('kg-first-render', { start: 0, end: t1, detail });
+      }
+      if (++renderCount % 200 === 0) performance.clearMeasures('kg-render');
+    }
+    return t1 - t0;
   }
+  let renderCount = 0;
 
   function renderHeader(s) {
     const st = (s.cluster && s.cluster.status) || 'unknown';
@@ -291,7 +389,8 @@
       (c.is_leader ? 'acts on the cluster' : 'another instance acts') + (c.leader_generation ? ' · generation ' + c.leader_generation : ''));
 
     const db = s.database || {};
-    setTile('tile-db', db.ok ? 'ok' : 'bad', db.ok ? 'OK' : 'Down',
+    const dbWord = db.ok ? 'OK' : { no_answer: 'No answer', waiting_schema: 'Waiting', connecting: 'Connecting' }[db.state] || 'Down';
+    setTile('tile-db', db.ok ? 'ok' : (db.state === 'waiting_schema' || db.state === 'connecting' ? 'warn' : 'bad'), dbWord,
       (db.backend || 'database') + (db.ok ? (db.errors_total ? ' · ' + db.errors_total + ' errors since start' : ' · connected') : (db.error ? ': ' + db.error : '')));
 
     const lb = s.load_balancer || {};
@@ -321,69 +420,350 @@
     bar.querySelector('.bar-fill').style.width = Math.min(100, Math.max(0, pct)) + '%';
   }
 
-  /* ---- banners: one list rebuilt when its content changes, so screen readers hear changes once */
+  /* ---- banners: each kept by its id and updated in place (a button in it keeps its focus);
+   * their text changes only when what they say changes (clock spans tick silently). */
 
   function currentBanners() {
     const out = [];
     if (S.statusError) {
-      out.push({ tone: 'bad', icon: '!', title: S.statusHttp ? 'Cluster status unavailable' : 'kumaguard is not answering',
-        text: S.statusError + (S.lastOkAt ? ' — showing the picture from ' + fmtClock(S.lastOkAt) + '; it may be out of date.' : '') });
+      out.push({ id: 'status', tone: 'bad', icon: '!', title: S.statusHttp ? 'Cluster status unavailable' : 'kumaguard is not answering',
+        parts: [S.statusError + (S.lastOkAt ? ' — showing the picture from ' + fmtClock(S.lastOkAt) + '; it may be out of date.' : '')] });
     }
     if (S.stream === 'down') {
-      out.push({ tone: 'warn', icon: '!', title: 'Live updates interrupted',
-        text: 'The event stream is disconnected; reconnecting automatically. Meanwhile the page re-reads the status every ' + POLL_WHEN_DOWN_MS / 1000 + ' s.' });
+      out.push({ id: 'stream', tone: 'warn', icon: '!', title: 'Live updates interrupted',
+        parts: ['The event stream is disconnected; reconnecting automatically. Meanwhile the page re-reads the status every ' + POLL_WHEN_DOWN_MS / 1000 + ' s.'] });
     }
     const s = S.status;
     if (s) {
-      const db = s.database || {};
-      if (db.ok === false) {
-        out.push({ tone: 'bad', icon: '!', title: 'Database unavailable',
-          text: (db.backend ? db.backend + ': ' : '') + (db.error || 'no connection') + '. No monitors are moved until it is back; node health is still probed.' });
-      }
-      const cl = s.cluster || {};
-      if (cl.panic) {
-        out.push({ tone: 'bad', icon: '!', title: 'Panic guard engaged',
-          text: (cl.panic_reason ? cl.panic_reason + '. ' : '') + 'With this many nodes failing together, the fault is more likely the controller\'s network or the database, so kumaguard moves no monitors and keeps the nginx upstream as it was.' });
+      const panic = panicBanner(s);
+      if (panic) out.push(panic);
+      const db = databaseBanner(s.database || {});
+      if (db) out.push(db);
+      const h = s.history;
+      if (h && h.ok === false) {
+        out.push({ id: 'history', tone: 'warn', icon: '!', title: 'Local history failing',
+          parts: [(h.error || 'the state directory cannot be written') + '. ' + fmtInt(h.events_lost || 0) + ' event' + (h.events_lost === 1 ? '' : 's') +
+            ' not recorded. Failover and probing go on, but these events are missing from the history below and /health says degraded: free space in kumaguard\'s state directory, or make it writable.'] });
       }
       if (s.controller && s.controller.is_leader === false) {
-        out.push({ tone: 'info', icon: 'i', title: 'Standby controller',
-          text: 'Another kumaguard instance holds the leader lease; it makes the moves. Actions here that move monitors will be refused.' });
+        out.push({ id: 'standby', tone: 'info', icon: 'i', title: 'Standby controller',
+          parts: ['Another kumaguard instance holds the leader lease; it makes the moves. Actions here that move monitors will be refused.'] });
       }
       const setup = s.setup || {};
       if (setup.gated && setup.setup_complete === false) {
         const p = setup.primary_node;
-        out.push({ tone: 'warn', icon: '!', title: p ? 'Setup pending on ' + p : 'First-run setup pending',
-          text: (setup.message || 'No Uptime Kuma user exists yet.') + (p ? ' Reconcile calls wait until then.' : ''),
+        out.push({ id: 'setup', tone: 'warn', icon: '!', title: p ? 'Setup pending on ' + p : 'First-run setup pending',
+          parts: [(setup.message || 'No Uptime Kuma user exists yet.') + (p ? ' Reconcile calls wait until then.' : '')],
           link: setup.setup_url ? { href: setup.setup_url, text: 'Open ' + p + ' to create the first user' } : null });
       }
       const lb = s.load_balancer || {};
       if (lb.enabled && lb.last_reload && lb.last_ok === false) {
-        out.push({ tone: 'warn', icon: '!', title: 'nginx reload failed',
-          text: (lb.last_error || 'the reload command failed') + '. nginx keeps its last good configuration.' });
+        out.push({ id: 'nginx', tone: 'warn', icon: '!', title: 'nginx reload failed',
+          parts: [(lb.last_error || 'the reload command failed') + '. nginx keeps its last good configuration.'] });
       }
     }
     return out;
   }
 
-  function renderBanners() {
-    const list = currentBanners();
-    const key = JSON.stringify(list);
-    if (key === S.bannerKey) return;
-    S.bannerKey = key;
-    const box = $('banners');
-    box.replaceChildren(...list.map((b) => el('div', {
-      class: 'banner banner-' + b.tone,
-      role: b.tone === 'info' ? 'status' : 'alert',
-      dataset: { banner: b.title },
-    }, el('span', { class: 'banner-icon', 'aria-hidden': 'true', text: b.icon }),
-    el('div', null, el('strong', { text: b.title }), el('span', { text: b.text }),
-      b.link ? ' ' : null,
-      b.link ? el('a', { href: b.link.href, rel: 'noopener noreferrer', target: '_blank', text: b.link.text }) : null))));
+  /* The panic guard: since when, how many nodes fail of how many, what it holds, and the
+   * operator's way out (or who took it). */
+  function panicBanner(s) {
+    const cl = s.cluster || {};
+    const pg = (s.fault_detection && s.fault_detection.panic_guard) || null;
+    if (!(pg ? pg.engaged : cl.panic)) return null;
+    const parts = [];
+    const since = pg ? parseTime(pg.since) : null;
+    if (since !== null) parts.push('Since ' + fmtClock(since) + ' (', { ago: since }, '), ');
+    if (pg && pg.nodes_counted) {
+      parts.push(pg.nodes_failing + ' of ' + pg.nodes_counted + ' nodes fail their probes' + (since === null ? '. ' : '. '));
+    } else if (cl.panic_reason) {
+      parts.push(cl.panic_reason + '. ');
+    }
+    if (pg && pg.override) {
+      parts.push('Failover for this outage was allowed by ' + (pg.override_by || 'an operator') +
+        ': the failing nodes\' monitors move to the nodes that still answer, and nginx routes only to those. The guard ends by itself when fewer nodes fail.');
+      return { id: 'panic', tone: 'bad', icon: '!', title: 'Panic guard engaged — failover allowed by ' + (pg.override_by || 'an operator'), parts };
+    }
+    if (pg && pg.nodes_released > 0) {
+      parts.push('It has held longer than KUMAGUARD_PANIC_MAX_HOLD: the failing nodes are released one at a time (' + pg.nodes_released +
+        ' so far), their monitors move. ');
+    } else {
+      parts.push('Nothing moves and nginx keeps its upstream: with this many nodes failing together, the fault is more likely kumaguard\'s own network or the database than the nodes. ');
+    }
+    parts.push('If the nodes really are down, allow failover; it lasts until this outage ends.');
+    return { id: 'panic', tone: 'bad', icon: '!', title: 'Panic guard engaged — nothing moves', parts,
+      action: { id: 'panic-override', label: 'Allow failover for this outage…', run: panicOverride } };
   }
 
-  /* ---- node cards */
+  /* The cluster database: down, not answering, or not ready yet. */
+  function databaseBanner(db) {
+    if (db.ok !== false) return null;
+    const since = parseTime(db.down_since);
+    const retry = parseTime(db.next_retry);
+    const parts = [];
+    let title;
+    if (db.state === 'no_answer') {
+      title = 'Database not answering';
+      parts.push('No answer');
+      if (since !== null) parts.push(' for ', { for: since }, ' (since ' + fmtClock(since) + ')');
+      if (db.error) parts.push(': ' + db.error);
+    } else if (db.state === 'waiting_schema') {
+      title = 'Waiting for the Kuma tables';
+      parts.push(db.error || 'the database has no node and monitor tables yet', ' (the Kuma nodes create them when they first start)');
+    } else if (db.state === 'connecting') {
+      title = 'Connecting to the database';
+      parts.push(db.error || 'not connected yet');
+    } else {
+      title = 'Database down';
+      parts.push((db.backend ? db.backend + ': ' : '') + (db.error || 'no connection'));
+      if (since !== null) parts.push(' — for ', { for: since }, ' (since ' + fmtClock(since) + ')');
+    }
+    parts.push('. Probing and routing continue; monitors do not move until it is back. Retrying every few seconds');
+    if (retry !== null) parts.push(' (next try ', { in: retry }, ')');
+    parts.push('.');
+    return { id: 'database', tone: db.state === 'waiting_schema' || db.state === 'connecting' ? 'warn' : 'bad', icon: '!', title, parts };
+  }
 
-  function renderCards(s) {
+  function renderBanners() {
+    const list = currentBanners();
+    const box = $('banners');
+    const seen = new Set();
+    let prev = null;
+    for (const b of list) {
+      seen.add(b.id);
+      let rec = S.banners.get(b.id);
+      if (!rec) {
+        rec = buildBanner(b.id);
+        S.banners.set(b.id, rec);
+      }
+      updateBanner(rec, b);
+      const want = prev ? prev.nextSibling : box.firstChild;
+      if (want !== rec.root) box.insertBefore(rec.root, want);
+      prev = rec.root;
+    }
+    for (const [id, rec] of S.banners) {
+      if (!seen.has(id)) {
+        rec.root.remove();
+        S.banners.delete(id);
+      }
+    }
+  }
+
+  function buildBanner(id) {
+    const r = { key: null, akey: null };
+    r.icon = el('span', { class: 'banner-icon', 'aria-hidden': 'true' });
+    r.title = el('strong');
+    r.text = el('span', { class: 'banner-text' });
+    r.actions = el('div', { class: 'banner-actions' });
+    r.root = el('div', { dataset: { banner: id } }, r.icon, el('div', { class: 'banner-body' }, r.title, r.text), r.actions);
+    return r;
+  }
+
+  function updateBanner(r, b) {
+    const cls = 'banner banner-' + b.tone;
+    if (r.root.className !== cls) r.root.className = cls;
+    const role = b.tone === 'info' ? 'status' : 'alert';
+    if (r.root.getAttribute('role') !== role) r.root.setAttribute('role', role);
+    setText(r.icon, b.icon);
+    setText(r.title, b.title);
+    const key = JSON.stringify([b.parts, b.link || null]);
+    if (r.key !== key) {
+      r.key = key;
+      r.text.replaceChildren(...partsNodes(b.parts),
+        ...(b.link ? [' ', el('a', { href: b.link.href, rel: 'noopener noreferrer', target: '_blank', text: b.link.text })] : []));
+    }
+    const akey = b.action ? b.action.id : '';
+    if (r.akey !== akey) {
+      r.akey = akey;
+      r.actions.replaceChildren(...(b.action ? [el('button', { type: 'button', class: 'btn btn-danger-solid', id: 'act-' + b.action.id,
+        text: b.action.label, onclick: (e) => b.action.run(e.currentTarget) })] : []));
+    }
+    r.actions.hidden = !b.action;
+  }
+
+  /* ---- what is wrong with a node, or pending on it, in words an operator can act on */
+
+  /* The reconcile scheduler's reasons for waiting (server/reconcile_sched.c), said plainly;
+   * [pattern, words (null = said elsewhere), severity, ends at the node's cron]. */
+  const WAITING = [
+    [/call is in flight/, null, 1, false],
+    [/timed-out call may still be running/, 'timed out: may still be running; waiting for the node before asking again', 2, false],
+    [/cannot be called now/, 'waiting: the node cannot be called now; left to its :00 cron', 1, true],
+    [/after a refused call/, 'waiting: left to the node\'s :00 cron after the refused call', 2, true],
+    [/backing off/, 'waiting: backing off after a failed call', 2, false],
+    [/budget/, 'waiting: KUMA_RECONCILE_BUDGET calls spent in 15 min; left to the node\'s :00 cron', 2, true],
+    [/cron may be running/, 'waiting: the node\'s :00 cron may still be running', 1, false],
+    [/too close to the node's :00 cron/, 'waiting: too close to the node\'s :00 cron; left to it', 1, true],
+  ];
+  const STATE_SEV = { offline: 3, suspect: 2, recovering: 2, unknown: 1, online: 0, draining: 0, maintenance: 0 };
+  const SEV_TONE = ['info', 'info', 'warn', 'bad'];
+  const SEV_ICON = ['i', 'i', '▲', '!'];
+
+  function pendingWords(r) {
+    const w = [];
+    if (r.pending_starts > 0) w.push(fmtInt(r.pending_starts) + ' monitor' + (r.pending_starts === 1 ? '' : 's') + ' to start');
+    if (r.pending_stops > 0) w.push(fmtInt(r.pending_stops) + ' to stop');
+    return w.join(', ');
+  }
+
+  /* -> [{sev 1..3, tone, icon, code, short (plain text), parts (with clock spans)}], worst
+   * first.  sev 3: the operator must fix something; 2: it will not settle by itself soon;
+   * 1: work in progress. */
+  function nodeIssues(n, rise) {
+    const out = [];
+    const add = (sev, code, short, ...more) => out.push({ sev, tone: SEV_TONE[sev], icon: SEV_ICON[sev], code, short, parts: [short, ...more] });
+    if (n.host_problem || n.host_valid === false) {
+      /* never probed, routed or called: nothing else about it means anything */
+      add(3, 'host', n.host_problem || 'host not usable: never probed or routed');
+      return out;
+    }
+    const placeable = n.state === 'online' || n.state === 'suspect';
+    if (n.proven === false && placeable && n.host_valid !== false) {
+      add(1, 'proving', 'proving: not given monitors until ' + (rise ? rise + ' probes pass' : 'its probes pass') +
+        (rise ? ' (' + Math.min(n.consecutive_successes || 0, rise) + ' so far)' : ''));
+    }
+    const r = n.reconcile;
+    if (!r) return out;
+    const cron = parseTime(r.next_cron);
+    const cronPart = cron !== null ? [' (', { in: cron }, ')'] : [];
+    const last = parseTime(r.last_call);
+    const when = last !== null ? [' · ', { ago: last }] : [];
+    const pend = pendingWords(r);
+    switch (r.last_result) {
+      case 'rate_limited':
+        add(3, 'r429', '429: the node\'s API_RATE_LIMIT is spent — raise API_RATE_LIMIT on the nodes', ' (kumaguard and the users behind nginx share it); its :00 cron picks the work up', ...when);
+        break;
+      case 'unauthorized':
+        add(3, 'r401', '401: no first user yet, or KUMA_API_KEY starts with \'Bearer \'', ' — create the first user on the primary node, or give the bare key; its :00 cron picks the work up', ...when);
+        break;
+      case 'http_error':
+        add(3, 'rhttp', 'HTTP ' + (r.last_http_status || '?') + ': the node\'s reconcile failed', '; retried with back-off, then left to its :00 cron', ...when);
+        break;
+      case 'connect_failed':
+        add(2, 'rconn', 'no connection: could not ask the node to reconcile', '; retried with back-off, then left to its :00 cron', ...when);
+        break;
+      default:
+        break;
+    }
+    let waitSaid = false;
+    if (r.last_result === 'timeout') {
+      const still = !!(r.waiting && /timed-out call/.test(r.waiting));
+      add(2, 'rtimeout', still ? 'timed out: may still be running; waiting for the node'
+        : 'timed out: the node may have finished late',
+      (r.last_duration_ms ? ' (no answer within ' + fmtDuration(r.last_duration_ms) + ')' : ''), ...when);
+      waitSaid = still;
+    }
+    /* must_tell holds back a returning node (recovering); on a node that is down it is what
+     * will happen; on a routed node, or one that cannot be called (no KUMA_API_KEY, setup
+     * pending), it holds nothing */
+    const away = n.state === 'offline' || n.state === 'maintenance';
+    if (r.must_tell && away) {
+      add(1, 'tell', 'when it answers again it is told first, and routed only once it dropped what moved away');
+    } else if (r.must_tell && n.state === 'recovering' && !(r.waiting && /cannot be called now/.test(r.waiting))) {
+      add(2, 'tell', 'told first: not routed until it drops what moved away', r.in_flight ? ' (telling it now)' : '');
+    }
+    if (away && r.waiting && /cannot be called now/.test(r.waiting)) {
+      /* a node that does not answer cannot be called: its state says so already */
+    } else if (r.in_flight) {
+      add(1, 'flight', 'asking the node to reconcile' + (pend ? ': ' + pend : ''));
+    } else if (r.waiting && !waitSaid) {
+      const w = WAITING.find(([re]) => re.test(r.waiting));
+      if (!w) add(1, 'wait', 'waiting: ' + r.waiting, pend ? ' — ' + pend : '');
+      else if (w[1]) add(w[2], 'wait', w[1], ...(w[3] ? cronPart : []), pend ? ' — ' + pend : '');
+    } else if (pend && !r.must_tell) {
+      add(1, 'pending', 'pending: ' + pend, ' — the node\'s next :00 cron', ...cronPart);
+    }
+    out.sort((x, y) => y.sev - x.sev);
+    return out;
+  }
+
+  function resultWords(r) {
+    switch (r.last_result) {
+      case 'ok': return 'OK';
+      case 'timeout': return 'timed out';
+      case 'rate_limited': return '429';
+      case 'unauthorized': return '401';
+      case 'http_error': return 'HTTP ' + (r.last_http_status || '?');
+      case 'connect_failed': return 'no connection';
+      default: return r.last_result || 'none';
+    }
+  }
+
+  /* "last OK in 1.3 s · 2 min ago · 12 calls, 3 failed (429 ×2, timed out ×1) · next cron in 23 s" */
+  function reconcileParts(r) {
+    if (!r) return ['—'];
+    const parts = [];
+    const last = parseTime(r.last_call);
+    if (r.calls > 0 && last !== null) {
+      parts.push('last ' + resultWords(r) + (r.last_duration_ms ? ' in ' + fmtDuration(r.last_duration_ms) : '') + ' · ', { ago: last });
+      const why = [];
+      if (r.rate_limited) why.push('429 ×' + r.rate_limited);
+      if (r.unauthorized) why.push('401 ×' + r.unauthorized);
+      if (r.timeouts) why.push('timed out ×' + r.timeouts);
+      parts.push(' · ' + fmtInt(r.calls) + ' call' + (r.calls === 1 ? '' : 's') +
+        (r.failures ? ', ' + fmtInt(r.failures) + ' failed' + (why.length ? ' (' + why.join(', ') + ')' : '') : ''));
+    } else {
+      parts.push('no call yet');
+    }
+    if (r.left_to_cron) parts.push(' · ' + fmtInt(r.left_to_cron) + ' left to the cron');
+    const cron = parseTime(r.next_cron);
+    if (cron !== null) parts.push(' · next cron ', { in: cron });
+    return parts;
+  }
+
+  /* Per node: the node, its issues, and how bad it is (for sorting and the Problems filter). */
+  function nodeInfos(s) {
+    const rise = s.health_check && s.health_check.config ? s.health_check.config.rise : null;
+    return s.nodes.map((n) => {
+      const issues = nodeIssues(n, rise);
+      const st = STATE_SEV[n.state];
+      return { n, issues, sev: Math.max(st === undefined ? 1 : st, issues.length ? issues[0].sev : 0) };
+    });
+  }
+
+  function issueItem(i) {
+    return el('li', { class: 'issue issue-' + i.tone, dataset: { code: i.code } },
+      el('span', { class: 'issue-icon', 'aria-hidden': 'true', text: i.icon }),
+      el('span', { class: 'issue-text' }, ...partsNodes(i.parts)));
+  }
+
+  /* ---- the node view: one card per node up to COMPACT_ABOVE nodes; above, a compact list
+   * (filter, state chips, problems first) whose rows are updated in place and open into the
+   * full card, chart included, only for the nodes a user expands. */
+
+  function renderNodes(s) {
+    const compact = s.nodes.length > COMPACT_ABOVE;
+    if (compact !== S.nv.compact) switchNodeView(compact);
+    const infos = nodeInfos(s);
+    if (compact) renderList(s, infos);
+    else renderCards(s, infos);
+    const limit = s.cluster && s.cluster.monitor_limit;
+    setText($('nodes-note'), (limit ? 'limit ' + fmtInt(limit) + ' monitors per node' : '') +
+      (compact ? (limit ? ' · ' : '') + 'compact view above ' + COMPACT_ABOVE + ' nodes: open a node for its card and latency chart' : ''));
+  }
+
+  function dropCard(rec) {
+    if (rec.chart) rec.chart.destroy();
+    if (rec.ro) rec.ro.disconnect();
+    rec.root.remove();
+  }
+
+  function switchNodeView(compact) {
+    const nv = S.nv;
+    nv.compact = compact;
+    $('cards').hidden = compact;
+    $('node-tools').hidden = !compact;
+    $('node-list-wrap').hidden = !compact;
+    for (const rec of S.cards.values()) dropCard(rec);
+    S.cards.clear();
+    for (const rec of nv.rows.values()) rec.root.remove();
+    nv.rows.clear();
+    nv.expanded.clear();
+    nv.order = '';
+    nv.chipKey = '';
+  }
+
+  function renderCards(s, infos) {
     const cards = $('cards');
     const seen = new Set();
     const empty = $('cards-empty');
@@ -394,7 +774,8 @@
       empty.hidden = true;
     }
     let prev = null;
-    for (const n of s.nodes) {
+    for (const x of infos) {
+      const n = x.n;
       seen.add(n.node_id);
       let rec = S.cards.get(n.node_id);
       if (!rec) {
@@ -404,21 +785,237 @@
       /* keep the snapshot's order (sorted by id) */
       const want = prev ? prev.nextSibling : cards.firstChild;
       if (want !== rec.root) cards.insertBefore(rec.root, want);
-      updateCard(rec, n, s);
+      updateCard(rec, n, s, x.issues);
       prev = rec.root;
     }
     for (const [id, rec] of S.cards) {
       if (!seen.has(id)) {
-        if (rec.chart) rec.chart.destroy();
-        if (rec.ro) rec.ro.disconnect();
-        rec.root.remove();
+        dropCard(rec);
         S.cards.delete(id);
       }
     }
-    const note = $('nodes-note');
-    const limit = s.cluster && s.cluster.monitor_limit;
-    setText(note, limit ? 'limit ' + fmtInt(limit) + ' monitors per node' : '');
   }
+
+  /* ---- the compact list */
+
+  const CHIPS = ['all', 'problems', 'online', 'suspect', 'offline', 'recovering', 'draining', 'maintenance', 'unknown'];
+  /* Node ids in natural order (n2 before n10); ranks are recomputed only when the ids change,
+   * so sorting 1,000 rows on each update compares numbers. */
+  const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: 'base' });
+  const idRank = { key: '', rank: new Map() };
+  function rankIds(infos) {
+    const key = infos.map((x) => x.n.node_id).join('\n');
+    if (key === idRank.key) return;
+    idRank.key = key;
+    const ids = infos.map((x) => x.n.node_id).sort(collator.compare);
+    idRank.rank = new Map(ids.map((id, i) => [id, i]));
+  }
+  const byId = (a, b) => idRank.rank.get(a.n.node_id) - idRank.rank.get(b.n.node_id);
+  const SORTS = {
+    problems: (a, b) => b.sev - a.sev || byId(a, b),
+    id: byId,
+    load: (a, b) => (b.n.monitors_effective || 0) - (a.n.monitors_effective || 0) || byId(a, b),
+    latency: (a, b) => latencyRank(b.n) - latencyRank(a.n) || byId(a, b),
+  };
+
+  function latencyRank(n) {
+    if ((n.consecutive_failures || 0) > 0) return Infinity; /* no answer: the slowest */
+    return Number.isFinite(n.last_latency_ms) ? n.last_latency_ms : -1;
+  }
+
+  function nodeMatches(x) {
+    const nv = S.nv;
+    if (nv.chip === 'problems' ? x.sev < 2 : nv.chip !== 'all' && x.n.state !== nv.chip) return false;
+    if (!nv.q) return true;
+    const q = nv.q;
+    return x.n.node_id.toLowerCase().includes(q) || (x.n.host || '').toLowerCase().includes(q) ||
+      (x.n.name || '').toLowerCase().includes(q);
+  }
+
+  function renderList(s, infos) {
+    const nv = S.nv;
+    const counts = { all: infos.length, problems: 0 };
+    for (const x of infos) {
+      counts[x.n.state] = (counts[x.n.state] || 0) + 1;
+      if (x.sev >= 2) counts.problems++;
+    }
+    renderChips(counts);
+
+    rankIds(infos);
+    const sorted = infos.slice().sort(SORTS[nv.sort] || SORTS.problems);
+    const limit = (s.cluster && s.cluster.monitor_limit) || 0;
+    const list = $('node-list');
+    const seen = new Set();
+    let shown = 0;
+    for (const x of sorted) {
+      const id = x.n.node_id;
+      seen.add(id);
+      let rec = nv.rows.get(id);
+      if (!rec) {
+        rec = buildRow(id);
+        nv.rows.set(id, rec);
+        list.append(rec.root);
+        nv.order = ''; /* place it */
+      }
+      updateRow(rec, x, limit);
+      const vis = nodeMatches(x);
+      if (rec.root.hidden === vis) rec.root.hidden = !vis;
+      if (vis) shown++;
+      if (rec.card) updateCard(rec.card, x.n, s, x.issues);
+    }
+    for (const [id, rec] of nv.rows) {
+      if (!seen.has(id)) {
+        if (rec.card) { dropCard(rec.card); S.cards.delete(id); }
+        rec.root.remove();
+        nv.rows.delete(id);
+        nv.expanded.delete(id);
+      }
+    }
+    /* Reorder only when the order changed, and not under the keyboard: moving the row that
+     * has the focus would drop it.  The next render after the focus leaves catches up. */
+    const order = sorted.map((x) => x.n.node_id).join('\n');
+    if (order !== nv.order && !list.contains(document.activeElement)) {
+      nv.order = order;
+      let prev = null;
+      for (const x of sorted) {
+        const root = nv.rows.get(x.n.node_id).root;
+        const want = prev ? prev.nextSibling : list.firstChild;
+        if (want !== root) list.insertBefore(root, want);
+        prev = root;
+      }
+    }
+    setText($('node-count'), shown === infos.length ? fmtInt(shown) + ' nodes'
+      : 'Showing ' + fmtInt(shown) + ' of ' + fmtInt(infos.length) + ' nodes');
+    $('node-list-empty').hidden = shown > 0;
+  }
+
+  function renderChips(counts) {
+    const nv = S.nv;
+    const keys = CHIPS.filter((k) => k === 'all' || k === 'problems' || counts[k] > 0 || nv.chip === k);
+    const box = $('node-chips');
+    if (keys.join() !== nv.chipKey) {
+      nv.chipKey = keys.join();
+      box.replaceChildren(...keys.map((k) => el('button', { type: 'button', class: 'chip' + (STATES[k] ? ' st-' + k : k === 'problems' ? ' chip-problems' : ''), dataset: { chip: k } },
+        STATES[k] ? el('span', { class: 'chip-icon', 'aria-hidden': 'true', text: STATES[k].icon }) : null,
+        el('span', { class: 'chip-label', text: k === 'all' ? 'All' : k === 'problems' ? 'Problems' : STATES[k].label }),
+        el('span', { class: 'chip-count' }))));
+    }
+    for (const b of box.children) {
+      const k = b.dataset.chip;
+      setText(b.lastChild, fmtInt(counts[k] || 0));
+      const pressed = String(k === nv.chip);
+      if (b.getAttribute('aria-pressed') !== pressed) b.setAttribute('aria-pressed', pressed);
+    }
+  }
+
+  /* One row, cloned from a template (cheaper than building 1,000 rows element by element). */
+  let rowTemplate = null;
+
+  function buildRow(id) {
+    if (!rowTemplate) {
+      rowTemplate = el('li', { class: 'nrow' },
+        el('span', { class: 'nr-state' }, el('span', { class: 'nr-icon', 'aria-hidden': 'true' }), el('span', { class: 'nr-label' })),
+        el('span', { class: 'nr-node' }, el('button', { type: 'button', class: 'nr-toggle', 'aria-expanded': 'false' },
+          el('span', { class: 'nr-caret', 'aria-hidden': 'true', text: '▸' }), el('span', { class: 'nr-id' }))),
+        el('span', { class: 'nr-host' }),
+        el('span', { class: 'nr-load' }, el('span', { class: 'bar' }, el('span', { class: 'bar-fill' })), el('span', { class: 'nr-count' })),
+        el('span', { class: 'nr-lat' }),
+        el('span', { class: 'nr-issue' }, el('span', { class: 'nr-issue-icon', 'aria-hidden': 'true' }), el('span', { class: 'nr-issue-text' })));
+    }
+    const root = rowTemplate.cloneNode(true);
+    const [state, node, host, load, lat, issue] = root.children;
+    const rec = {
+      id, root, key: '', card: null,
+      icon: state.firstChild, label: state.lastChild,
+      toggle: node.firstChild, host, fill: load.firstChild.firstChild, count: load.lastChild, lat,
+      issue, issueIcon: issue.firstChild, issueText: issue.lastChild,
+    };
+    root.dataset.node = id;
+    setText(rec.toggle.lastChild, id);
+    return rec;
+  }
+
+  function updateRow(rec, x, clusterLimit) {
+    const n = x.n;
+    const st = STATES[n.state] ? n.state : 'unknown';
+    const eff = n.monitors_effective || 0;
+    const limit = n.monitor_limit || clusterLimit || 0;
+    const fails = n.consecutive_failures || 0;
+    const lat = fails > 0 ? 'no answer' : fmtLatency(n.last_latency_ms);
+    const top = rowProblem(n, x.issues);
+    const key = st + '\n' + (n.host || '') + '\n' + eff + '\n' + limit + '\n' + lat + '\n' + x.sev + '\n' +
+      (top ? top.sev + top.short + '\n' + x.issues.length : '');
+    if (key === rec.key) return;
+    rec.key = key;
+    const info = stateInfo(st);
+    const cls = 'nrow st-' + st + (x.sev >= 2 ? ' has-problem' : '');
+    if (rec.root.className !== cls) rec.root.className = cls;
+    rec.root.dataset.state = st;
+    setText(rec.icon, info.icon);
+    setText(rec.label, info.label);
+    setText(rec.host, n.host || 'no host');
+    const pct = limit > 0 ? (100 * eff) / limit : 0;
+    rec.fill.style.width = Math.min(100, pct) + '%';
+    const fillCls = 'bar-fill ' + (pct >= 90 ? 'fill-bad' : pct >= 75 ? 'fill-warn' : 'fill-ok');
+    if (rec.fill.className !== fillCls) rec.fill.className = fillCls;
+    setText(rec.count, fmtInt(eff) + ' / ' + fmtInt(limit));
+    setText(rec.lat, lat);
+    rec.lat.classList.toggle('is-bad', fails > 0);
+    if (top) {
+      rec.issue.className = 'nr-issue issue-' + top.tone;
+      setText(rec.issueIcon, top.icon);
+      const more = x.issues.length - (top.fromState ? 0 : 1);
+      setText(rec.issueText, top.short + (more > 0 ? ' (+' + more + ')' : ''));
+      rec.issue.title = (top.fromState ? [top] : []).concat(x.issues).map((i) => i.parts.filter((p) => typeof p === 'string').join('')).join('\n');
+    } else {
+      rec.issue.className = 'nr-issue';
+      setText(rec.issueIcon, '');
+      setText(rec.issueText, '');
+      rec.issue.removeAttribute('title');
+    }
+  }
+
+  /* What a row says in its Problem column: the worst problem line, or, when the node's state
+   * is worse than any of them, why its probes fail. */
+  function rowProblem(n, issues) {
+    const top = issues[0] || null;
+    const sev = STATE_SEV[n.state] || 0;
+    if (sev < 2 || (top && top.sev >= sev)) return top;
+    const short = n.state === 'recovering'
+      ? 'recovering: ' + (n.consecutive_successes || 0) + ' probes passed'
+      : 'probes fail: ' + (n.last_failure_reason || 'no answer');
+    return { sev, tone: SEV_TONE[sev], icon: SEV_ICON[sev], short, parts: [short], fromState: true };
+  }
+
+  function toggleRow(id) {
+    const nv = S.nv;
+    const rec = nv.rows.get(id);
+    if (!rec) return;
+    if (rec.card) {
+      dropCard(rec.card);
+      S.cards.delete(id);
+      rec.card = null;
+      nv.expanded.delete(id);
+      rec.toggle.setAttribute('aria-expanded', 'false');
+      rec.root.classList.remove('is-open');
+      return;
+    }
+    const n = nodeById(id);
+    if (!n) return;
+    const x = nodeInfos({ nodes: [n], health_check: S.status.health_check })[0];
+    rec.card = buildCard(n);
+    rec.card.root.classList.add('card-in-list');
+    rec.card.root.id = 'node-detail-' + id;
+    rec.toggle.setAttribute('aria-controls', rec.card.root.id);
+    S.cards.set(id, rec.card);
+    nv.expanded.add(id);
+    rec.root.append(rec.card.root);
+    rec.toggle.setAttribute('aria-expanded', 'true');
+    rec.root.classList.add('is-open');
+    updateCard(rec.card, n, S.status, x.issues);
+  }
+
+  /* ---- node cards */
 
   function fact(label, field, wide) {
     const dd = el('dd', { dataset: { f: field } });
@@ -428,7 +1025,7 @@
   function buildCard(n) {
     const id = n.node_id;
     const titleId = 'card-title-' + id;
-    const r = { id, f: {} };
+    const r = { id, f: {}, issuesKey: null, reconcileKey: null };
     r.badgeIcon = el('span', { class: 'badge-icon', 'aria-hidden': 'true' });
     r.badgeText = el('span', { class: 'badge-text' });
     r.badge = el('span', { class: 'badge', dataset: { field: 'state' } }, r.badgeIcon, r.badgeText);
@@ -436,9 +1033,10 @@
     r.title = el('h3', { id: titleId }, el('span', { class: 'card-name' }), r.tags);
     r.host = el('div', { class: 'card-host' });
     r.note = el('div', { class: 'card-state-note' });
+    r.issues = el('ul', { class: 'issues', 'aria-label': 'Problems and pending work on ' + id });
     const facts = [
       fact('Latency', 'latency'), fact('Failures', 'fails'), fact('Last seen', 'seen'),
-      fact('Last failure', 'failure', true),
+      fact('Last failure', 'failure', true), fact('Reconcile calls', 'reconcile', true),
     ];
     for (const fa of facts) r.f[fa.dd.dataset.f] = fa.dd;
     r.chartEl = el('div', { class: 'chart', role: 'img' });
@@ -460,6 +1058,7 @@
     r.root = el('article', { class: 'card', 'aria-labelledby': titleId, dataset: { node: id } },
       el('div', { class: 'card-head' }, el('div', { class: 'card-title' }, r.title, r.host), r.badge),
       r.note,
+      r.issues,
       el('dl', { class: 'facts' }, ...facts.map((fa) => fa.wrap)),
       el('div', { class: 'chart-box' },
         el('div', { class: 'chart-caption' }, el('span', { text: 'Probe latency' }), r.chartRange),
@@ -472,10 +1071,10 @@
     return r;
   }
 
-  function updateCard(r, n, s) {
+  function updateCard(r, n, s, issues) {
     const st = n.state || 'unknown';
     const info = stateInfo(st);
-    r.root.className = 'card st-' + (STATES[st] ? st : 'unknown');
+    r.root.className = 'card st-' + (STATES[st] ? st : 'unknown') + (r.root.classList.contains('card-in-list') ? ' card-in-list' : '');
     r.root.dataset.state = st;
     setText(r.badgeIcon, info.icon);
     setText(r.badgeText, info.label);
@@ -488,8 +1087,19 @@
     setText(r.host, n.host || 'no host');
 
     const since = parseTime(n.state_since);
-    r.note.replaceChildren(info.note + (since ? ' · since ' + fmtClock(since) + ' (' : ''),
+    const pg = s.fault_detection && s.fault_detection.panic_guard;
+    const held = pg && pg.engaged && !pg.override && n.host_valid !== false && (st === 'offline' || st === 'suspect');
+    /* under the panic guard a failing node keeps its monitors and its place in nginx */
+    const note = held ? 'Failing its probes, but the panic guard holds: nothing moves off it and nginx keeps its upstream' : info.note;
+    r.note.replaceChildren(note + (since ? ' · since ' + fmtClock(since) + ' (' : ''),
       ...(since ? [agoSpan(n.state_since), ')'] : []));
+
+    const ikey = JSON.stringify(issues.map((i) => [i.tone, i.code, i.parts]));
+    if (ikey !== r.issuesKey) {
+      r.issuesKey = ikey;
+      r.issues.replaceChildren(...issues.map(issueItem));
+      r.issues.hidden = issues.length === 0;
+    }
 
     const fails = n.consecutive_failures || 0;
     /* the last latency of a node that stopped answering would look like good news */
@@ -505,6 +1115,13 @@
     } else {
       r.f.failure.className = 'reason';
       r.f.failure.replaceChildren('none recorded');
+    }
+    const rparts = reconcileParts(n.reconcile);
+    const rkey = JSON.stringify(rparts);
+    if (rkey !== r.reconcileKey) {
+      r.reconcileKey = rkey;
+      r.f.reconcile.className = 'reason';
+      r.f.reconcile.replaceChildren(...partsNodes(rparts));
     }
 
     updateChart(r, n);
@@ -723,9 +1340,30 @@
     return row;
   }
 
+  /* Rows are kept by event id: a live event adds its row, it does not rebuild the table (a
+   * busy large cluster sends many). */
+  const historyRowsById = new Map();
+
   function renderHistory() {
     const evs = [...S.history.values()].sort((a, b) => b.id - a.id);
-    $('history-body').replaceChildren(...evs.map(historyRow));
+    const body = $('history-body');
+    for (const [id, row] of historyRowsById) {
+      if (!S.history.has(id)) {
+        row.remove();
+        historyRowsById.delete(id);
+      }
+    }
+    let prev = null;
+    for (const ev of evs) {
+      let row = historyRowsById.get(ev.id);
+      if (!row) {
+        row = historyRow(ev);
+        historyRowsById.set(ev.id, row);
+      }
+      const want = prev ? prev.nextSibling : body.firstChild;
+      if (want !== row) body.insertBefore(row, want);
+      prev = row;
+    }
     S.freshIds.clear();
     $('history-empty').hidden = evs.length > 0;
     $('history-more').hidden = !S.historyNext;
@@ -881,7 +1519,7 @@
       return null;
     } finally {
       if (button) { button.disabled = false; button.removeAttribute('aria-busy'); }
-      if (S.status) renderCards(S.status); /* restores the per-state disabled buttons */
+      if (S.status) renderNodes(S.status); /* restores the per-state disabled buttons */
     }
   }
 
@@ -913,6 +1551,19 @@
     ], 'Force rebalance all', true);
     if (!ok) return;
     await postAction('api/force-rebalance-all', { confirm: 'force-rebalance-all' }, 'Force rebalance all', $('act-force'));
+  }
+
+  async function panicOverride(button) {
+    const pg = S.status && S.status.fault_detection ? S.status.fault_detection.panic_guard || {} : {};
+    const failing = pg.nodes_failing, counted = pg.nodes_counted;
+    const ok = await confirmDialog('Allow failover for this outage?', [
+      (failing && counted ? failing + ' of ' + counted + ' nodes fail their probes. ' : '') +
+        'The panic guard holds their monitors where they are, because a fault this wide is more often kumaguard\'s own network or the database than the nodes.',
+      'Allowing failover moves the failing nodes\' monitors to the nodes that still answer and takes the failing nodes out of nginx. If the nodes are in fact fine, their monitors will run on fewer nodes until the outage ends and they move back.',
+      'This lasts for this outage only: the guard arms itself again once fewer nodes fail.',
+    ], 'Allow failover', true);
+    if (!ok) return;
+    await postAction('api/panic-override', { confirm: 'move-monitors-during-outage' }, 'Allow failover for this outage', button);
   }
 
   /* ------------------------------------------------------------------ monitors */
@@ -1079,6 +1730,31 @@
     $('mon-next').addEventListener('click', () => loadMonitors('next'));
     $('mon-prev').addEventListener('click', () => loadMonitors('prev'));
 
+    /* the compact node list: filter, state chips, sort, and a row's toggle (one listener each) */
+    const rerenderNodes = () => { if (S.status) renderNodes(S.status); };
+    let nodeQTimer = null;
+    $('node-q').addEventListener('input', () => {
+      clearTimeout(nodeQTimer);
+      nodeQTimer = setTimeout(() => { S.nv.q = $('node-q').value.trim().toLowerCase(); rerenderNodes(); }, 120);
+    });
+    $('node-filters').addEventListener('submit', (e) => e.preventDefault());
+    $('node-sort').addEventListener('change', () => { S.nv.sort = $('node-sort').value; S.nv.order = ''; rerenderNodes(); });
+    $('node-chips').addEventListener('click', (e) => {
+      const b = e.target.closest('button[data-chip]');
+      if (!b) return;
+      S.nv.chip = b.dataset.chip;
+      rerenderNodes();
+    });
+    $('node-list').addEventListener('click', (e) => {
+      const b = e.target.closest('button.nr-toggle');
+      if (b) toggleRow(b.closest('li.nrow').dataset.node);
+    });
+    /* rows are not moved while the focus is in the list; put them in order once it leaves */
+    $('node-list').addEventListener('focusout', (e) => {
+      if (!e.relatedTarget || !$('node-list').contains(e.relatedTarget)) setTimeout(rerenderNodes, 0);
+    });
+    document.addEventListener('visibilitychange', () => { if (!document.hidden) scheduleRefresh(true); });
+
     const mq = window.matchMedia ? window.matchMedia('(prefers-color-scheme: dark)') : null;
     if (mq && mq.addEventListener) mq.addEventListener('change', rebuildCharts);
 
@@ -1086,7 +1762,7 @@
     refreshStatus();
     loadHistory(false);
     loadMonitors('first');
-    setInterval(tickAgo, 1000);
+    setInterval(tickClock, 1000);
     setInterval(() => { if (S.stream !== 'live') scheduleRefresh(true); }, POLL_WHEN_DOWN_MS);
     setInterval(() => scheduleRefresh(false), SAFETY_POLL_MS);
   }
