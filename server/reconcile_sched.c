@@ -302,7 +302,7 @@ int64_t rsched_room_ms(rsched_node *n, const rsched_cfg *c, bool callable,
             return 0; /* the last cron may still run */
         room = next - c->cron_skew_ms - now - worst;
     }
-    return room > 0 ? room : 0;
+    return room > 0 ? room / (n->slow_factor > 1 ? n->slow_factor : 1) : 0;
 }
 
 void rsched_finish(rsched_node *n, const rsched_cfg *c, rsched_result r, int http_status,

@@ -149,8 +149,8 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
 void rsched_finish(rsched_node *n, const rsched_cfg *c, rsched_result r, int http_status,
                    int64_t now_ms, int64_t wall_offset_ms);
 
-/* Pacing (rule 4 seen from the other side): how much more worst-case work, in ms, the node
- * can be given now so that a reconcile of everything pending still ends before its next cron
+/* Pacing (rule 4 seen from the other side): how much more worst-case work, in ms of the
+ * configured costs (a node counted slower gets that much less), the node can be given now so that a reconcile of everything pending still ends before its next cron
  * starts — by our call when `callable`, else by that cron, which must end before the one after
  * it.  0 while a call is in flight or may still be running, or inside a cron window.  Moves
  * beyond it wait: a node asked to start more than it can before :00 would have its cron

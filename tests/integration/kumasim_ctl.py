@@ -11,6 +11,7 @@ asks for a fresh cluster.
     with Kumasim("node1", store=cluster) as node:
         assert node.reconcile("any-key") == 200     # answers when the whole reconcile is done
         node.copies()                               # {monitor id: copies checking on this node}
+        node.timeline()                             # every copy's start/stop time (epoch ms)
         node.set_mode("503")
         node.freeze()   # SIGSTOP: accepts connections, never answers (and misses its cron)
         node.thaw()
@@ -153,6 +154,31 @@ class _NodeApi:
         """Reconcile runs, finished (oldest first) then in progress; ids > since."""
         return self._json("GET", "/_sim/runs?since=%d" % since)["runs"]
 
+    def timeline(self, monitor_id=None):
+        """GET /_sim/timeline: every copy of each monitor this node ran since the record began
+        (or runs now), with real-clock start/stop times in epoch ms.  Returns the parsed answer:
+        {"nodeId", "since_ms", "now_ms", "cap", "events", "dropped",
+         "monitors": [{"id", "copies": [{"copy", "start_ms", "stop_ms", "leaked_ms",
+                                         "started_by", "stopped_by", "running", "listed"}]}]}
+        start_ms None: began before since_ms (or its event was pushed out of the ring, which
+        "dropped" counts); stop_ms None: still running (a leaked copy never stops)."""
+        path = "/_sim/timeline" if monitor_id is None else "/_sim/timeline?id=%d" % monitor_id
+        return self._json("GET", path, timeout=30.0)
+
+    def copy_intervals(self):
+        """{monitor id: [(start_ms or None, stop_ms or None, leaked), ...]} from timeline()."""
+        return {m["id"]: [(c["start_ms"], c["stop_ms"], c["leaked_ms"] is not None or
+                           (c["running"] and not c["listed"])) for c in m["copies"]]
+                for m in self.timeline()["monitors"]}
+
+    def clear_timeline(self):
+        """Forgets the record; it begins again now (copies running stay reported)."""
+        return self._json("POST", "/_sim/timeline?clear=1")
+
+    def set_timeline_cap(self, cap):
+        """Keeps at most `cap` events (0 = no record); the newest are kept."""
+        return self._json("POST", "/_sim/timeline?cap=%d" % cap)
+
     def set_clock(self, skew_ms=None, next_cron_in_ms=None):
         """Sets the node clock's skew, or places its next :00 next_cron_in_ms from now.
         Returns {clock_skew_ms, node_clock_ms, cron_phase_ms, next_cron_ms}."""
@@ -199,7 +225,7 @@ class _Process:
 
     def _base_args(self, store, sqlite_path, instant, api_key, setup_done, primary, node_host,
                    rate_limit, rate_window_ms, delay_scale, seed, clock_skew_ms, cron,
-                   cron_phase_ms, mode, slow_ms, pidfile, threads):
+                   cron_phase_ms, mode, slow_ms, pidfile, threads, timeline_cap=None):
         args = []
         if instant:
             args.append("--instant")
@@ -228,7 +254,7 @@ class _Process:
                             ("--clock-skew-ms", clock_skew_ms),
                             ("--cron-phase-ms", cron_phase_ms), ("--mode", mode),
                             ("--slow-ms", slow_ms), ("--pidfile", pidfile),
-                            ("--threads", threads)):
+                            ("--threads", threads), ("--timeline-cap", timeline_cap)):
             if value is not None:
                 args += [flag, str(value)]
         return args
@@ -369,8 +395,8 @@ class Kumasim(_Process, _NodeApi):
                  instant=False, api_key=None, setup_done=True, primary=False, node_host=None,
                  rate_limit=None, rate_window_ms=None, delay_scale=None, seed=None,
                  clock_skew_ms=None, cron=True, cron_phase_ms=None, mode=None, slow_ms=None,
-                 pidfile=None, threads=None, extra_args=(), binary=None, start=True,
-                 startup_timeout=10.0, env=None):
+                 pidfile=None, threads=None, timeline_cap=None, extra_args=(), binary=None,
+                 start=True, startup_timeout=10.0, env=None):
         _Process.__init__(self, binary, startup_timeout, env)
         self.node_id = node_id
         self.host = host
@@ -380,7 +406,8 @@ class Kumasim(_Process, _NodeApi):
         self.options = self._base_args(store, sqlite_path, instant, api_key, setup_done,
                                        primary, node_host, rate_limit, rate_window_ms,
                                        delay_scale, seed, clock_skew_ms, cron, cron_phase_ms,
-                                       mode, slow_ms, pidfile, threads) + list(extra_args)
+                                       mode, slow_ms, pidfile, threads,
+                                       timeline_cap) + list(extra_args)
         if start:
             self.start()
 
@@ -428,8 +455,8 @@ class KumasimFleet(_Process):
                  sqlite_path=None, instant=False, setup_done=True, primary=False,
                  node_host="listen", rate_limit=None, rate_window_ms=None, delay_scale=None,
                  seed=None, clock_skew_ms=None, cron=True, cron_phase_ms=None, mode=None,
-                 threads=None, extra_args=(), binary=None, start=True, startup_timeout=60.0,
-                 env=None):
+                 threads=None, timeline_cap=None, extra_args=(), binary=None, start=True,
+                 startup_timeout=60.0, env=None):
         _Process.__init__(self, binary, startup_timeout, env)
         self.count = count
         self.prefix = prefix
@@ -439,7 +466,7 @@ class KumasimFleet(_Process):
         self.options = self._base_args(store, sqlite_path, instant, None, setup_done, primary,
                                        node_host, rate_limit, rate_window_ms, delay_scale, seed,
                                        clock_skew_ms, cron, cron_phase_ms, mode, None, None,
-                                       threads) + list(extra_args)
+                                       threads, timeline_cap) + list(extra_args)
         if start:
             self.start()
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from kg_harness import seed_monitors, wait_until
+from kg_harness import SqliteCluster, seed_monitors, wait_until
 from kumasim_ctl import FleetNode, Kumasim, KumasimError, KumasimFleet, find_binary
 
 KEY = "any-value-a-real-node-never-checks"
@@ -241,6 +241,125 @@ def test_a_call_that_fails_on_the_database_answers_500(tmp_path):
         run = node.runs()[-1]
         assert run["result"] == "db_error" and "monitor" in run["error"]
         assert node.stats()["reconcile_errors"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The timeline: when each copy began and stopped checking
+# ------------------------------------------------------------------------------------------------
+
+def now_ms():
+    """Real-clock epoch ms, rounded down as kumasim's are (so `now_ms() <= later kumasim time`)."""
+    return int(time.time() * 1000)
+
+
+def copies_of(node, monitor_id):
+    mons = node.timeline(monitor_id)["monitors"]
+    return mons[0]["copies"] if mons else []
+
+
+def test_the_timeline_has_each_copy_start_and_stop_on_the_real_clock(tmp_path, procs):
+    cluster = SqliteCluster(str(tmp_path / "kuma.db"))
+    t_boot = now_ms()
+    # the node clock an hour ahead: the record stays on the real clock
+    node = Kumasim("node1", store=cluster, cron=False, clock_skew_ms=3600000)
+    procs.append(node)
+    ids = seed_monitors(cluster, ["node2"] * 6)
+    cluster.execute("UPDATE monitor SET node_id = 'node1' WHERE id = %s", (ids[0],))
+    node.restart_process()             # starts monitor 1 at boot
+    t_restart = now_ms()
+    (boot_copy,) = copies_of(node, ids[0])
+    assert boot_copy["started_by"] == "boot" and t_boot <= boot_copy["start_ms"] <= t_restart
+
+    assign(cluster, ids[1:], "node1")  # five moved in
+    t0 = now_ms()
+    assert node.reconcile(KEY) == 200
+    t1 = now_ms()
+    run = node.runs()[-1]
+    starts = []
+    for i in ids[1:]:
+        (c,) = copies_of(node, i)
+        assert c["started_by"] == "run" and c["running"] and c["listed"], c
+        assert c["stop_ms"] is None and c["leaked_ms"] is None
+        starts.append(c["start_ms"])
+    # each start is a step of the run: after the run began, ascending by id, a 100-300 ms
+    # sleep after each, all before the answer
+    assert t0 - 5 <= run["start_ms"] <= starts[0] and starts[-1] <= run["end_ms"] <= t1 + 5
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert all(95 <= g <= 320 for g in gaps), gaps
+
+    assign(cluster, ids[1:3], "node2")  # two moved away
+    t2 = now_ms()
+    assert node.reconcile(KEY) == 200
+    t3 = now_ms()
+    for i in ids[1:3]:
+        (c,) = copies_of(node, i)
+        assert c["stopped_by"] == "run" and not c["running"], c
+        assert max(t2, c["start_ms"]) <= c["stop_ms"] <= t3, (c, t2, t3)
+
+    # bad settings are refused and change nothing
+    for path in ("/_sim/timeline", "/_sim/timeline?cap=-1", "/_sim/timeline?clear=2"):
+        assert node.request("POST", path)[0] == 400, path
+    assert node.request("GET", "/_sim/timeline?id=x")[0] == 400
+    assert node.timeline()["events"] == 1 + 5 + 2
+
+
+def test_a_leaked_copy_has_no_stop_until_a_restart(tmp_path, procs):
+    cluster = SqliteCluster(str(tmp_path / "kuma.db"))
+    node = Kumasim("node1", store=cluster, cron=False)
+    procs.append(node)
+    ids = seed_monitors(cluster, ["node2"] * 10)
+    assign(cluster, ids, "node1")
+    results = []
+    first = threading.Thread(target=timed_call, args=(node, results))
+    first.start()
+    time.sleep(0.8)
+    timed_call(node, results)
+    first.join(30)
+    assign(cluster, ids, None)
+    assert node.reconcile(KEY) == 200
+    leaked = set(node.copies())
+    assert leaked and node.monitors()["leaked_copies"] == len(leaked)
+
+    tl = node.timeline()
+    for m in tl["monitors"]:
+        running = [c for c in m["copies"] if c["running"]]
+        if m["id"] in leaked:
+            # the copy the second run overwrote: dropped out of the list when the second
+            # copy started, and never stopped since
+            (c,) = running
+            assert not c["listed"] and c["stop_ms"] is None and c["leaked_ms"] is not None
+            second = [x for x in m["copies"] if x["copy"] > c["copy"]]
+            assert second and second[0]["start_ms"] == c["leaked_ms"]
+            assert second[0]["stopped_by"] == "run"
+        else:
+            assert running == [] and len(m["copies"]) == 1
+
+    # a restart ends them: they stop then, and the record says so
+    t0 = now_ms()
+    node.restart_process()
+    t1 = now_ms()
+    for i in leaked:
+        c = [x for x in copies_of(node, i) if x["leaked_ms"] is not None][0]
+        assert c["stopped_by"] == "restart" and t0 <= c["stop_ms"] <= t1 and not c["running"]
+
+    # clear: the record begins again; copies that run now are still reported, start unknown
+    assign(cluster, ids[:2], "node1")
+    assert node.reconcile(KEY) == 200
+    t_clear = now_ms()
+    info = node.clear_timeline()
+    assert info["events"] == 0 and info["since_ms"] >= t_clear
+    tl = node.timeline()
+    assert [m["id"] for m in tl["monitors"]] == ids[:2]
+    assert all(c["start_ms"] is None and c["running"] for m in tl["monitors"]
+               for c in m["copies"])
+    # bounded: the newest events are kept, the rest counted
+    node.set_timeline_cap(1)
+    assign(cluster, ids[:2], None)
+    assert node.reconcile(KEY) == 200
+    tl = node.timeline()
+    assert (tl["cap"], tl["events"], tl["dropped"]) == (1, 1, 1)
+    assert node.copy_intervals() == {ids[1]: [(None, tl["monitors"][0]["copies"][0]["stop_ms"],
+                                              False)]}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
  * Each node's port controls that node; /_sim/exit ends the whole process.
  *
  * Owns: the /_sim handlers and their JSON.  Must not: change a node's process state except
- * through the engine (restart) or the documented knobs (mode, clock, rate limit), or hold
- * sim.model_lock longer than it takes to copy what it reports.
+ * through the engine (restart) or the documented knobs (mode, clock, rate limit, timeline),
+ * or hold sim.model_lock longer than it takes to copy what it reports.
  */
 #include "sim.h"
 
@@ -311,6 +311,122 @@ static enum MHD_Result serve_runs(struct sim *s, struct req *rq)
 	return reply_object(n, rq->conn, o);
 }
 
+/* ============================== timeline ============================== */
+
+static const char *cause_name(int c)
+{
+	return c == TL_BOOT ? "boot" : c == TL_RESTART ? "restart" : "run";
+}
+
+static void add_time(json_object *o, const char *key, int64_t ms)
+{
+	if (ms != 0)
+		add_i64(o, key, ms);
+	else
+		json_object_object_add(o, key, NULL);
+}
+
+static json_object *copy_json(const struct tl_copy *c)
+{
+	json_object *o = json_object_new_object();
+
+	add_u64(o, "copy", c->copy);
+	add_time(o, "start_ms", c->start_ms);
+	add_time(o, "stop_ms", c->stop_ms);
+	add_time(o, "leaked_ms", c->leaked_ms);
+	json_object_object_add(o, "started_by", c->start_ms != 0
+				? json_object_new_string(cause_name(c->started_by)) : NULL);
+	json_object_object_add(o, "stopped_by", c->stop_ms != 0
+				? json_object_new_string(cause_name(c->stopped_by)) : NULL);
+	json_object_object_add(o, "running", json_object_new_boolean(c->running));
+	json_object_object_add(o, "listed", json_object_new_boolean(c->listed));
+	return o;
+}
+
+static void add_record_info(json_object *o, const struct timeline *tl)
+{
+	add_u64(o, "cap", tl->max);
+	add_u64(o, "events", tl->len);
+	add_u64(o, "dropped", tl->dropped);
+	add_i64(o, "since_ms", tl->since_ms);
+}
+
+/* Every copy of every monitor the record saw, or that runs now, grouped by monitor. */
+static enum MHD_Result serve_timeline(struct sim *s, struct req *rq)
+{
+	struct node *n = rq->node;
+	json_object *o, *mons, *cur = NULL;
+	struct tl_copy *copies;
+	int64_t only = 0, now;
+	size_t k = 0;
+	bool oom;
+
+	if (query_i64(rq->conn, "id", 1, INT64_MAX, &only) < 0)
+		return reply_error(n, rq->conn, MHD_HTTP_BAD_REQUEST, "bad id",
+				   "a monitor id (integer >= 1)", NULL);
+	o = json_object_new_object();
+	if (o == NULL)
+		return MHD_NO;
+	pthread_mutex_lock(&s->model_lock);
+	now = real_ms();
+	copies = tl_copies(&n->proc, only, &k, &oom);
+	add_record_info(o, &n->proc.tl);
+	pthread_mutex_unlock(&s->model_lock);
+	if (oom) {
+		json_object_put(o);
+		return reply_error(n, rq->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory",
+				   "lower --timeline-cap", NULL);
+	}
+	json_object_object_add(o, "nodeId", json_object_new_string(n->id));
+	add_i64(o, "now_ms", now);
+	mons = json_object_new_array();
+	for (size_t i = 0; i < k; i++) {
+		if (i == 0 || copies[i].id != copies[i - 1].id) {
+			json_object *m = json_object_new_object();
+
+			add_i64(m, "id", copies[i].id);
+			cur = json_object_new_array();
+			json_object_object_add(m, "copies", cur);
+			json_object_array_add(mons, m);
+		}
+		json_object_array_add(cur, copy_json(&copies[i]));
+	}
+	free(copies);
+	json_object_object_add(o, "monitors", mons);
+	return reply_object(n, rq->conn, o);
+}
+
+/* ?clear=1 forgets the record (it begins again now); ?cap=N keeps at most N events. */
+static enum MHD_Result serve_timeline_set(struct sim *s, struct req *rq)
+{
+	struct node *n = rq->node;
+	int64_t clear = 0, cap = 0;
+	int qc = query_i64(rq->conn, "clear", 1, 1, &clear);
+	int qn = query_i64(rq->conn, "cap", 0, TIMELINE_CAP_MAX, &cap);
+	json_object *o;
+	bool ok = true;
+
+	if (qc < 0 || qn < 0 || qc + qn == 0)
+		return reply_error(n, rq->conn, MHD_HTTP_BAD_REQUEST, "bad timeline setting",
+				   "give clear=1 and/or cap=N (0..1000000 events; 0 = no record)", NULL);
+	o = json_object_new_object();
+	if (o == NULL)
+		return MHD_NO;
+	pthread_mutex_lock(&s->model_lock);
+	if (qc > 0)
+		tl_clear(&n->proc.tl, real_ms());
+	if (qn > 0)
+		ok = tl_set_max(&n->proc.tl, (size_t)cap);
+	add_record_info(o, &n->proc.tl);
+	pthread_mutex_unlock(&s->model_lock);
+	if (!ok) {
+		json_object_put(o);
+		return reply_error(n, rq->conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "out of memory",
+				   "the record is unchanged", NULL);
+	}
+	return reply_object(n, rq->conn, o);
+}
+
 /* ============================== clock, rate limit, restart ============================== */
 
 static json_object *clock_json(struct sim *s, const struct node *n, int64_t now)
@@ -428,6 +544,11 @@ enum MHD_Result serve_control(struct sim *s, struct req *rq, const char *method)
 		return post ? serve_rate(s, rq) : reply_method_not_allowed(n, c, "POST");
 	case R_SIM_RESTART:
 		return post ? serve_restart(s, rq) : reply_method_not_allowed(n, c, "POST");
+	case R_SIM_TIMELINE:
+		if (get)
+			return serve_timeline(s, rq);
+		return post ? serve_timeline_set(s, rq)
+			    : reply_method_not_allowed(n, c, "GET, HEAD, POST");
 	case R_SIM_EXIT:
 		if (!post)
 			return reply_method_not_allowed(n, c, "POST");
@@ -437,7 +558,7 @@ enum MHD_Result serve_control(struct sim *s, struct req *rq, const char *method)
 	default:
 		return reply_error(n, c, MHD_HTTP_NOT_FOUND, "not found",
 				   "control paths: /_sim/mode, /_sim/stats, /_sim/monitors, /_sim/runs, "
-				   "/_sim/reset-stats, /_sim/clock, /_sim/rate-limit, /_sim/restart, "
+				   "/_sim/timeline, /_sim/reset-stats, /_sim/clock, /_sim/rate-limit, /_sim/restart, "
 				   "/_sim/exit", NULL);
 	}
 }

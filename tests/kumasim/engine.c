@@ -414,7 +414,7 @@ static void *engine_main(void *arg)
 		while (s->heap_len > 0 && s->heap[0]->due_mono_ms <= now) {
 			struct run *r = s->heap[0];
 			struct node *n = r->owner;
-			int64_t d = model_run_step(&n->proc, r, s->opt.delay_scale);
+			int64_t d = model_run_step(&n->proc, r, s->opt.delay_scale, real_ms());
 
 			if (d < 0) {
 				heap_remove(s, r);
@@ -616,7 +616,7 @@ bool engine_boot(struct sim *s, char *err, size_t errlen)
 	pthread_mutex_lock(&s->model_lock);
 	ok = true;
 	for (size_t i = 0; i < s->n_nodes && ok; i++) {
-		ok = model_populate(&s->nodes[i].proc, vecs[i].v, vecs[i].n);
+		ok = model_populate(&s->nodes[i].proc, vecs[i].v, vecs[i].n, now);
 		start_cron_locked(s, &s->nodes[i], now);
 	}
 	pthread_mutex_unlock(&s->model_lock);
@@ -661,7 +661,7 @@ static void restart_job_run(struct db_conn *c, const char *open_err, struct db_j
 	n->epoch++;
 	epoch = n->epoch;
 	abort_runs_locked(s, n);
-	model_clear(&n->proc);
+	model_clear(&n->proc, real_ms());
 	rl_reset(&n->rl);
 	atomic_store(&n->start_real_ms, real_ms());
 	start_cron_locked(s, n, real_ms());
@@ -679,7 +679,8 @@ static void restart_job_run(struct db_conn *c, const char *open_err, struct db_j
 		ok = true;
 	if (ok) {
 		pthread_mutex_lock(&s->model_lock);
-		if (n->epoch == epoch && !model_populate(&n->proc, wanted.v, wanted.n)) {
+		if (n->epoch == epoch &&
+		    !model_populate(&n->proc, wanted.v, wanted.n, real_ms())) {
 			ok = false;
 			snprintf(err, sizeof(err), "out of memory");
 		}

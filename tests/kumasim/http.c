@@ -626,6 +626,7 @@ static enum route route_of(const char *url)
 		{ "mode", R_SIM_MODE }, { "stats", R_SIM_STATS }, { "reset-stats", R_SIM_RESET },
 		{ "exit", R_SIM_EXIT }, { "monitors", R_SIM_MONITORS }, { "runs", R_SIM_RUNS },
 		{ "clock", R_SIM_CLOCK }, { "rate-limit", R_SIM_RATE }, { "restart", R_SIM_RESTART },
+		{ "timeline", R_SIM_TIMELINE },
 	};
 
 	if (strcmp(url, "/api/v1/health") == 0)

@@ -223,6 +223,7 @@ static void usage(FILE *f)
 "  --rate-window-ms N    the window (default %d = 15 min)\n"
 "  --health-db-cache-ms N  reuse a health check's database answer for N ms (default 0 = a\n"
 "                        SELECT 1 per health request, as a real node)\n"
+"  --timeline-cap N      events kept per node for /_sim/timeline (default %d; 0 = none)\n"
 "  --instant             the old node: no database, reconcile answers at once and does\n"
 "                        nothing, no cron, no rate limit, no user check\n"
 "  --api-key KEY         (--instant only) key required in Authorization (raw or Bearer)\n"
@@ -236,8 +237,9 @@ static void usage(FILE *f)
 "Prints \"kumasim ID listening on HOST:PORT\" per node once it accepts connections.\n"
 "Signals: USR1 -> every node 503, USR2 -> healthy, TERM/INT/HUP -> clean exit (code 0).\n"
 "Control: /_sim/mode, /_sim/stats, /_sim/monitors, /_sim/runs, /_sim/reset-stats,\n"
-"/_sim/clock, /_sim/rate-limit, /_sim/restart, /_sim/exit (tests/kumasim/README.md).\n",
-		MAX_NODES, DEFAULT_RATE_LIMIT, RATE_WINDOW_MS);
+"/_sim/timeline, /_sim/clock, /_sim/rate-limit, /_sim/restart, /_sim/exit\n"
+"(tests/kumasim/README.md).\n",
+		MAX_NODES, DEFAULT_RATE_LIMIT, RATE_WINDOW_MS, TIMELINE_CAP_DEFAULT);
 }
 
 enum {
@@ -245,7 +247,7 @@ enum {
 	O_API_KEY, O_PIDFILE, O_MODE, O_SLOW, O_THREADS, O_VERBOSE, O_HELP, O_INSTANT, O_SQLITE,
 	O_DB_HOST, O_DB_PORT, O_DB_SOCKET, O_DB_USER, O_DB_PASSWORD, O_DB_NAME, O_DB_TIMEOUT,
 	O_DB_THREADS, O_SETUP_DONE, O_DELAY_SCALE, O_SEED, O_SKEW, O_PHASE, O_NO_CRON, O_RATE,
-	O_RATE_WINDOW, O_HEALTH_CACHE
+	O_RATE_WINDOW, O_HEALTH_CACHE, O_TIMELINE_CAP
 };
 
 static char sqlite_from_env[PATH_MAX];
@@ -362,6 +364,7 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
 		{ "rate-limit", required_argument, NULL, O_RATE },
 		{ "rate-window-ms", required_argument, NULL, O_RATE_WINDOW },
 		{ "health-db-cache-ms", required_argument, NULL, O_HEALTH_CACHE },
+		{ "timeline-cap", required_argument, NULL, O_TIMELINE_CAP },
 		{ NULL, 0, NULL, 0 },
 	};
 	bool have_listen, have_db_opt = false;
@@ -379,6 +382,7 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
 	o->cron_phase = -1;
 	o->rate_limit = DEFAULT_RATE_LIMIT;
 	o->rate_window_ms = RATE_WINDOW_MS;
+	o->timeline_cap = TIMELINE_CAP_DEFAULT;
 	o->db_threads = 2;
 	o->db.timeout_s = 3;
 	o->db.port = 3306;
@@ -541,6 +545,11 @@ static int parse_args(int argc, char **argv, struct sim_opts *o)
 				return bad("--health-db-cache-ms", "0..3600000", optarg);
 			o->health_cache_ms = (int64_t)u;
 			break;
+		case O_TIMELINE_CAP:
+			if (!parse_u64(optarg, TIMELINE_CAP_MAX, &u))
+				return bad("--timeline-cap", "0..1000000 events per node", optarg);
+			o->timeline_cap = (size_t)u;
+			break;
 		default:
 			usage(stderr);
 			return -1;
@@ -662,6 +671,8 @@ static bool nodes_init(struct sim *s)
 		n->rl.limit = o->rate_limit;
 		n->rl.window_ms = o->rate_window_ms;
 		n->proc.rng = splitmix(o->seed ^ splitmix(i + 1));
+		n->proc.tl.max = o->timeline_cap;
+		n->proc.tl.since_ms = now;
 		s->by_id[i] = n;
 	}
 	qsort(s->by_id, s->n_nodes, sizeof(*s->by_id), cmp_id);

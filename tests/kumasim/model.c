@@ -1,8 +1,8 @@
 /*
  * model.c — a Kuma node process as pure functions (see model.h for the behaviour modelled).
  *
- * Owns: the monitor list and leaked copies of a node process, run step logic, cron time
- * arithmetic, the rate-limit table and the delay RNG.  Must not: sleep, lock, read clocks,
+ * Owns: the monitor list and leaked copies of a node process, the timeline of its copies, run
+ * step logic, cron time arithmetic, the rate-limit table and the delay RNG.  Must not: sleep, lock, read clocks,
  * log, or do I/O; every time comes in as an argument.
  */
 #include "model.h"
@@ -10,23 +10,215 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ============================== timeline ============================== */
+
+const struct tl_event *tl_at(const struct timeline *tl, size_t i)
+{
+	return &tl->ev[(tl->head + i) % tl->cap];
+}
+
+static void tl_push(struct timeline *tl, int64_t id, uint32_t copy, enum tl_kind kind,
+		    enum tl_cause cause, int64_t t_ms)
+{
+	struct tl_event e = { id, t_ms, copy, (uint8_t)kind, (uint8_t)cause };
+
+	if (tl->max == 0)
+		return;
+	if (tl->len == tl->cap && tl->cap < tl->max) {
+		/* Grow a ring that has not wrapped yet (head is 0 until it is full). */
+		size_t ncap = tl->cap ? tl->cap * 2 : 64;
+		struct tl_event *nv;
+
+		if (ncap > tl->max)
+			ncap = tl->max;
+		nv = realloc(tl->ev, ncap * sizeof(*nv));
+		if (nv != NULL) {
+			tl->ev = nv;
+			tl->cap = ncap;
+		}
+	}
+	if (tl->cap == 0) {
+		tl->dropped++;
+		return;
+	}
+	if (tl->len < tl->cap) {
+		tl->ev[(tl->head + tl->len) % tl->cap] = e;
+		tl->len++;
+	} else {
+		tl->ev[tl->head] = e;
+		tl->head = (tl->head + 1) % tl->cap;
+		tl->dropped++;
+	}
+}
+
+bool tl_set_max(struct timeline *tl, size_t max)
+{
+	size_t keep = tl->len < max ? tl->len : max;
+	struct tl_event *nv = NULL;
+
+	if (keep > 0) {
+		nv = malloc(keep * sizeof(*nv));
+		if (nv == NULL)
+			return false;
+		for (size_t i = 0; i < keep; i++)
+			nv[i] = *tl_at(tl, tl->len - keep + i);
+	}
+	tl->dropped += tl->len - keep;
+	free(tl->ev);
+	tl->ev = nv;
+	tl->cap = tl->len = keep;
+	tl->head = 0;
+	tl->max = max;
+	return true;
+}
+
+void tl_clear(struct timeline *tl, int64_t now_ms)
+{
+	tl->len = tl->head = 0;
+	tl->dropped = 0;
+	tl->since_ms = now_ms;
+}
+
+void tl_free(struct timeline *tl)
+{
+	free(tl->ev);
+	tl->ev = NULL;
+	tl->cap = tl->len = tl->head = 0;
+}
+
+static uint32_t new_copy(struct node_proc *p)
+{
+	if (++p->next_copy == 0)
+		p->next_copy = 1;
+	return p->next_copy;
+}
+
+/* Index of copy c in out[0..*n), creating it; the map holds copy -> index + 1. */
+static struct tl_copy *copy_entry(struct idmap *at, struct tl_copy *out, size_t *n, int64_t id,
+				  uint32_t c, bool *oom)
+{
+	uint32_t k = idmap_get(at, c);
+
+	if (k != 0)
+		return &out[k - 1];
+	if (!idmap_set(at, c, (uint32_t)(*n + 1))) {
+		*oom = true;
+		return NULL;
+	}
+	memset(&out[*n], 0, sizeof(out[*n]));
+	out[*n].id = id;
+	out[*n].copy = c;
+	return &out[(*n)++];
+}
+
+static int cmp_copy(const void *a, const void *b)
+{
+	const struct tl_copy *x = a, *y = b;
+
+	if (x->id != y->id)
+		return x->id < y->id ? -1 : 1;
+	return x->copy < y->copy ? -1 : x->copy > y->copy;
+}
+
+struct tl_copy *tl_copies(const struct node_proc *p, int64_t only_id, size_t *n, bool *oom)
+{
+	size_t most = p->tl.len + p->listed.len + p->leaked_total, k = 0;
+	struct tl_copy *out;
+	struct idmap at = { 0 };
+
+	*n = 0;
+	*oom = false;
+	if (most == 0)
+		return NULL;
+	out = malloc(most * sizeof(*out));
+	if (out == NULL) {
+		*oom = true;
+		return NULL;
+	}
+	for (size_t i = 0; i < p->tl.len && !*oom; i++) {
+		const struct tl_event *e = tl_at(&p->tl, i);
+		struct tl_copy *c;
+
+		if (only_id > 0 && e->id != only_id)
+			continue;
+		c = copy_entry(&at, out, &k, e->id, e->copy, oom);
+		if (c == NULL)
+			break;
+		if (e->kind == TL_START) {
+			c->start_ms = e->t_ms;
+			c->started_by = e->cause;
+		} else if (e->kind == TL_STOP) {
+			c->stop_ms = e->t_ms;
+			c->stopped_by = e->cause;
+		} else {
+			c->leaked_ms = e->t_ms;
+		}
+	}
+	/* What runs now, whether or not the record saw it start. */
+	for (size_t i = 0; i < p->listed.cap && !*oom; i++) {
+		const struct idmap_slot *sl = &p->listed.slots[i];
+		struct tl_copy *c;
+
+		if (sl->key == 0 || (only_id > 0 && sl->key != only_id))
+			continue;
+		c = copy_entry(&at, out, &k, sl->key, sl->val, oom);
+		if (c != NULL)
+			c->running = c->listed = true;
+	}
+	for (size_t i = 0; i < p->leaked_total && !*oom; i++) {
+		struct tl_copy *c;
+
+		if (only_id > 0 && p->leaks[i].id != only_id)
+			continue;
+		c = copy_entry(&at, out, &k, p->leaks[i].id, p->leaks[i].copy, oom);
+		if (c != NULL)
+			c->running = true;
+	}
+	idmap_free(&at);
+	if (*oom || k == 0) {
+		free(out);
+		return NULL;
+	}
+	qsort(out, k, sizeof(*out), cmp_copy);
+	*n = k;
+	return out;
+}
+
 /* ============================== monitor list ============================== */
 
 uint32_t model_copies(const struct node_proc *p, int64_t id)
 {
-	return idmap_get(&p->listed, id) + idmap_get(&p->leaked, id);
+	return (idmap_get(&p->listed, id) != 0) + idmap_get(&p->leaked, id);
 }
 
-bool model_populate(struct node_proc *p, const int64_t *wanted, size_t n)
+/* A new copy of id begins checking at now_ms and is stored in the list. */
+static bool start_copy(struct node_proc *p, int64_t id, enum tl_cause cause, int64_t now_ms)
+{
+	uint32_t c = new_copy(p);
+
+	if (!idmap_set(&p->listed, id, c))
+		return false;
+	tl_push(&p->tl, id, c, TL_START, cause, now_ms);
+	return true;
+}
+
+bool model_populate(struct node_proc *p, const int64_t *wanted, size_t n, int64_t now_ms)
 {
 	for (size_t i = 0; i < n; i++)
-		if (!idmap_set(&p->listed, wanted[i], 1))
+		if (idmap_get(&p->listed, wanted[i]) == 0 &&
+		    !start_copy(p, wanted[i], TL_BOOT, now_ms))
 			return false;
 	return true;
 }
 
-void model_clear(struct node_proc *p)
+void model_clear(struct node_proc *p, int64_t now_ms)
 {
+	for (size_t i = 0; i < p->listed.cap; i++)
+		if (p->listed.slots[i].key != 0)
+			tl_push(&p->tl, p->listed.slots[i].key, p->listed.slots[i].val, TL_STOP,
+				TL_RESTART, now_ms);
+	for (size_t i = 0; i < p->leaked_total; i++)
+		tl_push(&p->tl, p->leaks[i].id, p->leaks[i].copy, TL_STOP, TL_RESTART, now_ms);
 	idmap_clear(&p->listed);
 	idmap_clear(&p->leaked);
 	p->leaked_total = 0;
@@ -36,6 +228,10 @@ void model_free(struct node_proc *p)
 {
 	idmap_free(&p->listed);
 	idmap_free(&p->leaked);
+	free(p->leaks);
+	p->leaks = NULL;
+	p->leaks_cap = 0;
+	tl_free(&p->tl);
 }
 
 /* ============================== runs ============================== */
@@ -135,21 +331,37 @@ static int64_t scaled(double scale, int64_t ms)
 	return v <= 0 ? 0 : (int64_t)(v + 0.5);
 }
 
-int64_t model_run_step(struct node_proc *p, struct run *r, double scale)
+/* The listed copy of id is overwritten by a new one: the old copy goes on checking, in no list. */
+static bool leak_copy(struct node_proc *p, int64_t id, int64_t now_ms)
+{
+	if (p->leaked_total == p->leaks_cap) {
+		size_t ncap = p->leaks_cap ? p->leaks_cap * 2 : 16;
+		struct leak_copy *nl = realloc(p->leaks, ncap * sizeof(*nl));
+
+		if (nl == NULL)
+			return false;
+		p->leaks = nl;
+		p->leaks_cap = ncap;
+	}
+	if (!idmap_add(&p->leaked, id, 1))
+		return false;
+	p->leaks[p->leaked_total].id = id;
+	p->leaks[p->leaked_total].copy = idmap_get(&p->listed, id);
+	p->leaked_total++;
+	tl_push(&p->tl, id, p->leaks[p->leaked_total - 1].copy, TL_LEAK, TL_RUN, now_ms);
+	return true;
+}
+
+int64_t model_run_step(struct node_proc *p, struct run *r, double scale, int64_t now_ms)
 {
 	if (r->pos < r->n_start) {
 		int64_t id = r->start_ids[r->pos++];
 
 		/* monitorList[id] = new copy: an entry already there is overwritten, and that copy
 		 * goes on checking from nowhere (started by an overlapping run). */
-		if (idmap_get(&p->listed, id) != 0) {
-			if (idmap_add(&p->leaked, id, 1)) {
-				p->leaked_total++;
-				r->rec.leaked++;
-			}
-		} else {
-			(void)idmap_set(&p->listed, id, 1);
-		}
+		if (idmap_get(&p->listed, id) != 0 && leak_copy(p, id, now_ms))
+			r->rec.leaked++;
+		(void)start_copy(p, id, TL_RUN, now_ms);
 		r->rec.started++;
 		return scaled(scale, rng_between(&p->rng, START_SLEEP_MIN_MS, START_SLEEP_MAX_MS));
 	}
@@ -157,8 +369,12 @@ int64_t model_run_step(struct node_proc *p, struct run *r, double scale)
 		int64_t id = r->stop_ids[r->pos++ - r->n_start];
 
 		/* Stops the copy in the list, if any; a leaked copy is out of reach. */
-		if (idmap_get(&p->listed, id) != 0)
+		uint32_t c = idmap_get(&p->listed, id);
+
+		if (c != 0) {
 			(void)idmap_set(&p->listed, id, 0);
+			tl_push(&p->tl, id, c, TL_STOP, TL_RUN, now_ms);
+		}
 		r->rec.stopped++;
 		return scaled(scale, rng_between(&p->rng, STOP_SLEEP_MIN_MS, STOP_SLEEP_MAX_MS));
 	}

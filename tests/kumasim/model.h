@@ -17,6 +17,12 @@
  * any entry already there.  When two runs overlap, both may start the same id: the copy the
  * first one stored is overwritten, keeps checking, and is in no list any more, so no later
  * stop reaches it.  That is the leak (struct node_proc.leaked); only a restart ends it.
+ *
+ * The timeline (struct timeline) is the observer's record, not the process's memory: every
+ * copy gets a number when it starts, and each start, stop and leak (the copy dropped out of
+ * the list but goes on checking) is an event with its real-clock time, in a bounded ring.  A
+ * restart ends every copy, leaked ones too, and says so in the record; the record itself
+ * survives the restart.
  */
 #ifndef KUMASIM_MODEL_H
 #define KUMASIM_MODEL_H
@@ -65,11 +71,57 @@ struct run {
 	int64_t due_mono_ms;
 };
 
-/* The state a node process keeps in memory, which a restart throws away. */
+/* ---- timeline ---- */
+
+enum tl_kind { TL_START, TL_STOP, TL_LEAK };
+enum tl_cause { TL_RUN, TL_BOOT, TL_RESTART };
+
+struct tl_event {
+	int64_t id;           /* monitor */
+	int64_t t_ms;         /* real-clock epoch ms */
+	uint32_t copy;        /* the copy's number on this node, from 1 */
+	uint8_t kind;         /* enum tl_kind */
+	uint8_t cause;        /* enum tl_cause: a run, the process start, a restart */
+};
+
+/* The last `max` events, oldest first from `head`; the array grows on demand up to max, so an
+ * idle node costs nothing. */
+struct timeline {
+	struct tl_event *ev;
+	size_t cap, len, head;
+	size_t max;           /* 0 = no record */
+	uint64_t dropped;     /* events pushed out (or lost to memory) since since_ms */
+	int64_t since_ms;     /* the record begins here: process start or the last clear */
+};
+
+/* A leaked copy: still checking, in no list. */
+struct leak_copy {
+	int64_t id;
+	uint32_t copy;
+};
+
+/* One copy as the timeline reports it (times 0 = not in the record). */
+struct tl_copy {
+	int64_t id;
+	uint32_t copy;
+	uint8_t started_by, stopped_by;   /* enum tl_cause */
+	bool running;
+	bool listed;          /* running and in the node's list (not leaked) */
+	int64_t start_ms;     /* 0: began before the record (or its event was pushed out) */
+	int64_t stop_ms;      /* 0: still running */
+	int64_t leaked_ms;    /* when it dropped out of the list, 0 = never (or not in record) */
+};
+
+/* The state a node process keeps in memory, which a restart throws away (except `tl` and
+ * `next_copy`, the observer's). */
 struct node_proc {
-	struct idmap listed;         /* monitorList: id -> 1 */
+	struct idmap listed;         /* monitorList: id -> number of the copy listed */
 	struct idmap leaked;         /* id -> copies still checking but in no list */
 	uint64_t leaked_total;
+	struct leak_copy *leaks;     /* the leaked copies one by one (leaked_total of them) */
+	size_t leaks_cap;
+	uint32_t next_copy;          /* last copy number given */
+	struct timeline tl;
 	struct run *active;          /* runs in progress, newest first */
 	unsigned active_runs;
 	unsigned active_cron_runs;
@@ -80,10 +132,12 @@ struct node_proc {
 /* ---- monitor list ---- */
 
 uint32_t model_copies(const struct node_proc *p, int64_t id);
-/* Process start: every wanted monitor is put in the list at once, as startMonitors() does. */
-bool model_populate(struct node_proc *p, const int64_t *wanted, size_t n);
-/* Process restart: no monitor runs, nothing leaked (in-flight runs are the caller's). */
-void model_clear(struct node_proc *p);
+/* Process start at now_ms: every wanted monitor is put in the list at once, as startMonitors()
+ * does. */
+bool model_populate(struct node_proc *p, const int64_t *wanted, size_t n, int64_t now_ms);
+/* Process restart at now_ms: every copy stops, leaked ones too; nothing runs (in-flight runs
+ * are the caller's).  The timeline is kept. */
+void model_clear(struct node_proc *p, int64_t now_ms);
 void model_free(struct node_proc *p);
 
 /* ---- runs ---- */
@@ -92,12 +146,30 @@ void model_free(struct node_proc *p);
  * now.  Returns NULL when memory ran out.  The run is linked into p->active. */
 struct run *model_run_begin(struct node_proc *p, enum run_trigger trigger, const int64_t *wanted,
 			    size_t n_wanted, int64_t now_ms, uint64_t run_id);
-/* Performs the run's next step and returns how long to sleep before the following one
- * (already multiplied by scale), or -1 when the run is complete and should answer. */
-int64_t model_run_step(struct node_proc *p, struct run *r, double scale);
+/* Performs the run's next step at real time now_ms and returns how long to sleep before the
+ * following one (already multiplied by scale), or -1 when the run is complete and should
+ * answer. */
+int64_t model_run_step(struct node_proc *p, struct run *r, double scale, int64_t now_ms);
 /* Unlinks a finished or aborted run from p->active and records how it ended. */
 void model_run_end(struct node_proc *p, struct run *r, enum run_result result, int64_t now_ms);
 void model_run_free(struct run *r);
+
+/* ---- timeline ---- */
+
+/* Sets how many events are kept (0 = none); the newest are kept when it shrinks.  False only
+ * when memory ran out (the record is then unchanged). */
+bool tl_set_max(struct timeline *tl, size_t max);
+/* Forgets every event; the record begins again at now_ms. */
+void tl_clear(struct timeline *tl, int64_t now_ms);
+void tl_free(struct timeline *tl);
+/* The i-th oldest event kept (i < tl->len). */
+const struct tl_event *tl_at(const struct timeline *tl, size_t i);
+/*
+ * Every copy the record knows of, or that runs now: one entry per copy, sorted by monitor id
+ * then copy number, in a new array (*n entries; NULL with *n = 0 when there are none or
+ * memory ran out, *oom says which).  only_id > 0 keeps that monitor's copies.
+ */
+struct tl_copy *tl_copies(const struct node_proc *p, int64_t only_id, size_t *n, bool *oom);
 
 /* ---- cron ---- */
 

@@ -7,8 +7,8 @@
  * (reconcile runs, the cron, database jobs), ws.c (WebSocket echo), model.c (a node process
  * as pure functions), db*.c (the cluster database).
  *
- * Locks, always taken in this order: sim.model_lock (node process state, the engine's timer
- * heap, run history, rate limits) before sim.lock (parked requests, mode changes).  Counters
+ * Locks, always taken in this order: sim.model_lock (node process state and its timeline, the
+ * engine's timer heap, run history, rate limits) before sim.lock (parked requests, mode changes).  Counters
  * read by /_sim/stats without a lock are C11 atomics.
  */
 #ifndef KUMASIM_SIM_H
@@ -33,6 +33,8 @@
 #define BODY_MAX 128             /* largest request body kumasim reads (POST /_sim/mode) */
 #define ANSWER_MAX 320
 #define RUN_HISTORY_MAX 1000     /* runs kept per node for /_sim/runs */
+#define TIMELINE_CAP_DEFAULT 10000 /* copy events kept per node for /_sim/timeline */
+#define TIMELINE_CAP_MAX 1000000
 
 /* hang: only health answers hang (its database check is stuck); partition: no request but
  * /_sim/... reaches the node (accepted, never answered, dropped when the mode changes), while
@@ -44,7 +46,7 @@ extern const char *const mode_names[MODE_COUNT];
 enum route {
 	R_HEALTH, R_RECONCILE, R_API_OTHER, R_WS, R_PAGE,
 	R_SIM_MODE, R_SIM_STATS, R_SIM_RESET, R_SIM_EXIT, R_SIM_MONITORS, R_SIM_RUNS,
-	R_SIM_CLOCK, R_SIM_RATE, R_SIM_RESTART, R_SIM_UNKNOWN
+	R_SIM_CLOCK, R_SIM_RATE, R_SIM_RESTART, R_SIM_TIMELINE, R_SIM_UNKNOWN
 };
 
 /* Lifecycle of a request that had to wait. */
@@ -153,6 +155,7 @@ struct sim_opts {
 	uint32_t rate_limit;
 	int64_t rate_window_ms;
 	int64_t health_cache_ms;
+	size_t timeline_cap;                /* events per node, 0 = no timeline */
 	unsigned db_threads;
 	struct db_cfg db;
 };

@@ -1,6 +1,6 @@
 /* test_kumasim_model.c — the simulated Kuma node's pure model (tests/kumasim/model.c, idmap.c):
  * cron timing on a skewed clock, the overlap leak, stops that cannot reach a leaked copy, the
- * rate limit, and the id map.  kumasim links no kg_core, and kg_core has no kumasim code, so
+ * timeline of copies (/_sim/timeline), the rate limit, and the id map.  kumasim links no kg_core, and kg_core has no kumasim code, so
  * the two files are compiled into this test directly. */
 #include <criterion/criterion.h>
 #include <stdlib.h>
@@ -71,7 +71,7 @@ static int64_t *ids_1_to(int n)
 
 static void run_to_end(struct node_proc *p, struct run *r)
 {
-    while (model_run_step(p, r, 1.0) >= 0)
+    while (model_run_step(p, r, 1.0, 0) >= 0)
         ;
     model_run_end(p, r, RUN_OK, 0);
 }
@@ -87,12 +87,12 @@ Test(kumasim_run, steps_start_then_stop_then_answer_with_real_delays)
     r = model_run_begin(&p, TRIGGER_CALL, ten, 10, 0, 1);
     cr_assert_eq(r->rec.to_start, 10);
     for (int i = 0; i < 10; i++) {
-        d = model_run_step(&p, r, 1.0);
+        d = model_run_step(&p, r, 1.0, 0);
         cr_assert(d >= START_SLEEP_MIN_MS && d <= START_SLEEP_MAX_MS);
         total += d;
     }
-    cr_assert_eq(model_run_step(&p, r, 1.0), RUN_OVERHEAD_MS);
-    cr_assert_eq(model_run_step(&p, r, 1.0), -1);
+    cr_assert_eq(model_run_step(&p, r, 1.0, 0), RUN_OVERHEAD_MS);
+    cr_assert_eq(model_run_step(&p, r, 1.0, 0), -1);
     model_run_end(&p, r, RUN_OK, 0);
     cr_assert(total >= 1000 && total <= 3000);
     cr_assert_eq(p.listed.len, 10);
@@ -102,7 +102,7 @@ Test(kumasim_run, steps_start_then_stop_then_answer_with_real_delays)
     cr_assert_eq(r->rec.to_start, 0);
     cr_assert_eq(r->rec.to_stop, 8);
     for (int i = 0; i < 8; i++) {
-        d = model_run_step(&p, r, 0.5);
+        d = model_run_step(&p, r, 0.5, 0);
         cr_assert(d >= STOP_SLEEP_MIN_MS / 2 && d <= STOP_SLEEP_MAX_MS / 2 + 1);
     }
     run_to_end(&p, r);
@@ -122,12 +122,12 @@ Test(kumasim_run, two_overlapping_runs_start_a_monitor_twice_and_leak_the_first_
 
     a = model_run_begin(&p, TRIGGER_CALL, ten, 10, 0, 1);
     for (int i = 0; i < 4; i++)
-        model_run_step(&p, a, 1.0);        /* 4 started when the second call arrives */
+        model_run_step(&p, a, 1.0, 0);        /* 4 started when the second call arrives */
     b = model_run_begin(&p, TRIGGER_CALL, ten, 10, 800, 2);
     cr_assert(a->rec.overlapped && b->rec.overlapped);
     cr_assert_eq(p.overlapping_runs, 1);
     cr_assert_eq(b->rec.to_start, 6);       /* "running" was computed once, at its start */
-    while (model_run_step(&p, a, 1.0) >= 0 || model_run_step(&p, b, 1.0) >= 0)
+    while (model_run_step(&p, a, 1.0, 0) >= 0 || model_run_step(&p, b, 1.0, 0) >= 0)
         ;
     model_run_end(&p, a, RUN_OK, 0);
     model_run_end(&p, b, RUN_OK, 0);
@@ -148,7 +148,7 @@ Test(kumasim_run, two_overlapping_runs_start_a_monitor_twice_and_leak_the_first_
     cr_assert_eq(p.leaked_total, 6);
     cr_assert_eq(model_copies(&p, 7), 1);
     /* only a restart ends it */
-    model_clear(&p);
+    model_clear(&p, 0);
     cr_assert_eq(model_copies(&p, 7), 0);
     cr_assert_eq(p.leaked_total, 0);
     model_free(&p);
@@ -177,15 +177,190 @@ Test(kumasim_run, populate_then_a_run_with_the_same_set_has_nothing_to_do)
 {
     struct node_proc p = { .rng = 1 };
     int64_t set[] = { 5, 9, 9, 12 };   /* duplicates are harmless */
-    cr_assert(model_populate(&p, set, 4));
+    cr_assert(model_populate(&p, set, 4, 0));
     struct run *r = model_run_begin(&p, TRIGGER_CALL, set, 4, 0, 1);
     cr_assert_eq(r->rec.wanted, 3);
     cr_assert_eq(r->rec.to_start + r->rec.to_stop, 0);
-    cr_assert_eq(model_run_step(&p, r, 0.0), 0);   /* the closing overhead, scaled to 0 */
-    cr_assert_eq(model_run_step(&p, r, 0.0), -1);
+    cr_assert_eq(model_run_step(&p, r, 0.0, 0), 0);   /* the closing overhead, scaled to 0 */
+    cr_assert_eq(model_run_step(&p, r, 0.0, 0), -1);
     model_run_end(&p, r, RUN_OK, 0);
     model_run_free(r);
     model_free(&p);
+}
+
+/* ---- timeline ---- */
+
+/* Steps r to its end, the k-th step at time t0 + k * 1000, so each event's time says which
+ * step made it. */
+static void run_timed(struct node_proc *p, struct run *r, int64_t t0)
+{
+    int64_t k = 0;
+    while (model_run_step(p, r, 1.0, t0 + 1000 * k++) >= 0)
+        ;
+    model_run_end(p, r, RUN_OK, t0 + 1000 * k);
+}
+
+static const struct tl_copy *find_copy(const struct tl_copy *c, size_t n, int64_t id, int nth)
+{
+    for (size_t i = 0; i < n; i++)
+        if (c[i].id == id && nth-- == 0)
+            return &c[i];
+    return NULL;
+}
+
+Test(kumasim_timeline, a_copy_starts_at_its_step_and_stops_at_the_step_that_stops_it)
+{
+    struct node_proc p = { .rng = 3, .tl = { .max = 100 } };
+    int64_t three[] = { 1, 2, 3 }, two[] = { 2, 3 };
+    struct run *r = model_run_begin(&p, TRIGGER_CALL, three, 3, T0, 1);
+    size_t n;
+    bool oom;
+
+    run_timed(&p, r, T0);                   /* starts 1, 2, 3 at T0, +1 s, +2 s */
+    model_run_free(r);
+    r = model_run_begin(&p, TRIGGER_CRON, two, 2, T0 + 10000, 2);
+    run_timed(&p, r, T0 + 10000);           /* stops 1 at +10 s */
+    model_run_free(r);
+
+    struct tl_copy *c = tl_copies(&p, 0, &n, &oom);
+    cr_assert(!oom);
+    cr_assert_eq(n, 3);
+    for (int i = 0; i < 3; i++) {
+        cr_assert_eq(c[i].id, i + 1);
+        cr_assert_eq(c[i].copy, (uint32_t)(i + 1));
+        cr_assert_eq(c[i].start_ms, T0 + 1000 * i);
+        cr_assert_eq(c[i].started_by, TL_RUN);
+        cr_assert_eq(c[i].leaked_ms, 0);
+    }
+    cr_assert_eq(c[0].stop_ms, T0 + 10000);
+    cr_assert(!c[0].running && !c[0].listed);
+    cr_assert(c[1].running && c[1].listed && c[1].stop_ms == 0);
+    free(c);
+    /* one monitor only */
+    c = tl_copies(&p, 3, &n, &oom);
+    cr_assert_eq(n, 1);
+    cr_assert_eq(c[0].id, 3);
+    free(c);
+    cr_assert_null(tl_copies(&p, 99, &n, &oom));
+    cr_assert(n == 0 && !oom);
+    model_free(&p);
+}
+
+Test(kumasim_timeline, a_leaked_copy_has_no_stop_until_a_restart_ends_it)
+{
+    struct node_proc p = { .rng = 7, .tl = { .max = 1000 } };
+    int64_t *ten = ids_1_to(10);
+    size_t n;
+    bool oom;
+
+    struct run *a = model_run_begin(&p, TRIGGER_CALL, ten, 10, T0, 1);
+    for (int i = 0; i < 4; i++)
+        model_run_step(&p, a, 1.0, T0 + i);
+    struct run *b = model_run_begin(&p, TRIGGER_CRON, ten, 10, T0 + 800, 2);
+    int64_t t = T0 + 1000;
+    while (model_run_step(&p, a, 1.0, t++) >= 0 || model_run_step(&p, b, 1.0, t++) >= 0)
+        ;
+    model_run_end(&p, a, RUN_OK, t);
+    model_run_end(&p, b, RUN_OK, t);
+    model_run_free(a);
+    model_run_free(b);
+    cr_assert_eq(p.leaked_total, 6);
+
+    struct tl_copy *c = tl_copies(&p, 0, &n, &oom);
+    cr_assert_eq(n, 16);                    /* 10 + 6 second copies */
+    for (int id = 5; id <= 10; id++) {
+        const struct tl_copy *first = find_copy(c, n, id, 0), *second = find_copy(c, n, id, 1);
+        cr_assert(first && second, "monitor %d", id);
+        cr_assert(first->copy < second->copy);
+        /* the first copy dropped out of the list when the second started, and runs on */
+        cr_assert_eq(first->leaked_ms, second->start_ms, "monitor %d", id);
+        cr_assert(first->running && !first->listed && first->stop_ms == 0);
+        cr_assert(second->running && second->listed);
+    }
+    free(c);
+
+    /* moved away: the stop reaches the listed copy only */
+    struct run *s = model_run_begin(&p, TRIGGER_CALL, NULL, 0, T0 + 60000, 3);
+    run_timed(&p, s, T0 + 60000);
+    model_run_free(s);
+    c = tl_copies(&p, 7, &n, &oom);
+    cr_assert_eq(n, 2);
+    cr_assert(c[0].running && c[0].stop_ms == 0 && c[0].leaked_ms != 0);
+    cr_assert(!c[1].running && c[1].stop_ms >= T0 + 60000 && c[1].stopped_by == TL_RUN);
+    free(c);
+
+    /* a restart ends every copy, the leaked ones too, and says so */
+    model_clear(&p, T0 + 120000);
+    c = tl_copies(&p, 0, &n, &oom);
+    cr_assert_eq(n, 16);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert(!c[i].running);
+        cr_assert_neq(c[i].stop_ms, 0, "copy %u of %lld", c[i].copy, (long long)c[i].id);
+        if (c[i].leaked_ms != 0) {
+            cr_assert_eq(c[i].stop_ms, T0 + 120000);
+            cr_assert_eq(c[i].stopped_by, TL_RESTART);
+        }
+    }
+    free(c);
+    /* the new process starts what it is assigned: new copy numbers, cause "boot" */
+    cr_assert(model_populate(&p, ten, 2, T0 + 121000));
+    c = tl_copies(&p, 1, &n, &oom);
+    cr_assert_eq(n, 2);
+    cr_assert(c[1].copy > 16 && c[1].started_by == TL_BOOT && c[1].start_ms == T0 + 121000);
+    free(c);
+    model_free(&p);
+    free(ten);
+}
+
+Test(kumasim_timeline, the_record_is_a_bounded_ring_and_running_copies_are_always_reported)
+{
+    struct node_proc p = { .rng = 1, .tl = { .max = 4 } };
+    int64_t *ten = ids_1_to(10);
+    size_t n;
+    bool oom;
+
+    cr_assert(model_populate(&p, ten, 10, T0));         /* 10 start events, 4 kept */
+    cr_assert_eq(p.tl.len, 4);
+    cr_assert_eq(p.tl.dropped, 6);
+    cr_assert_eq(tl_at(&p.tl, 0)->id, 7);
+    cr_assert_eq(tl_at(&p.tl, 3)->id, 10);
+    struct tl_copy *c = tl_copies(&p, 0, &n, &oom);
+    cr_assert_eq(n, 10);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert(c[i].running && c[i].listed);
+        /* the first six started before what the record still holds */
+        cr_assert_eq(c[i].start_ms, i < 6 ? 0 : T0, "monitor %lld", (long long)c[i].id);
+    }
+    free(c);
+
+    /* shrinking keeps the newest */
+    cr_assert(tl_set_max(&p.tl, 2));
+    cr_assert_eq(p.tl.len, 2);
+    cr_assert_eq(p.tl.dropped, 8);
+    cr_assert_eq(tl_at(&p.tl, 0)->id, 9);
+    /* a clear forgets it all and begins the record again */
+    tl_clear(&p.tl, T0 + 5);
+    cr_assert_eq(p.tl.len, 0);
+    cr_assert_eq(p.tl.dropped, 0);
+    cr_assert_eq(p.tl.since_ms, T0 + 5);
+    c = tl_copies(&p, 0, &n, &oom);
+    cr_assert_eq(n, 10);                    /* still running, start unknown */
+    cr_assert_eq(c[0].start_ms, 0);
+    free(c);
+    /* no record at all */
+    cr_assert(tl_set_max(&p.tl, 0));
+    model_clear(&p, T0 + 10);
+    cr_assert_eq(p.tl.len, 0);
+    cr_assert_null(tl_copies(&p, 0, &n, &oom));
+    cr_assert(!oom);
+    /* growing again records again, and the array grows only as events come */
+    cr_assert(tl_set_max(&p.tl, 100000));
+    cr_assert_eq(p.tl.cap, 0);
+    cr_assert(model_populate(&p, ten, 3, T0 + 20));
+    cr_assert_eq(p.tl.len, 3);
+    cr_assert(p.tl.cap < 1000);
+    model_free(&p);
+    free(ten);
 }
 
 /* ---- rate limit ---- */

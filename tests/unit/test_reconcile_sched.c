@@ -370,3 +370,29 @@ Test(rsched, a_slow_node_that_answers_probes_is_counted_slower)
     rsched_finish(&n, &c, RS_OK, 200, 6000 + 4 * dl + 500, OFF); /* quick: trusted more */
     cr_assert_eq(n.slow_factor, 2);
 }
+
+/* Pacing a node counted slower: room is in the configured costs, which is what the caller
+ * charges per move, so the moves it is given still fit in a call before its cron (and its
+ * cron, if the call is refused, still ends within the minute).  It was the node's room at
+ * its own speed, charged at the configured cost: four times too many moves, none callable. */
+Test(rsched, a_node_counted_slower_is_paced_to_what_it_can_start)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    rsched_add_work(&n, 10, 0, 5000);
+    rsched_decision d = rsched_next(&n, &c, true, ALIVE, 6000, OFF);
+    rsched_finish(&n, &c, RS_TIMEOUT, 0, 6000 + d.deadline_ms, OFF);
+    (void)rsched_next(&n, &c, true, ALIVE, 6000 + d.deadline_ms + 1, OFF); /* counted slower */
+    cr_assert_eq(n.slow_factor, 4);
+    int64_t t = 130000; /* two minutes on: the crons it answered through did the old work */
+    (void)rsched_next(&n, &c, true, ALIVE, t, OFF);
+    cr_assert_eq(n.starts, 0);
+    int64_t room = rsched_room_ms(&n, &c, true, ALIVE, t, OFF);
+    int k = (int)(room / c.start_ms); /* what pace_moves gives it */
+    cr_assert_gt(k, 0);
+    rsched_add_work(&n, k, 0, t);
+    d = rsched_next(&n, &c, true, ALIVE, t, OFF);
+    cr_assert(d.call, "%d starts paced to a node four times slower: %s", k, n.waiting);
+    cr_assert_lt(t + d.deadline_ms, 180000 - c.cron_skew_ms, "and ends before its next cron");
+}
