@@ -403,6 +403,12 @@ static int run_command(const char *cmd, int timeout_ms, char *msg, size_t msglen
 
 /* (Re)reads the template when the file changed.  A broken new template is reported and the
  * previous one stays in use. */
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_ino == b->st_ino && a->st_dev == b->st_dev && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
 static int load_template(kg_nginx_feed *f, char *err, size_t errlen)
 {
     struct stat st;
@@ -410,9 +416,7 @@ static int load_template(kg_nginx_feed *f, char *err, size_t errlen)
         msgf(err, errlen, "nginx template %s: %s", f->template_path, strerror(errno));
         return -1;
     }
-    if (f->tmpl && st.st_ino == f->tmpl_st.st_ino && st.st_dev == f->tmpl_st.st_dev &&
-        st.st_size == f->tmpl_st.st_size && st.st_mtim.tv_sec == f->tmpl_st.st_mtim.tv_sec &&
-        st.st_mtim.tv_nsec == f->tmpl_st.st_mtim.tv_nsec)
+    if (f->tmpl && same_file(&st, &f->tmpl_st))
         return 0;
     char *text;
     size_t len;
@@ -533,6 +537,14 @@ void nginx_feed_set_command_timeout_ms(kg_nginx_feed *f, int timeout_ms)
 int64_t nginx_feed_due_ms(const kg_nginx_feed *f)
 {
     return f ? f->due_ms : 0;
+}
+
+bool nginx_feed_template_changed(const kg_nginx_feed *f)
+{
+    if (!f || !f->enabled || !f->template_path)
+        return false;
+    struct stat st;
+    return stat(f->template_path, &st) != 0 || !f->tmpl || !same_file(&st, &f->tmpl_st);
 }
 
 void nginx_feed_status(const kg_nginx_feed *f, kg_nginx_view *out)

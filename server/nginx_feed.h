@@ -1,6 +1,7 @@
 /* nginx_feed.h — renders the nginx include from the node list and applies it: atomic write,
  * skip when unchanged, validate (NGINX_TEST_CMD), reload (NGINX_RELOAD_CMD), coalesce bursts,
- * roll back to the last good file when validation fails.  Runs on the controller thread.
+ * roll back to the last good file when validation fails.  Runs on the nginx worker's thread
+ * (nginx_worker.h).
  *
  * Owns: the include file, the last-good copy in the state dir, running the commands.
  * Must not: decide node health; the rendering itself is pure (nginx_render.h). */
@@ -35,6 +36,9 @@ void nginx_feed_update(kg_nginx_feed *f, const kg_node_view *nodes, int n, bool 
  * controller calls nginx_feed_update again at that time. */
 int64_t nginx_feed_due_ms(const kg_nginx_feed *f);
 void nginx_feed_status(const kg_nginx_feed *f, kg_nginx_view *out);
+/* True when the template file on disk is not the one in use (edited, replaced or gone): the
+ * next nginx_feed_update reads it again.  A stat(), nothing more. */
+bool nginx_feed_template_changed(const kg_nginx_feed *f);
 /* How long NGINX_TEST_CMD / NGINX_RELOAD_CMD may run before they are killed (default 15 s);
  * tests shorten it. */
 void nginx_feed_set_command_timeout_ms(kg_nginx_feed *f, int timeout_ms);

@@ -320,6 +320,38 @@ static const char *node_problem(const kg_node_view *v, char *why, size_t whylen)
     return NULL;
 }
 
+static int cmp_case_pos(const void *a, const void *b, void *arg)
+{
+    const node_ref *refs = arg;
+    int x = *(const int *)a, y = *(const int *)b;
+    int c = strcasecmp(refs[x].v->id, refs[y].v->id);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* refs is sorted by strcmp.  Ids equal ignoring case need not be adjacent there ("A" < "B" <
+ * "a"), and nginx would take them for one name: the first of each such group in refs order
+ * stays, the others are marked (dup[i]).  Sorting positions by (case-folded id, position)
+ * finds the groups in O(n log n); comparing every id with every accepted one cost O(n^2),
+ * which at 1,000 nodes was most of a render.  NULL when out of memory. */
+static bool *mark_case_duplicates(const node_ref *refs, int n)
+{
+    bool *dup = calloc((size_t)n + 1, sizeof *dup);
+    int *pos = malloc(((size_t)n + 1) * sizeof *pos);
+    if (!dup || !pos) {
+        free(dup);
+        free(pos);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        pos[i] = i;
+    qsort_r(pos, (size_t)n, sizeof *pos, cmp_case_pos, (void *)refs);
+    for (int i = 1; i < n; i++)
+        if (strcasecmp(refs[pos[i - 1]].v->id, refs[pos[i]].v->id) == 0)
+            dup[pos[i]] = true; /* pos[i - 1] is earlier in refs order: the group's first stays */
+    free(pos);
+    return dup;
+}
+
 static int build_lists(const kg_node_view *nodes, int n, lists *ls, nginx_render_info *info)
 {
     memset(ls, 0, sizeof *ls);
@@ -347,13 +379,14 @@ static int build_lists(const kg_node_view *nodes, int n, lists *ls, nginx_render
         nrefs++;
     }
     qsort(refs, (size_t)nrefs, sizeof *refs, cmp_ref);
+    bool *dup = mark_case_duplicates(refs, nrefs);
+    if (!dup) {
+        free(refs);
+        return -1;
+    }
     for (int i = 0; i < nrefs; i++) {
         const kg_node_view *v = refs[i].v;
-        /* Sorted by strcmp, ids equal ignoring case need not be adjacent ("A" < "B" < "a"). */
-        bool dup = false;
-        for (int j = 0; j < ls->n_nodes && !dup; j++)
-            dup = strcasecmp(ls->nodes[j]->id, v->id) == 0;
-        if (dup) {
+        if (dup[i]) {
             ls->rejected++;
             note_rejection(info, v, "duplicate node id (nginx ignores case)");
             continue;
@@ -362,6 +395,7 @@ static int build_lists(const kg_node_view *nodes, int n, lists *ls, nginx_render
         if (node_state_routable(v->state))
             ls->routable[ls->n_routable++] = v;
     }
+    free(dup);
     free(refs);
     ls->fallback = ls->n_routable == 0;
     if (!ls->fallback) {

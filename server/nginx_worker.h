@@ -19,7 +19,9 @@
 
 /* Takes ownership of feed (freed by nginx_worker_stop, or here on error). */
 int nginx_worker_start(kg_nginx_feed *feed, char *err, size_t errlen);
-/* Copies nodes[0..n) as the latest wish and wakes the worker.  Controller thread. */
+/* Copies nodes[0..n) as the latest wish and wakes the worker, unless the list says what the
+ * last one submitted said as far as the include goes (ids, hosts, states, host validity,
+ * freeze): then nothing happens.  Controller thread (one submitting thread). */
 void nginx_worker_submit(const kg_node_view *nodes, int n, bool freeze);
 /* The feed's status as of its last step (any thread). */
 void nginx_worker_status(kg_nginx_view *out);

@@ -29,6 +29,7 @@
 #include "snapshot.h"
 
 #define BODY_MAX 65536
+#define NOT_DUE INT64_MAX /* P.due of a target whose probe is in flight */
 
 typedef struct {
     char id[KG_NODE_ID_MAX + 1];
@@ -37,7 +38,7 @@ typedef struct {
     CURL *easy;
     bool in_flight;
     bool last_failed;
-    bool seen;               /* still in the snapshot (mark and sweep) */
+    int idx;                 /* position in P.targets (and P.due) */
     int64_t started_ms;
     int64_t next_due_ms;
     char *body;
@@ -49,8 +50,11 @@ static struct {
     int interval_ms, fast_ms, timeout_ms, expected;
     char path[256];
     CURLM *multi;
-    target **targets;
+    target **targets;        /* sorted by id (strcmp), as the snapshot's nodes */
+    int64_t *due;            /* due[i] = targets[i]->next_due_ms, NOT_DUE while in flight */
     int n_targets;
+    uint64_t synced_seq;     /* the snapshot the list was last brought in line with */
+    bool synced;
     pthread_t thread;
     bool started;
     atomic_bool stop;
@@ -153,55 +157,67 @@ static void target_free(target *t)
     free(t);
 }
 
-static target *find_target(const char *id)
+static target *target_new(const kg_node_view *n, int64_t now)
 {
-    for (int i = 0; i < P.n_targets; i++)
-        if (strcmp(P.targets[i]->id, id) == 0)
-            return P.targets[i];
-    return NULL;
+    target *t = calloc(1, sizeof *t);
+    if (!t || !(t->easy = curl_easy_init())) {
+        free(t);
+        return NULL;
+    }
+    snprintf(t->id, sizeof t->id, "%s", n->id);
+    snprintf(t->host, sizeof t->host, "%s", n->host);
+    snprintf(t->url, sizeof t->url, "http://%s%s", n->host, P.path);
+    t->next_due_ms = now;
+    return t;
 }
 
-/* Brings the target list in line with the snapshot: new nodes are due now, vanished nodes
- * and nodes under maintenance are dropped (an in-flight probe of them is abandoned). */
+/* Brings the target list in line with the snapshot: new nodes are due now, vanished nodes,
+ * nodes whose host changed (rebuilt) and nodes under maintenance are dropped (an in-flight
+ * probe of them is abandoned).  Both lists are sorted by id, so this is one merge pass, and it
+ * runs only when a new snapshot was published: the loop wakes thousands of times a second
+ * with 1,000 nodes, and a lookup per node per wake-up cost most of a core. */
 static void sync_targets(const kg_snapshot *s, int64_t now)
 {
-    for (int i = 0; i < P.n_targets; i++)
-        P.targets[i]->seen = false;
-    for (int i = 0; s && i < s->n_nodes; i++) {
-        const kg_node_view *n = &s->nodes[i];
+    if (P.synced && (s ? s->seq : 0) == P.synced_seq)
+        return;
+    int n_nodes = s ? s->n_nodes : 0;
+    target **next = malloc(((size_t)n_nodes + 1) * sizeof *next);
+    int64_t *due = malloc(((size_t)n_nodes + 1) * sizeof *due);
+    if (!next || !due) {
+        free(next);
+        free(due);
+        return; /* keep probing the old list; try again at the next wake-up */
+    }
+    int i = 0, k = 0;
+    for (int j = 0; j < n_nodes; j++) {
+        const kg_node_view *n = &s->nodes[j];
+        while (i < P.n_targets && strcmp(P.targets[i]->id, n->id) < 0)
+            target_free(P.targets[i++]);
+        target *t = NULL;
+        if (i < P.n_targets && strcmp(P.targets[i]->id, n->id) == 0) {
+            t = P.targets[i++];
+            if (n->state == NODE_MAINTENANCE || strcmp(t->host, n->host) != 0) {
+                target_free(t);
+                t = NULL;
+            }
+        }
         if (n->state == NODE_MAINTENANCE)
             continue;
-        target *t = find_target(n->id);
-        if (t && strcmp(t->host, n->host) != 0) {
-            t->seen = false; /* host changed: rebuild */
-            continue;
-        }
-        if (!t) {
-            target **grown = realloc(P.targets, (size_t)(P.n_targets + 1) * sizeof *grown);
-            if (!grown)
-                continue;
-            P.targets = grown;
-            t = calloc(1, sizeof *t);
-            if (!t || !(t->easy = curl_easy_init())) {
-                free(t);
-                continue;
-            }
-            snprintf(t->id, sizeof t->id, "%s", n->id);
-            snprintf(t->host, sizeof t->host, "%s", n->host);
-            snprintf(t->url, sizeof t->url, "http://%s%s", n->host, P.path);
-            t->next_due_ms = now;
-            P.targets[P.n_targets++] = t;
-        }
-        t->seen = true;
+        if (!t && !(t = target_new(n, now)))
+            continue; /* out of memory: it is picked up at the next snapshot */
+        t->idx = k;
+        due[k] = t->in_flight ? NOT_DUE : t->next_due_ms;
+        next[k++] = t;
     }
-    int w = 0;
-    for (int i = 0; i < P.n_targets; i++) {
-        if (P.targets[i]->seen)
-            P.targets[w++] = P.targets[i];
-        else
-            target_free(P.targets[i]);
-    }
-    P.n_targets = w;
+    while (i < P.n_targets)
+        target_free(P.targets[i++]);
+    free(P.targets);
+    free(P.due);
+    P.targets = next;
+    P.due = due;
+    P.n_targets = k;
+    P.synced = true;
+    P.synced_seq = s ? s->seq : 0;
 }
 
 static void start_probe(target *t, int64_t now)
@@ -216,6 +232,7 @@ static void start_probe(target *t, int64_t now)
         post_result(t, &r);
         t->last_failed = true;
         t->next_due_ms = now + P.interval_ms;
+        P.due[t->idx] = t->next_due_ms;
         return;
     }
     free(t->body);
@@ -238,8 +255,10 @@ static void start_probe(target *t, int64_t now)
     curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
     netpolicy_curl_guard(e, &t->guard);
-    if (curl_multi_add_handle(P.multi, e) == CURLM_OK)
+    if (curl_multi_add_handle(P.multi, e) == CURLM_OK) {
         t->in_flight = true;
+        P.due[t->idx] = NOT_DUE;
+    }
 }
 
 static void schedule_next(target *t, const kg_snapshot *s)
@@ -280,6 +299,7 @@ static void finish_probe(CURLMsg *msg, const kg_snapshot *s)
     t->last_failed = r.outcome != PROBE_OK;
     post_result(t, &r);
     schedule_next(t, s);
+    P.due[t->idx] = t->next_due_ms;
 }
 
 static void *prober_main(void *arg)
@@ -298,6 +318,9 @@ static void *prober_main(void *arg)
             pthread_mutex_unlock(&except_lock);
         }
         for (int i = 0; i < P.n_targets; i++) {
+            /* P.due is one small array: the scan costs little however often the loop wakes */
+            if (P.due[i] > now && !all)
+                continue;
             target *t = P.targets[i];
             bool triggered = all && strcmp(t->id, except) != 0;
             if (!t->in_flight && (triggered || t->next_due_ms <= now))
@@ -314,8 +337,8 @@ static void *prober_main(void *arg)
         /* computed after finishing, so a probe rescheduled just now is not overslept */
         int64_t next = now + 200; /* re-read the snapshot at least 5 times a second */
         for (int i = 0; i < P.n_targets; i++)
-            if (!P.targets[i]->in_flight && P.targets[i]->next_due_ms < next)
-                next = P.targets[i]->next_due_ms;
+            if (P.due[i] < next)
+                next = P.due[i];
         int64_t wait = next - kg_mono_ms();
         if (wait > 0)
             curl_multi_poll(P.multi, NULL, 0, (int)(wait > 200 ? 200 : wait), NULL);
@@ -377,8 +400,11 @@ void prober_stop(void)
     for (int i = 0; i < P.n_targets; i++)
         target_free(P.targets[i]);
     free(P.targets);
+    free(P.due);
     P.targets = NULL;
+    P.due = NULL;
     P.n_targets = 0;
+    P.synced = false;
     curl_multi_cleanup(P.multi);
     P.multi = NULL;
     P.started = false;

@@ -21,6 +21,9 @@ static pthread_once_t snap_once = PTHREAD_ONCE_INIT;
 /* Timed waits use CLOCK_MONOTONIC so a wall-clock step cannot stretch a wait. */
 static void snap_init(void) { kg_cond_init(&snap_cond); }
 static kg_snapshot *current;
+static uint64_t last_seq; /* never reset, not even by snapshot_clear: a reader that remembers
+                           * the seq it last worked from (the prober) must see any later
+                           * snapshot as newer */
 static bool shutting_down;
 
 
@@ -61,7 +64,7 @@ void snapshot_publish(kg_snapshot *s)
     pthread_once(&snap_once, snap_init);
     pthread_mutex_lock(&snap_lock);
     kg_snapshot *old = current;
-    s->seq = old ? old->seq + 1 : 1;
+    s->seq = ++last_seq;
     current = s;
     pthread_cond_broadcast(&snap_cond);
     pthread_mutex_unlock(&snap_lock);

@@ -25,7 +25,7 @@
 
 typedef struct {
     atomic_int refs;
-    uint64_t seq;              /* increases with every publish */
+    uint64_t seq;              /* increases with every publish, for the life of the process */
     int64_t built_ms;
     int64_t started_ms;        /* when kumaguard started */
 

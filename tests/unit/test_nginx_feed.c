@@ -29,7 +29,9 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "mailbox.h"
 #include "nginx_feed.h"
+#include "nginx_worker.h"
 
 #define NGINX_BIN "/usr/sbin/nginx"
 
@@ -903,4 +905,118 @@ Test(nginx_feed, missing_template_is_a_startup_error)
     cr_expect_null(f);
     cr_expect(strstr(err, "/nonexistent/kg.tmpl"), "%s", err);
     nginx_feed_free(f);
+}
+
+/* ---- the worker thread (nginx_worker.h) ------------------------------------------------------
+ * The controller submits the node list with every snapshot (hundreds a second with 1,000
+ * nodes); the worker must render only when the include could change, and still notice an
+ * edited template while no list comes. */
+
+static kg_nginx_view worker_status(void)
+{
+    kg_nginx_view v;
+    nginx_worker_status(&v);
+    return v;
+}
+
+/* Waits (bounded: 5 s) until the worker has done `reloads` successful reloads. */
+static kg_nginx_view wait_reloads(int64_t reloads)
+{
+    kg_nginx_view v = worker_status();
+    for (int i = 0; i < 250 && v.reloads_ok < reloads; i++) {
+        sleep_ms(20);
+        v = worker_status();
+    }
+    cr_assert_geq(v.reloads_ok, reloads, "%lld reloads, want %lld: %s",
+                  (long long)v.reloads_ok, (long long)reloads, v.last_error);
+    return v;
+}
+
+/* Servers listed in `upstream kuma_cluster { ... }` of an include. */
+static int count_servers_in_cluster(const char *inc)
+{
+    const char *p = strstr(inc, "upstream kuma_cluster {");
+    const char *end = p ? strchr(p, '}') : NULL;
+    int n = 0;
+    for (const char *q = p ? strstr(p, "server ") : NULL; q && q < end; q = strstr(q + 1, "server "))
+        n++;
+    return n;
+}
+
+static void start_worker(void)
+{
+    char err[256] = "";
+    cr_assert_eq(nginx_worker_start(new_feed(), err, sizeof err), 0, "%s", err);
+    fx.feed = NULL; /* the worker owns it now (freed by nginx_worker_stop) */
+}
+
+static void stop_worker(void)
+{
+    nginx_worker_stop();
+    mailbox_drain(); /* its outcome messages, which no controller read */
+}
+
+Test(nginx_feed, worker_renders_only_lists_that_change_the_include)
+{
+    start_worker();
+    kg_node_view ns[3];
+    nodes3(ns, ON, ON, OFF);
+    nginx_worker_submit(ns, 3, false);
+    kg_nginx_view v = wait_reloads(1);
+    cr_assert_eq(v.renders, 1);
+
+    /* probe bookkeeping changes on every snapshot; none of it is in the include */
+    for (int i = 0; i < 50; i++) {
+        for (int k = 0; k < 3; k++) {
+            ns[k].last_probe_ms += 1000;
+            ns[k].last_latency_ms = 1.5 + i;
+            ns[k].consecutive_successes = i;
+            ns[k].probes_total = i;
+        }
+        ns[0].state = i % 2 ? NODE_SUSPECT : NODE_ONLINE; /* suspect is routed all the same */
+        nginx_worker_submit(ns, 3, false);
+    }
+    sleep_ms(300);
+    v = worker_status();
+    cr_expect_eq(v.renders, 1, "lists that say the same were rendered %lld times",
+                 (long long)v.renders - 1);
+    cr_expect_eq(v.reloads_ok, 1);
+
+    ns[2].state = ON; /* this one changes the include */
+    nginx_worker_submit(ns, 3, false);
+    v = wait_reloads(2);
+    cr_expect_eq(v.renders, 2);
+    char *now = read_text(fx.include);
+    cr_expect(strstr(now, "\n    server 127.0.0.1:"), "%s", now);
+    cr_expect_eq(count_servers_in_cluster(now), 3, "n3 joined kuma_cluster:\n%s", now);
+    free(now);
+    cr_expect_eq(reloads_run(), 2);
+    stop_worker();
+}
+
+Test(nginx_feed, worker_follows_an_edited_template_without_a_new_list)
+{
+    char tpath[300];
+    snprintf(tpath, sizeof tpath, "%s/custom.tmpl", fx.dir);
+    char *orig = read_text(fx.tmpl);
+    cr_assert_not_null(orig);
+    write_text(tpath, orig);
+    fx.cfg.nginx_template = tpath;
+    start_worker();
+    kg_node_view ns[3];
+    nodes3(ns, ON, OFF, OFF);
+    nginx_worker_submit(ns, 3, false);
+    wait_reloads(1);
+
+    size_t len = strlen(orig) + 64;
+    char *edited = malloc(len);
+    snprintf(edited, len, "# edited by the operator\n%s", orig);
+    write_text(tpath, edited);
+    wait_reloads(2); /* no submission: the worker looked at the template by itself */
+    char *now = read_text(fx.include);
+    cr_expect(strstr(now, "# edited by the operator"), "the include follows the template");
+    free(now);
+    free(edited);
+    free(orig);
+    stop_worker();
 }

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "nginx_render.h"
 
@@ -385,6 +386,62 @@ Test(render_hostile, ids_equal_ignoring_case_keep_one)
     cr_expect(strstr(out, "upstream kuma_node_Node1 {\n    server 10.0.0.2:1;"), "%s", out);
     cr_expect(strstr(info.rejected, "duplicate"));
     free(out);
+}
+
+/* The rule, stated the slow way: in strcmp order of the ids (input order between identical
+ * ids), a node is kept unless a node kept before it has the same id ignoring case.  Random
+ * lists of ids drawn from a few letters in both cases (so groups interleave: "Ab" < "B" < "aB")
+ * must keep exactly those nodes, in that order. */
+static int cmp_pos_by_id(const void *a, const void *b, void *arg)
+{
+    const kg_node_view *ns = arg;
+    int x = *(const int *)a, y = *(const int *)b;
+    int c = strcmp(ns[x].id, ns[y].id);
+    return c ? c : (x > y) - (x < y);
+}
+
+Test(render_hostile, ids_equal_ignoring_case_keep_the_first_in_id_order)
+{
+    enum { ROUNDS = 300, MAXN = 60 };
+    const char *tmpl = "{{#nodes}}{{id}}={{host}}\n{{/nodes}}";
+    unsigned seed = 12345;
+    for (int round = 0; round < ROUNDS; round++) {
+        kg_node_view ns[MAXN];
+        int n = 1 + (int)(rand_r(&seed) % MAXN);
+        for (int i = 0; i < n; i++) {
+            char id[8];
+            int len = 1 + (int)(rand_r(&seed) % 3);
+            for (int k = 0; k < len; k++) {
+                char c = "abc"[rand_r(&seed) % 3];
+                id[k] = rand_r(&seed) % 2 ? (char)(c - 'a' + 'A') : c;
+            }
+            id[len] = 0;
+            char host[32];
+            snprintf(host, sizeof host, "10.0.%d.%d:1", round % 250, i + 1);
+            ns[i] = node(id, host, NODE_ONLINE);
+        }
+        /* the slow rule */
+        int pos[MAXN], kept[MAXN], n_kept = 0;
+        for (int i = 0; i < n; i++)
+            pos[i] = i;
+        qsort_r(pos, (size_t)n, sizeof *pos, cmp_pos_by_id, ns);
+        for (int i = 0; i < n; i++) {
+            bool dup = false;
+            for (int k = 0; k < n_kept && !dup; k++)
+                dup = strcasecmp(ns[kept[k]].id, ns[pos[i]].id) == 0;
+            if (!dup)
+                kept[n_kept++] = pos[i];
+        }
+        char want[MAXN * 32] = "";
+        for (int k = 0; k < n_kept; k++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s=%s\n",
+                     ns[kept[k]].id, ns[kept[k]].host);
+        nginx_render_info info;
+        char *out = render_ok(tmpl, ns, n, &info);
+        cr_assert_str_eq(out, want, "round %d", round);
+        cr_assert_eq(info.rejected_nodes, n - n_kept, "round %d", round);
+        free(out);
+    }
 }
 
 Test(render_hostile, many_nodes_and_long_output)
