@@ -314,8 +314,10 @@ static int64_t step(void)
     if (ctl.reb.running)
         due = ctrl_min_due(due, ctl.reb.next_batch_ms);
     due = ctrl_min_due(due, ctrl_schedule_calls());
-    if (ctl.dirty)
+    if (ctl.dirty || (ctl.probe_dirty && ctl.now - ctl.last_publish_ms >= PUBLISH_GAP_MS))
         ctrl_publish();
+    else if (ctl.probe_dirty)
+        due = ctrl_min_due(due, ctl.last_publish_ms + PUBLISH_GAP_MS);
     return due;
 }
 

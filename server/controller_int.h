@@ -56,6 +56,10 @@
  * State owned by the controller thread
  * ========================================================================================== */
 
+/* Probe results that change no state are published at most this often: with 1,000 nodes a
+ * snapshot per probe result was most of kumaguard's CPU (bench/thousand_nodes.py). */
+#define PUBLISH_GAP_MS 100
+
 typedef struct {
     kg_node_view v;          /* what is published (state mirrors h.state) */
     node_health h;           /* times on the monotonic clock */
@@ -182,6 +186,9 @@ typedef struct {
 
     uint32_t rng;
     bool dirty;              /* something visible changed: publish */
+    bool probe_dirty;        /* only probe counters/latency changed: publish within
+                              * PUBLISH_GAP_MS (a state change sets dirty: published at once) */
+    int64_t last_publish_ms;
 } ctrl_state;
 
 /* The controller's state: one instance, touched by the controller thread only. */

@@ -449,7 +449,7 @@ void ctrl_on_probe(const kg_msg *m)
     health_transition t = health_apply(&cn->h, &p, ok, ctl.now);
     cn->v.consecutive_failures = cn->h.consecutive_failures;
     cn->v.consecutive_successes = cn->h.consecutive_successes;
-    ctl.dirty = true;
+    ctl.probe_dirty = true;
     ctrl_on_transition(cn, t, ok ? "probe ok" : r->reason);
     if (cn->h.proven && !was_proven && !t.changed) {
         /* proven after a start: it may receive monitors now */

@@ -153,4 +153,6 @@ void ctrl_publish(void)
     nginx_worker_status(&s->nginx);
     snapshot_publish(s);
     ctl.dirty = false;
+    ctl.probe_dirty = false;
+    ctl.last_publish_ms = ctl.now;
 }
