@@ -1,4 +1,4 @@
-/* assign.c — the assignment planner (SPEC section 3): failover, revert, adoption, rebalance and
+/* assign.c — the assignment planner: failover, revert, adoption, rebalance and
  * force-rebalance as pure functions from a plan_view to a list of guarded moves.
  *
  * Owns: placement rules (even placement by water-filling, minimal-movement rebalancing).

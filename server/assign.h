@@ -1,4 +1,4 @@
-/* assign.h — the assignment planner (SPEC section 3).  Pure: a view of nodes and monitors goes
+/* assign.h — the assignment planner.  Pure: a view of nodes and monitors goes
  * in, a list of moves comes out.  It never reads or writes storage, logs or looks at a clock;
  * the same input always yields the same moves, on any controller.
  *

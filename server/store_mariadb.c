@@ -447,7 +447,8 @@ static const char *const OWN_TABLES[] = {
     "ALTER TABLE kumaguard_leader ADD COLUMN IF NOT EXISTS expires_at DATETIME(3) NULL,"      \
     " ADD COLUMN IF NOT EXISTS fence_seq BIGINT NOT NULL DEFAULT 0"
 
-/* Minimal tables compatible with the Kuma nodes' schema (SPEC section 1), for tests/trials. */
+/* Minimal tables compatible with the Kuma nodes' schema (the node and monitor columns
+ * kumaguard reads and writes), for tests and trials. */
 static const char *const KUMA_TABLES[] = {
     "CREATE TABLE IF NOT EXISTS node ("
     " node_id VARCHAR(50) NOT NULL PRIMARY KEY,"
@@ -1762,7 +1763,7 @@ static int my_release_lease(kg_store *s, char *err, size_t errlen)
     return run_op(s, op_release_lease, NULL, err, errlen);
 }
 
-/* ---- first-run setup, per-monitor listing and operations (issue 14) --------------------- */
+/* ---- first-run setup, per-monitor listing and operations ------------------------------ */
 
 /* Uptime Kuma creates `user` with its other tables; kumaguard's --init-schema does not, so a
  * test or trial database without it is simply not gated. */

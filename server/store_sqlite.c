@@ -691,7 +691,7 @@ static int sq_release_lease(kg_store *s, char *err, size_t errlen)
     return STORE_OK;
 }
 
-/* ---- first-run setup, per-monitor listing and operations (issue 14) --------------------- */
+/* ---- first-run setup, per-monitor listing and operations ------------------------------ */
 
 /* The embedded store has no Kuma `user` table: a trial cluster on it is never gated. */
 static int sq_setup_status(kg_store *s, store_setup_state *st, char *err, size_t errlen)
