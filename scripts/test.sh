@@ -33,9 +33,9 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # Warnings are errors here (and in CI), not in the default build a packager runs.
 stage "build (plain, -Werror)" scripts/build.sh build-test -DKG_WERROR=ON
 stage "build (ASan+UBSan)" scripts/build.sh build-asan -DKG_SANITIZE=ON -DKG_WERROR=ON
-stage "unit tests (Criterion, ASan+UBSan)" ctest --test-dir build-asan --output-on-failure
+stage "unit tests (Criterion, ASan+UBSan)" ctest --test-dir build-asan --output-on-failure -j2
 stage "integration tests (pytest, ASan+UBSan daemon)" \
-  env KG_BUILD_DIR="$root/build-asan" /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration
+  env KG_BUILD_DIR="$root/build-asan" /usr/bin/python3 -m pytest -q -p no:cacheprovider --durations=8 tests/integration
 # ThreadSanitizer over the daemon with all its threads, against the same real components.
 # (Criterion cannot run under TSan — its boxfort arena cannot be mapped in TSan's address
 # layout, Criterion issue #274 — so the unit tests run under ASan above; the threads they would
