@@ -211,6 +211,8 @@ ctrl_node *ctrl_add_node(const char *id, const char *name, const char *host, nod
 void ctrl_on_transition(ctrl_node *cn, health_transition t, const char *why);
 void ctrl_merge_node_rows(const store_node_row *rows, size_t n);
 store_node_state *ctrl_node_states_to_write(size_t *n_out);
+/* What the panic guard sees of a node (counted when probed and valid; failing). */
+panic_node ctrl_panic_node(const ctrl_node *cn);
 void ctrl_update_panic(void);
 bool ctrl_proving(void);
 bool ctrl_moves_allowed(void);

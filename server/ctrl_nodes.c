@@ -350,20 +350,22 @@ static void record_latency(ctrl_node *cn, const probe_result *r)
     }
 }
 
+panic_node ctrl_panic_node(const ctrl_node *cn)
+{
+    return (panic_node){.counted = health_probed(&cn->h) && cn->v.host_valid,
+                        .failing = cn->h.consecutive_failures > 0 || cn->h.state == NODE_OFFLINE,
+                        .fail_start_ms = cn->fail_start_ms,
+                        .last_probe_ms = cn->last_probe_ms,
+                        .id = cn->v.id};
+}
+
 void ctrl_update_panic(void)
 {
     panic_node *pv = calloc((size_t)(ctl.n_nodes ? ctl.n_nodes : 1), sizeof *pv);
     if (!pv)
         return;
-    for (int i = 0; i < ctl.n_nodes; i++) {
-        ctrl_node *cn = &ctl.nodes[i];
-        pv[i] = (panic_node){.counted = health_probed(&cn->h) && cn->v.host_valid,
-                             .failing = cn->h.consecutive_failures > 0 ||
-                                        cn->h.state == NODE_OFFLINE,
-                             .fail_start_ms = cn->fail_start_ms,
-                             .last_probe_ms = cn->last_probe_ms,
-                             .id = cn->v.id};
-    }
+    for (int i = 0; i < ctl.n_nodes; i++)
+        pv[i] = ctrl_panic_node(&ctl.nodes[i]);
     int released = ctl.panic.released;
     panic_change ch = panic_update(&ctl.panic, &ctl.pcfg, pv, ctl.n_nodes, ctl.now);
     if (ch == PANIC_ENGAGED) {

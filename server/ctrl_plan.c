@@ -31,15 +31,8 @@ static plan_node *build_plan_nodes(kg_nametab *tab, int *n_out)
         free(pv);
         return NULL;
     }
-    for (int i = 0; i < ctl.n_nodes; i++) {
-        ctrl_node *cn = &ctl.nodes[i];
-        pv[i] = (panic_node){.counted = health_probed(&cn->h) && cn->v.host_valid,
-                             .failing = cn->h.consecutive_failures > 0 ||
-                                        cn->h.state == NODE_OFFLINE,
-                             .fail_start_ms = cn->fail_start_ms,
-                             .last_probe_ms = cn->last_probe_ms,
-                             .id = cn->v.id};
-    }
+    for (int i = 0; i < ctl.n_nodes; i++)
+        pv[i] = ctrl_panic_node(&ctl.nodes[i]);
     bool revert_window = ctl.now >= ctl.next_revert_ms;
     for (int i = 0; i < n; i++) {
         pn[i].id = nametab_name(tab, i);
