@@ -21,7 +21,7 @@ cc=${KG_FUZZ_CC:-clang}
 command -v "$cc" >/dev/null || { echo "fuzz-short: $cc not found (apt-get install clang)"; exit 2; }
 mkdir -p "$out/artifacts"
 
-pkgs="libmicrohttpd libcurl json-c libmariadb sqlite3 libcrypto"
+pkgs="libmicrohttpd libcurl json-c libmariadb sqlite3 libcrypto zlib"
 # shellcheck disable=SC2086
 cflags="-std=c11 -D_GNU_SOURCE -DKG_DEFAULT_WEB_DIR=\"$root/web\" -g -O1 -fno-omit-frame-pointer
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined

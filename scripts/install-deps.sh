@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev
-      libmariadb-dev libjson-c-dev libssl-dev libcriterion-dev sqlite3 curl)
+      libmariadb-dev libjson-c-dev libssl-dev zlib1g-dev libcriterion-dev sqlite3 curl)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(mariadb-server mariadb-client nginx wrk python3 python3-pytest python3-pymysql python3-yaml
          chromium clang libclang-rt-14-dev clang-tidy docker-compose

@@ -2,8 +2,9 @@
  * actions and the dashboard files (every endpoint is listed in docs/API.md).
  *
  * Threading: MHD runs a pool of cfg->http_threads epoll threads.  Reads are answered from the
- * current snapshot without any lock beyond snapshot_acquire (/api/system-status is rendered
- * once per snapshot and cached in it, so a repeated GET costs no JSON work).  Actions are the
+ * current snapshot without any lock beyond snapshot_acquire (/api/system-status and
+ * /api/node-status are rendered once per snapshot, plain or gzip, and one response is shared
+ * by every GET: api_cache.h).  Actions are the
  * one slow thing — mailbox_call waits up to ACTION_TIMEOUT_MS for the controller — so an action
  * suspends its connection and a short-lived worker thread waits instead, keeping the pool
  * free for reads.  /api/events streams are parked the same way (api_sse.c).
@@ -37,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "api_cache.h"
 #include "api_frame.h"
 #include "api_fixed_node.h"
 #include "api_respond.h"
@@ -76,13 +78,9 @@ struct kg_api {
     char web_dir[PATH_MAX];
     char static_root[PATH_MAX]; /* realpath of <web_dir>/static, "" when absent */
 
-    /* The /api/system-status response of the newest snapshot seen, queued as is on every
-     * GET until a newer snapshot appears (MHD responses are reference counted and may be
-     * queued on many connections).  It borrows its body from snapshot->cached_json and holds
-     * a snapshot reference, released when MHD frees the response. */
-    pthread_mutex_t status_lock;
-    struct MHD_Response *status_resp;
-    uint64_t status_seq;
+    /* /api/system-status and /api/node-status: rendered once per snapshot, one response
+     * queued on every GET until a newer snapshot appears (api_cache.h) */
+    api_cache *docs;
 
     pthread_mutex_t act_lock;   /* guards the fields below and api_req.act_* */
     pthread_cond_t act_cond;
@@ -269,32 +267,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void release_snapshot_cb(void *cls)
-{
-    snapshot_release(cls);
-}
-
-/* The body of /api/system-status for s: rendered once per snapshot and kept in
- * s->cached_json (freed by snapshot.c with the snapshot).  NULL on allocation failure. */
-static const char *system_status_body(kg_api *a, kg_snapshot *s)
-{
-    char *body = atomic_load_explicit(&s->cached_json, memory_order_acquire);
-    if (body)
-        return body;
-    json_object *o = api_doc_system_status(s, a->cfg);
-    char *fresh = o ? api_json_dump(o, NULL) : NULL;
-    json_object_put(o);
-    if (!fresh)
-        return NULL;
-    char *expected = NULL;
-    /* Two threads may render the same snapshot at once; the first to publish wins. */
-    if (atomic_compare_exchange_strong_explicit(&s->cached_json, &expected, fresh,
-                                                memory_order_acq_rel, memory_order_acquire))
-        return fresh;
-    free(fresh);
-    return expected;
-}
-
 /* /api/system-status for a caller holding the API token: the public document plus where the
  * database is and who kumaguard is there (host, port, name, user, the raw error), which the
  * public one leaves out.  Rendered per request: only operators ask this way. */
@@ -312,8 +284,23 @@ static enum MHD_Result serve_system_status_detailed(kg_api *a, struct MHD_Connec
     return api_queue_json(c, MHD_HTTP_OK, o, NULL);
 }
 
-/* /api/system-status.  The hot path is one mutex and MHD_queue_response of a ready response:
- * no JSON work, no allocation, no copy of the body. */
+static bool wants_gzip(struct MHD_Connection *c)
+{
+    return api_accepts_gzip(MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Accept-Encoding"));
+}
+
+/* /api/system-status and /api/node-status.  The hot path is one mutex and MHD_queue_response
+ * of a ready response: no JSON work, no allocation, no copy of the body (api_cache.h). */
+static enum MHD_Result serve_cached_doc(kg_api *a, struct MHD_Connection *c, api_doc_kind kind)
+{
+    kg_snapshot *s = snapshot_acquire();
+    if (!s)
+        return no_snapshot(c);
+    enum MHD_Result ret = api_cache_queue(a->docs, kind, s, wants_gzip(c), c);
+    snapshot_release(s);
+    return ret;
+}
+
 static enum MHD_Result serve_system_status(kg_api *a, struct MHD_Connection *c)
 {
     const char *token = a->cfg->api_token;
@@ -322,51 +309,7 @@ static enum MHD_Result serve_system_status(kg_api *a, struct MHD_Connection *c)
                                                      MHD_HTTP_HEADER_AUTHORIZATION),
                          token) == 0)
         return serve_system_status_detailed(a, c);
-    kg_snapshot *s = snapshot_acquire();
-    if (!s)
-        return no_snapshot(c);
-    enum MHD_Result ret = MHD_NO;
-    pthread_mutex_lock(&a->status_lock);
-    if (a->status_resp && a->status_seq >= s->seq) {
-        /* queued under the lock so a concurrent swap cannot free it first */
-        ret = MHD_queue_response(c, MHD_HTTP_OK, a->status_resp);
-        pthread_mutex_unlock(&a->status_lock);
-        snapshot_release(s);
-        return ret;
-    }
-    pthread_mutex_unlock(&a->status_lock);
-
-    const char *body = system_status_body(a, s);
-    if (!body) {
-        snapshot_release(s);
-        return MHD_NO;
-    }
-    uint64_t seq = s->seq;
-    /* the response keeps s alive (and with it the body) until MHD frees the response */
-    struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback_cls(
-        strlen(body), (void *)body, release_snapshot_cb, s);
-    if (!resp) {
-        snapshot_release(s);
-        return MHD_NO;
-    }
-    api_add_common_headers(resp);
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    MHD_add_response_header(resp, "Cache-Control", "no-store");
-    ret = MHD_queue_response(c, MHD_HTTP_OK, resp);
-    struct MHD_Response *old = NULL;
-    pthread_mutex_lock(&a->status_lock);
-    if (!a->status_resp || a->status_seq < seq) {
-        old = a->status_resp;
-        a->status_resp = resp; /* the cache takes over our reference */
-        a->status_seq = seq;
-        resp = NULL;
-    }
-    pthread_mutex_unlock(&a->status_lock);
-    if (old)
-        MHD_destroy_response(old); /* in-flight sends keep their own references */
-    if (resp)
-        MHD_destroy_response(resp);
-    return ret;
+    return serve_cached_doc(a, c, API_DOC_SYSTEM_STATUS);
 }
 
 static enum MHD_Result serve_doc(kg_api *a, struct MHD_Connection *c, api_route_id id)
@@ -383,7 +326,6 @@ static enum MHD_Result serve_doc(kg_api *a, struct MHD_Connection *c, api_route_
     json_object *o = NULL;
     int st = 200;
     switch (id) {
-    case API_R_NODE_STATUS: o = api_doc_node_status(s); break;
     case API_R_LB_STATUS: o = api_doc_load_balancer_status(s); break;
     case API_R_HEALTH_CHECK_STATUS: o = api_doc_health_check_status(s, a->cfg); break;
     case API_R_FAULT_STATUS: o = api_doc_fault_detection_status(s, a->cfg); break;
@@ -749,8 +691,8 @@ static enum MHD_Result dispatch(kg_api *a, api_req *r, struct MHD_Connection *c,
 
     switch (m->id) {
     case API_R_SYSTEM_STATUS: return serve_system_status(a, c);
+    case API_R_NODE_STATUS: return serve_cached_doc(a, c, API_DOC_NODE_STATUS);
     case API_R_HEALTH:
-    case API_R_NODE_STATUS:
     case API_R_LB_STATUS:
     case API_R_HEALTH_CHECK_STATUS:
     case API_R_FAULT_STATUS:
@@ -1094,7 +1036,6 @@ kg_api *api_start(const kg_config *cfg, char *err, size_t errlen)
     a->cfg = cfg;
     pthread_mutex_init(&a->act_lock, NULL);
     pthread_cond_init(&a->act_cond, NULL);
-    pthread_mutex_init(&a->status_lock, NULL);
     snprintf(a->web_dir, sizeof a->web_dir, "%s",
              cfg->web_dir && *cfg->web_dir ? cfg->web_dir : KG_DEFAULT_WEB_DIR);
     char st_dir[PATH_MAX + 16];
@@ -1103,9 +1044,10 @@ kg_api *api_start(const kg_config *cfg, char *err, size_t errlen)
         a->static_root[0] = '\0';
 
     a->conns = api_limits_new();
+    a->docs = api_cache_new(cfg);
     a->sse = api_sse_start(cfg->event_streams_max, cfg->event_streams_per_client, err, errlen);
-    if (!a->sse || !a->conns) {
-        if (!a->conns)
+    if (!a->sse || !a->conns || !a->docs) {
+        if (!a->conns || !a->docs)
             snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -1151,7 +1093,7 @@ fail:
     api_sse_stop(a->sse);
     api_sse_free(a->sse);
     api_limits_free(a->conns);
-    pthread_mutex_destroy(&a->status_lock);
+    api_cache_free(a->docs);
     pthread_mutex_destroy(&a->act_lock);
     pthread_cond_destroy(&a->act_cond);
     free(a);
@@ -1185,9 +1127,7 @@ void api_stop(kg_api *a)
     MHD_stop_daemon(a->daemon);
     api_sse_free(a->sse);
     api_limits_free(a->conns);
-    if (a->status_resp)
-        MHD_destroy_response(a->status_resp); /* releases its snapshot */
-    pthread_mutex_destroy(&a->status_lock);
+    api_cache_free(a->docs); /* its responses release their snapshots */
     pthread_mutex_destroy(&a->act_lock);
     pthread_cond_destroy(&a->act_cond);
     free(a);

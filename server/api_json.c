@@ -737,27 +737,70 @@ static void fill_rebalancing(json_object *o, const kg_snapshot *s, const kg_conf
     add(o, "nodes", a);
 }
 
-static void fill_capacity(json_object *o, const kg_snapshot *s)
+json_object *api_json_capacity_node(const kg_node_view *n, int default_limit)
 {
-    json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
+    int limit = node_limit(n, default_limit);
+    json_object *e = node_entry(n);
+    add_bool(e, "placeable", node_state_placeable(n->state));
+    add_int(e, "effective", n->effective_monitors);
+    add_int(e, "home", n->home_monitors);
+    add_int(e, "pinned", n->pinned_monitors);
+    add_int(e, "limit", limit);
+    add_int(e, "current_count", n->effective_monitors); /* compat */
+    add_int(e, "limit_per_node", limit);                /* compat */
+    add_int(e, "available", limit > n->effective_monitors ? limit - n->effective_monitors : 0);
+    add(e, "usage_percent", jnum(usage_percent(n->effective_monitors, limit), 2));
+    return e;
+}
+
+/* A member whose value is JSON text rendered elsewhere (api_prerendered): json-c writes the
+ * bytes as they are.  The text is borrowed; it must outlive the serialisation. */
+typedef struct {
+    const char *text;
+    size_t len;
+} raw_json;
+
+static int raw_json_write(json_object *o, struct printbuf *pb, int level, int flags)
+{
+    (void)level;
+    (void)flags;
+    const raw_json *r = json_object_get_userdata(o);
+    return printbuf_memappend(pb, r->text, (int)r->len);
+}
+
+static void raw_json_free(json_object *o, void *userdata)
+{
+    (void)o;
+    free(userdata);
+}
+
+static json_object *jraw(const char *text, size_t len)
+{
+    raw_json *r = malloc(sizeof *r);
+    json_object *o = r ? json_object_new_object() : NULL;
+    if (!o) {
+        free(r);
+        return NULL;
+    }
+    r->text = text;
+    r->len = len;
+    json_object_set_serializer(o, raw_json_write, r, raw_json_free);
+    return o;
+}
+
+static void fill_capacity(json_object *o, const kg_snapshot *s, const api_prerendered *pre)
+{
+    json_object *a = pre && pre->capacity_nodes
+                         ? jraw(pre->capacity_nodes, pre->capacity_len)
+                         : json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
     long long eff_total = 0, cap_total = 0;
     for (int i = 0; i < s->n_nodes; i++) {
         const kg_node_view *n = &s->nodes[i];
-        int limit = node_limit(n, s->monitor_limit);
-        json_object *e = node_entry(n);
-        add_bool(e, "placeable", node_state_placeable(n->state));
-        add_int(e, "effective", n->effective_monitors);
-        add_int(e, "home", n->home_monitors);
-        add_int(e, "pinned", n->pinned_monitors);
-        add_int(e, "limit", limit);
-        add_int(e, "current_count", n->effective_monitors); /* compat */
-        add_int(e, "limit_per_node", limit);                /* compat */
-        add_int(e, "available", limit > n->effective_monitors ? limit - n->effective_monitors : 0);
-        add(e, "usage_percent", jnum(usage_percent(n->effective_monitors, limit), 2));
-        json_object_array_add(a, e);
+        if (!(pre && pre->capacity_nodes))
+            json_object_array_add(a, api_json_capacity_node(n, s->monitor_limit));
         eff_total += n->effective_monitors;
         if (node_state_placeable(n->state))
-            cap_total += limit;
+            cap_total += node_limit(n, s->monitor_limit);
     }
     add_int(o, "monitor_limit", s->monitor_limit);
     add_int(o, "limit_per_node", s->monitor_limit); /* compat */
@@ -772,8 +815,10 @@ static void fill_capacity(json_object *o, const kg_snapshot *s)
     add(o, "total", t);
 }
 
-static json_object *nodes_array(const kg_snapshot *s)
+static json_object *nodes_array(const kg_snapshot *s, const api_prerendered *pre)
 {
+    if (pre && pre->nodes)
+        return jraw(pre->nodes, pre->nodes_len);
     json_object *a = json_object_new_array_ext(s->n_nodes > 0 ? s->n_nodes : 1);
     for (int i = 0; i < s->n_nodes; i++)
         json_object_array_add(a, api_json_node(&s->nodes[i], s->monitor_limit));
@@ -817,6 +862,12 @@ json_object *api_doc_health(const kg_snapshot *s, int64_t now_ms, int *http_stat
 
 json_object *api_doc_system_status(const kg_snapshot *s, const kg_config *cfg)
 {
+    return api_doc_system_status_pre(s, cfg, NULL);
+}
+
+json_object *api_doc_system_status_pre(const kg_snapshot *s, const kg_config *cfg,
+                                       const api_prerendered *pre)
+{
     json_object *o = new_doc(s);
     json_object *c = json_object_new_object();
     add(c, "instance_id", jstr_or_null(s->instance_id));
@@ -833,7 +884,7 @@ json_object *api_doc_system_status(const kg_snapshot *s, const kg_config *cfg)
     json_object *cl = json_object_new_object();
     add_cluster_summary(cl, s);
     add(o, "cluster", cl);
-    add(o, "nodes", nodes_array(s));
+    add(o, "nodes", nodes_array(s, pre));
 
     json_object *lb = json_object_new_object();
     fill_load_balancer(lb, s, false);
@@ -848,7 +899,7 @@ json_object *api_doc_system_status(const kg_snapshot *s, const kg_config *cfg)
     fill_rebalancing(rb, s, cfg, false);
     add(o, "rebalancing", rb);
     json_object *cap = json_object_new_object();
-    fill_capacity(cap, s);
+    fill_capacity(cap, s, pre);
     add(o, "capacity", cap);
 
     int n = s->n_recent_events < RECENT_IN_SYSTEM_STATUS ? s->n_recent_events
@@ -878,11 +929,16 @@ json_object *api_doc_system_status(const kg_snapshot *s, const kg_config *cfg)
 
 json_object *api_doc_node_status(const kg_snapshot *s)
 {
+    return api_doc_node_status_pre(s, NULL);
+}
+
+json_object *api_doc_node_status_pre(const kg_snapshot *s, const api_prerendered *pre)
+{
     json_object *o = new_doc(s);
     json_object *sum = json_object_new_object();
     add_cluster_summary(sum, s);
     add(o, "summary", sum);
-    add(o, "nodes", nodes_array(s));
+    add(o, "nodes", nodes_array(s, pre));
     /* the database is named here too: when it is down, node states are not written and
      * monitors do not move, whatever the nodes say */
     add(o, "database", database_obj(s));
@@ -900,7 +956,7 @@ json_object *api_doc_load_balancer_status(const kg_snapshot *s)
     add(o, "load_balancer", jstr("nginx"));
     add(o, "algorithm", jstr("consistent-hash-remote-addr"));
     json_object *cap = json_object_new_object();
-    fill_capacity(cap, s);
+    fill_capacity(cap, s, NULL);
     add(o, "capacity", cap);
     json_object *cl = json_object_new_object();
     add_cluster_summary(cl, s);
@@ -985,7 +1041,7 @@ json_object *api_doc_lb_health(const kg_snapshot *s, int *http_status)
 json_object *api_doc_capacity(const kg_snapshot *s)
 {
     json_object *o = new_doc(s);
-    fill_capacity(o, s);
+    fill_capacity(o, s, NULL);
     return o;
 }
 

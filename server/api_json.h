@@ -34,6 +34,19 @@ const char *api_cluster_status(const kg_snapshot *s);
 
 /* One node, every field (the element of /api/node-status "nodes"). */
 json_object *api_json_node(const kg_node_view *n, int default_limit);
+/* One node's capacity (the element of /lb/capacity and system-status "capacity" "nodes"). */
+json_object *api_json_capacity_node(const kg_node_view *n, int default_limit);
+
+/* The per-node arrays of the two big documents as ready JSON text ("[...]": the elements
+ * above, in snapshot order).  api_cache.c renders them from per-node pieces it keeps between
+ * snapshots; a NULL member is rendered here.  The text is borrowed: it must outlive the
+ * serialisation of the document built with it. */
+typedef struct {
+    const char *nodes;
+    size_t nodes_len;
+    const char *capacity_nodes;
+    size_t capacity_len;
+} api_prerendered;
 /* One history event. */
 json_object *api_json_event(const kg_event *e);
 
@@ -42,6 +55,10 @@ json_object *api_json_event(const kg_event *e);
 json_object *api_doc_health(const kg_snapshot *s, int64_t now_ms, int *http_status);
 json_object *api_doc_system_status(const kg_snapshot *s, const kg_config *cfg);
 json_object *api_doc_node_status(const kg_snapshot *s);
+/* The same two documents with their per-node arrays given (pre may be NULL). */
+json_object *api_doc_system_status_pre(const kg_snapshot *s, const kg_config *cfg,
+                                       const api_prerendered *pre);
+json_object *api_doc_node_status_pre(const kg_snapshot *s, const api_prerendered *pre);
 json_object *api_doc_load_balancer_status(const kg_snapshot *s);
 json_object *api_doc_health_check_status(const kg_snapshot *s, const kg_config *cfg);
 json_object *api_doc_fault_detection_status(const kg_snapshot *s, const kg_config *cfg);

@@ -899,3 +899,63 @@ int api_parse_monitors_params(const api_monitors_params *p, api_monitors_filter 
         return -1;
     return 0;
 }
+
+/* ---- Accept-Encoding ---------------------------------------------------------------------- */
+
+static bool is_space(char ch)
+{
+    return ch == ' ' || ch == '\t';
+}
+
+/* q value of one element's parameters (the text after its first ';'): 0 when it says q=0
+ * (0, 0., 0.0, ... up to three decimals), 1 otherwise (present and non-zero, or absent). */
+static bool q_is_zero(const char *p, const char *end)
+{
+    while (p < end) {
+        while (p < end && (is_space(*p) || *p == ';'))
+            p++;
+        if (end - p >= 2 && (p[0] == 'q' || p[0] == 'Q') && p[1] == '=') {
+            p += 2;
+            if (p >= end || *p != '0')
+                return false;
+            p++;
+            if (p < end && *p == '.')
+                for (p++; p < end && *p == '0'; p++)
+                    ;
+            while (p < end && is_space(*p))
+                p++;
+            return p == end || *p == ';';
+        }
+        while (p < end && *p != ';')
+            p++;
+    }
+    return false;
+}
+
+bool api_accepts_gzip(const char *h)
+{
+    if (!h)
+        return false;
+    int gzip = -1, star = -1; /* -1 not named, 0 refused (q=0), 1 accepted */
+    const char *p = h;
+    while (*p) {
+        const char *e = p;
+        while (*e && *e != ',')
+            e++;
+        const char *t = p;
+        while (t < e && is_space(*t))
+            t++;
+        const char *te = t;
+        while (te < e && *te != ';' && !is_space(*te))
+            te++;
+        size_t tl = (size_t)(te - t);
+        int ok = q_is_zero(te, e) ? 0 : 1;
+        if ((tl == 4 && strncasecmp(t, "gzip", 4) == 0) ||
+            (tl == 6 && strncasecmp(t, "x-gzip", 6) == 0))
+            gzip = gzip == 1 ? 1 : ok;
+        else if (tl == 1 && *t == '*')
+            star = ok;
+        p = *e ? e + 1 : e;
+    }
+    return gzip == 1 || (gzip == -1 && star == 1);
+}

@@ -133,6 +133,10 @@ int api_parse_history_params(const api_history_params *p, events_query *q,
  * two differ.  Returns 0 = match, 1 = missing or not a Bearer credential, 2 = wrong token. */
 int api_bearer_check(const char *authorization, const char *token);
 
+/* Whether an Accept-Encoding header value accepts gzip: "gzip" or "x-gzip" (any case) not
+ * refused with q=0, or else "*" not refused.  NULL or "" = no. */
+bool api_accepts_gzip(const char *accept_encoding);
+
 /* HTML-escapes s (& < > " ') into out.  Returns the length, or -1 when out is too small. */
 int api_html_escape(const char *s, char *out, size_t outlen);
 

@@ -8,7 +8,11 @@
  * bit because the snapshot lags one controller step behind: without it the second probe of a
  * freshly failing node would still wait a whole normal interval.
  *
- * Owns: the curl multi handle, one easy handle per node, the schedule.
+ * Easy handles are lent to a probe while it runs and kept in a small pool between probes (one
+ * per node cost about 20 KB each, most of the prober's memory with 1,000 nodes, while only the
+ * few probes in flight need one).
+ *
+ * Owns: the curl multi handle, the pool of easy handles, the schedule.
  * Must not: decide node state (health.c does, in the controller) or touch the store. */
 #include "probe.h"
 
@@ -30,12 +34,13 @@
 
 #define BODY_MAX 65536
 #define NOT_DUE INT64_MAX /* P.due of a target whose probe is in flight */
+#define IDLE_HANDLES_MAX 32 /* easy handles kept between probes; more are cleaned up */
 
 typedef struct {
     char id[KG_NODE_ID_MAX + 1];
     char host[KG_HOST_MAX + 1];
     char url[KG_HOST_MAX + 512];
-    CURL *easy;
+    CURL *easy;              /* lent from the pool while a probe is in flight, else NULL */
     bool in_flight;
     bool last_failed;
     int idx;                 /* position in P.targets (and P.due) */
@@ -55,6 +60,8 @@ static struct {
     int n_targets;
     uint64_t synced_seq;     /* the snapshot the list was last brought in line with */
     bool synced;
+    CURL *idle[IDLE_HANDLES_MAX];
+    int n_idle;
     pthread_t thread;
     bool started;
     atomic_bool stop;
@@ -148,11 +155,25 @@ static void post_result(const target *t, const probe_result *r)
     mailbox_post(&m);
 }
 
+static CURL *handle_take(void)
+{
+    return P.n_idle ? P.idle[--P.n_idle] : curl_easy_init();
+}
+
+static void handle_return(CURL *e)
+{
+    if (P.n_idle < IDLE_HANDLES_MAX)
+        P.idle[P.n_idle++] = e;
+    else
+        curl_easy_cleanup(e);
+}
+
 static void target_free(target *t)
 {
-    if (t->in_flight)
+    if (t->in_flight) {
         curl_multi_remove_handle(P.multi, t->easy);
-    curl_easy_cleanup(t->easy);
+        handle_return(t->easy);
+    }
     free(t->body);
     free(t);
 }
@@ -160,10 +181,8 @@ static void target_free(target *t)
 static target *target_new(const kg_node_view *n, int64_t now)
 {
     target *t = calloc(1, sizeof *t);
-    if (!t || !(t->easy = curl_easy_init())) {
-        free(t);
+    if (!t)
         return NULL;
-    }
     snprintf(t->id, sizeof t->id, "%s", n->id);
     snprintf(t->host, sizeof t->host, "%s", n->host);
     snprintf(t->url, sizeof t->url, "http://%s%s", n->host, P.path);
@@ -235,10 +254,12 @@ static void start_probe(target *t, int64_t now)
         P.due[t->idx] = t->next_due_ms;
         return;
     }
+    CURL *e = handle_take();
+    if (!e)
+        return; /* out of memory: still due, tried again at the next wake-up */
     free(t->body);
     t->body = NULL;
     t->body_len = 0;
-    CURL *e = t->easy;
     curl_easy_reset(e);
     curl_easy_setopt(e, CURLOPT_URL, t->url);
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)P.timeout_ms);
@@ -255,10 +276,13 @@ static void start_probe(target *t, int64_t now)
     curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
     curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
     netpolicy_curl_guard(e, &t->guard);
-    if (curl_multi_add_handle(P.multi, e) == CURLM_OK) {
-        t->in_flight = true;
-        P.due[t->idx] = NOT_DUE;
+    if (curl_multi_add_handle(P.multi, e) != CURLM_OK) {
+        handle_return(e);
+        return;
     }
+    t->easy = e;
+    t->in_flight = true;
+    P.due[t->idx] = NOT_DUE;
 }
 
 static void schedule_next(target *t, const kg_snapshot *s)
@@ -286,11 +310,15 @@ static void finish_probe(CURLMsg *msg, const kg_snapshot *s)
         return;
     long status = 0;
     double total = 0;
+    /* msg lives in the easy handle: read it before the handle is removed (and maybe freed) */
+    CURLcode result = msg->data.result;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &total);
     curl_multi_remove_handle(P.multi, t->easy);
+    handle_return(t->easy);
+    t->easy = NULL;
     t->in_flight = false;
-    probe_result r = probe_classify(msg->data.result, status, t->body, t->body_len, P.expected,
+    probe_result r = probe_classify(result, status, t->body, t->body_len, P.expected,
                                     total * 1000.0);
     if (t->guard.refused) { /* the name resolved to an address the policy refuses */
         r.outcome = PROBE_ERROR;
@@ -399,6 +427,8 @@ void prober_stop(void)
     pthread_join(P.thread, NULL);
     for (int i = 0; i < P.n_targets; i++)
         target_free(P.targets[i]);
+    while (P.n_idle)
+        curl_easy_cleanup(P.idle[--P.n_idle]);
     free(P.targets);
     free(P.due);
     P.targets = NULL;

@@ -59,6 +59,13 @@ void snapshot_release(kg_snapshot *s)
         snapshot_free(s);
 }
 
+kg_snapshot *snapshot_retain(kg_snapshot *s)
+{
+    if (s)
+        atomic_fetch_add(&s->refs, 1);
+    return s;
+}
+
 void snapshot_publish(kg_snapshot *s)
 {
     pthread_once(&snap_once, snap_init);

@@ -111,6 +111,8 @@ void snapshot_publish(kg_snapshot *s);
 /* Current snapshot with one more reference, or NULL before the first publish. */
 kg_snapshot *snapshot_acquire(void);
 void snapshot_release(kg_snapshot *s);
+/* One more reference to a snapshot the caller already holds (released with snapshot_release). */
+kg_snapshot *snapshot_retain(kg_snapshot *s);
 /* Blocks until a snapshot with seq > after_seq is published or timeout_ms passes.
  * Returns the new snapshot (acquired) or NULL on timeout / shutdown. */
 kg_snapshot *snapshot_wait_newer(uint64_t after_seq, int timeout_ms);

@@ -2,7 +2,7 @@
  * request routing (method + decoded path), the JSON bodies of /lb/set-fixed-node,
  * /api/force-rebalance-all and the per-monitor operations, the query parameters of
  * /api/failover-history and /api/monitors, the Authorization header, static paths and the HTML
- * escaping of the fixed-node page (api_route.c).
+ * escaping of the fixed-node page, and the Accept-Encoding header (api_route.c).
  *
  * Input layout: byte 0 picks the method; the rest up to the first '\n' is the path; the rest is
  * the body, also split on '&' into query parameter values.  Besides crashes and sanitizer
@@ -163,6 +163,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(t >= 0, "times are not before the epoch");
     fuzz_history(b);
     fuzz_monitors_params(b);
+    if (api_accepts_gzip(b))
+        check(strcasestr(b, "gzip") != NULL || strchr(b, '*') != NULL,
+              "gzip only when named or wildcarded");
     int rc = api_bearer_check(b, "fuzz-token-123");
     check(rc >= 0 && rc <= 2, "bearer result");
     if (rc == 0)

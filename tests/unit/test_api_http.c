@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "api.h"
 #include "api_fixture.h"
@@ -171,6 +172,8 @@ typedef struct {
     char www_auth[128];
     char etag[64];
     char cache_control[64];
+    char content_encoding[32];
+    char vary[64];
     bool any_cors;
 } resp_t;
 
@@ -212,6 +215,8 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud)
     copy_header(p, len, "WWW-Authenticate", r->www_auth, sizeof r->www_auth);
     copy_header(p, len, "ETag", r->etag, sizeof r->etag);
     copy_header(p, len, "Cache-Control", r->cache_control, sizeof r->cache_control);
+    copy_header(p, len, "Content-Encoding", r->content_encoding, sizeof r->content_encoding);
+    copy_header(p, len, "Vary", r->vary, sizeof r->vary);
     if (len > 12 && strncasecmp(p, "Access-Control", 14) == 0)
         r->any_cors = true;
     return len;
@@ -383,6 +388,237 @@ Test(http_open, system_status_is_cached_per_snapshot_and_follows_publishes)
     resp_free(&a);
     resp_free(&b);
     resp_free(&c);
+}
+
+/* Inflates a gzip body (malloc'd, NUL-terminated); NULL when it is not valid gzip. */
+static char *gunzip(const char *in, size_t len, size_t *out_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, 16 + 15) != Z_OK)
+        return NULL;
+    size_t cap = len * 8 + 1024;
+    char *out = malloc(cap);
+    z.next_in = (unsigned char *)in;
+    z.avail_in = (uInt)len;
+    int rc = Z_OK;
+    while (out && rc == Z_OK) {
+        if (z.total_out + 1 >= cap) {
+            char *grown = realloc(out, cap * 2);
+            if (!grown)
+                break;
+            out = grown;
+            cap *= 2;
+        }
+        z.next_out = (unsigned char *)out + z.total_out;
+        z.avail_out = (uInt)(cap - 1 - z.total_out);
+        rc = inflate(&z, Z_NO_FLUSH);
+        if (rc == Z_BUF_ERROR && z.avail_out > 0)
+            break; /* truncated input */
+        if (rc == Z_BUF_ERROR)
+            rc = Z_OK;
+    }
+    *out_len = z.total_out;
+    inflateEnd(&z);
+    if (rc != Z_STREAM_END) {
+        free(out);
+        return NULL;
+    }
+    out[*out_len] = '\0';
+    return out;
+}
+
+/* The two big documents are shared per snapshot, and gzip-encoded for clients that accept it
+ * (a dashboard polling 1,000 nodes gets ~170 KB instead of 1.4 MB). */
+Test(http_open, big_documents_gzip_for_clients_that_accept_it)
+{
+    const char *paths[] = {"/api/node-status", "/api/system-status", "/lb/node-status"};
+    const char *gz[] = {"Accept-Encoding: gzip, deflate, br", NULL};
+    const char *refused[] = {"Accept-Encoding: deflate, gzip;q=0", NULL};
+    for (int i = 0; i < 3; i++) {
+        resp_t plain = http("GET", paths[i], NULL, NULL);
+        resp_t z = http("GET", paths[i], NULL, gz);
+        resp_t no = http("GET", paths[i], NULL, refused);
+        cr_assert_eq(z.status, 200);
+        cr_expect_str_eq(z.content_encoding, "gzip", "%s", paths[i]);
+        cr_expect(strstr(z.vary, "Accept-Encoding"), "%s: Vary: %s", paths[i], z.vary);
+        cr_expect(strstr(plain.vary, "Accept-Encoding"), "%s: Vary on the plain one too",
+                  paths[i]);
+        cr_expect_str_eq(plain.content_encoding, "");
+        cr_expect_str_eq(no.content_encoding, "", "gzip;q=0 refuses gzip");
+        cr_expect_str_eq(no.body, plain.body);
+        size_t n = 0;
+        char *inflated = gunzip(z.body, z.len, &n);
+        cr_assert_not_null(inflated, "%s: not gzip", paths[i]);
+        cr_expect_eq(n, plain.len);
+        cr_expect_str_eq(inflated, plain.body, "%s: same document either way", paths[i]);
+        free(inflated);
+        resp_free(&plain);
+        resp_free(&z);
+        resp_free(&no);
+    }
+}
+
+Test(http_open, node_status_follows_publishes_plain_and_gzip)
+{
+    const char *gz[] = {"Accept-Encoding: gzip", NULL};
+    resp_t a = http("GET", "/api/node-status", NULL, NULL);
+    resp_t az = http("GET", "/api/node-status", NULL, gz);
+    kg_snapshot *s = fixture_snapshot(10);
+    s->nodes[3].effective_monitors = 4321;
+    snprintf(s->nodes[5].last_failure_reason, sizeof s->nodes[5].last_failure_reason, "HTTP 503");
+    snapshot_publish(s);
+    resp_t b = http("GET", "/api/node-status", NULL, NULL);
+    resp_t bz = http("GET", "/api/node-status", NULL, gz);
+    cr_assert_str_neq(a.body, b.body);
+    json_object *o = json_tokener_parse(b.body);
+    cr_assert_not_null(o);
+    json_object *n3 = json_object_array_get_idx(jget(o, "nodes"), 3);
+    json_object *n5 = json_object_array_get_idx(jget(o, "nodes"), 5);
+    cr_expect_eq(json_object_get_int(jget(n3, "monitors_effective")), 4321);
+    cr_expect_str_eq(json_object_get_string(jget(n5, "last_failure_reason")), "HTTP 503");
+    json_object_put(o);
+    size_t n = 0;
+    char *inflated = gunzip(bz.body, bz.len, &n);
+    cr_assert_not_null(inflated);
+    cr_expect_str_eq(inflated, b.body, "the gzip body follows the publish too");
+    free(inflated);
+    resp_free(&a);
+    resp_free(&az);
+    resp_free(&b);
+    resp_free(&bz);
+}
+
+/* Several clients at once (plain and gzip, both big documents) while snapshots are published
+ * under them: every answer is whole (gzip that inflates, JSON that parses), carries the node
+ * data of the snapshot it names, and is never older than the snapshot that was current when
+ * the request was sent (a client that just acted must see its action).  Checks run in the
+ * client threads and are counted; Criterion asserts only in the main thread. */
+typedef struct {
+    int id;
+    int requests;
+    int failures;
+    char why[200];
+} race_client_t;
+
+static atomic_ullong race_current; /* seq of the newest published snapshot */
+static atomic_int race_requests;
+static atomic_bool race_stop;
+
+static size_t race_body(char *p, size_t sz, size_t n, void *ud)
+{
+    resp_t *r = ud;
+    char *grown = realloc(r->body, r->len + sz * n + 1);
+    if (!grown)
+        return 0;
+    r->body = grown;
+    memcpy(r->body + r->len, p, sz * n);
+    r->len += sz * n;
+    r->body[r->len] = '\0';
+    return sz * n;
+}
+
+static void race_fail(race_client_t *c, const char *why, long long a, long long b)
+{
+    if (!c->failures++)
+        snprintf(c->why, sizeof c->why, "client %d: %s (%lld, %lld)", c->id, why, a, b);
+}
+
+static void race_one(race_client_t *c, CURL *h, bool gz, bool node_status)
+{
+    resp_t r = {0};
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port,
+             node_status ? "/api/node-status" : "/api/system-status");
+    struct curl_slist *hl = gz ? curl_slist_append(NULL, "Accept-Encoding: gzip") : NULL;
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hl);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, race_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 15000L);
+    curl_easy_setopt(h, CURLOPT_NOPROXY, "*");
+    unsigned long long before = atomic_load(&race_current);
+    CURLcode rc = curl_easy_perform(h);
+    long status = 0;
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+    curl_slist_free_all(hl);
+    c->requests++;
+    atomic_fetch_add(&race_requests, 1);
+    char *text = r.body;
+    size_t n = r.len;
+    if (rc != CURLE_OK || status != 200 || !r.body) {
+        race_fail(c, "request failed (curl code, HTTP status)", rc, status);
+    } else if (gz && !(text = gunzip(r.body, r.len, &n))) {
+        race_fail(c, "gzip body does not inflate", (long long)r.len, 0);
+    } else {
+        json_object *o = json_tokener_parse(text);
+        json_object *seq = NULL, *nodes = NULL, *eff = NULL;
+        if (!o || !json_object_object_get_ex(o, "snapshot_seq", &seq) ||
+            !json_object_object_get_ex(o, "nodes", &nodes) ||
+            !json_object_object_get_ex(json_object_array_get_idx(nodes, 0),
+                                       "monitors_effective", &eff)) {
+            race_fail(c, "not the whole document", (long long)n, gz);
+        } else {
+            long long got = json_object_get_int64(seq);
+            if (got < (long long)before)
+                race_fail(c, "older than the snapshot current at the request", got,
+                          (long long)before);
+            /* the test's snapshots put their own seq in node 0 (the first one did not) */
+            if (got > 1 && json_object_get_int64(eff) != got)
+                race_fail(c, "node data of another snapshot", json_object_get_int64(eff), got);
+        }
+        json_object_put(o);
+    }
+    if (text != r.body)
+        free(text);
+    free(r.body);
+}
+
+static void *race_client(void *arg)
+{
+    race_client_t *c = arg;
+    CURL *h = curl_easy_init();
+    for (int i = 0; h && !atomic_load(&race_stop); i++)
+        race_one(c, h, (i + c->id) % 2 == 0, (i / 2 + c->id) % 2 == 0);
+    if (!h)
+        race_fail(c, "curl_easy_init", 0, 0);
+    curl_easy_cleanup(h);
+    return NULL;
+}
+
+Test(http_open, big_documents_stay_whole_and_current_under_concurrent_clients)
+{
+    enum { CLIENTS = 6, PUBLISHES = 60 };
+    kg_snapshot *cur = snapshot_acquire();
+    atomic_store(&race_current, cur->seq);
+    snapshot_release(cur);
+    race_client_t cl[CLIENTS];
+    pthread_t th[CLIENTS];
+    for (int i = 0; i < CLIENTS; i++) {
+        cl[i] = (race_client_t){.id = i};
+        cr_assert_eq(pthread_create(&th[i], NULL, race_client, &cl[i]), 0);
+    }
+    /* at least PUBLISHES, and on until the clients made a fair number of requests */
+    for (int p = 0; p < PUBLISHES || (atomic_load(&race_requests) < 10 * CLIENTS && p < 3000);
+         p++) {
+        kg_snapshot *s = fixture_snapshot(300);
+        cr_assert_not_null(s);
+        unsigned long long next = atomic_load(&race_current) + 1; /* the only publisher */
+        s->nodes[0].effective_monitors = (int)next;
+        s->nodes[p % 300].consecutive_successes = p; /* and one more node changes */
+        snapshot_publish(s);
+        atomic_store(&race_current, next);
+        usleep(3000 + (p % 4) * 4000);
+    }
+    atomic_store(&race_stop, true);
+    int requests = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        pthread_join(th[i], NULL);
+        requests += cl[i].requests;
+        cr_expect_eq(cl[i].failures, 0, "%d failures of %d; first: %s", cl[i].failures,
+                     cl[i].requests, cl[i].why);
+    }
+    cr_expect_geq(requests, 10 * CLIENTS, "the clients overlapped the publishes");
 }
 
 Test(http_open, head_has_headers_and_no_body)
