@@ -488,6 +488,7 @@ void controller_stop(void)
     free(ctl.db_events);
     store_free_monitors(&ctl.mon.rows);
     nametab_free(&ctl.mon.tab);
+    ctrl_publish_free();
     events_close();
     memset(&ctl, 0, sizeof ctl);
 }

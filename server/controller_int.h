@@ -81,6 +81,7 @@ typedef struct {
     bool loaded;
     int64_t as_of_ms;        /* monotonic: the read started (or our moves were applied) then */
     int64_t wall_ms;
+    uint64_t version;        /* +1 on every change of rows or tab (ctrl_publish caches counts) */
 } monitor_set;
 
 typedef enum { APPLY_NONE = 0, APPLY_CONVERGE, APPLY_REBALANCE, APPLY_MONITOR_OP } apply_kind;
@@ -246,5 +247,6 @@ int64_t ctrl_min_due(int64_t a, int64_t b);
 
 /* ctrl_publish.c: the snapshot */
 void ctrl_publish(void);
+void ctrl_publish_free(void); /* what it caches, at the controller's stop */
 
 #endif

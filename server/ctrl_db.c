@@ -185,6 +185,7 @@ static void set_monitors(db_job *j)
     memset(&j->monitors, 0, sizeof j->monitors);
     nametab_init(&j->monitors_tab);
     ctl.mon.loaded = true;
+    ctl.mon.version++;
     ctl.mon.as_of_ms = j->started_mono_ms;
     ctl.mon.wall_ms = ctrl_to_wall(j->started_mono_ms);
     ctl.dirty = true;

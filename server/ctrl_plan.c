@@ -127,6 +127,7 @@ static void patch_monitors(const plan_move *moves, size_t n, const kg_nametab *t
         if (mv->monitor_index >= ctl.mon.rows.n ||
             ctl.mon.rows.monitors[mv->monitor_index].id != mv->monitor_id) {
             ctl.want_monitors = true;
+            ctl.mon.version++; /* earlier moves of this batch were patched */
             return;
         }
         plan_monitor *m = &ctl.mon.rows.monitors[mv->monitor_index];
@@ -153,6 +154,7 @@ static void patch_monitors(const plan_move *moves, size_t n, const kg_nametab *t
             break;
         }
     }
+    ctl.mon.version++;
     ctl.dirty = true;
 }
 

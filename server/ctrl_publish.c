@@ -2,6 +2,7 @@
  * state, and hands the node list to the nginx feed.  Part of the controller thread
  * (controller_int.h).
  *
+ * Keeps the per-node monitor counts of the monitor set for its version (ctl.mon.version).
  * Must not: change controller state (beyond clearing `dirty`). */
 #include "controller_int.h"
 
@@ -14,51 +15,88 @@
  * Snapshot
  * ========================================================================================== */
 
-static void count_monitors(kg_snapshot *s)
+/* Per-node monitor counts of the monitor set, kept for its version: with 1,000,000 monitors a
+ * walk over every row costs milliseconds, and a snapshot is published up to ten times a
+ * second while the set changes only on a read or after our own moves. */
+static struct {
+    bool valid;
+    uint64_t version;     /* of ctl.mon counted */
+    int n;                /* entries of the arrays (ctl.mon.tab.n then) */
+    int *eff, *home, *pinned;
+    int total, active, unassigned;
+} C;
+
+static void counts_free(void)
 {
+    free(C.eff);
+    free(C.home);
+    free(C.pinned);
+    memset(&C, 0, sizeof C);
+}
+
+static bool counts_update(void)
+{
+    if (C.valid && C.version == ctl.mon.version && C.n == ctl.mon.tab.n)
+        return true;
+    counts_free();
     int nn = ctl.mon.tab.n;
-    int *eff = calloc((size_t)nn + 1, sizeof *eff);
-    int *home = calloc((size_t)nn + 1, sizeof *home);
-    int *pinned = calloc((size_t)nn + 1, sizeof *pinned);
-    bool *routable = calloc((size_t)nn + 1, sizeof *routable);
-    if (!eff || !home || !pinned || !routable)
-        goto out;
-    for (int i = 0; i < nn; i++) {
-        ctrl_node *cn = ctrl_find_node(nametab_name(&ctl.mon.tab, i));
-        routable[i] = cn && node_state_routable(cn->h.state);
+    C.eff = calloc((size_t)nn + 1, sizeof *C.eff);
+    C.home = calloc((size_t)nn + 1, sizeof *C.home);
+    C.pinned = calloc((size_t)nn + 1, sizeof *C.pinned);
+    if (!C.eff || !C.home || !C.pinned) {
+        counts_free();
+        return false;
     }
     for (size_t i = 0; i < ctl.mon.rows.n; i++) {
         const plan_monitor *m = &ctl.mon.rows.monitors[i];
-        s->monitors_total++;
+        C.total++;
         if (!m->active)
             continue;
-        s->monitors_active++;
+        C.active++;
         int32_t e = plan_effective(m);
-        if (e < 0) {
-            s->monitors_unassigned++;
+        if (e < 0 || e >= nn) {
+            C.unassigned++;
             continue;
         }
-        eff[e]++;
-        if (m->home >= 0)
-            home[m->home]++;
-        if (m->over >= 0 && !m->ours)
-            pinned[m->over]++;
-        if (!routable[e])
-            s->monitors_stranded++;
+        C.eff[e]++;
+        if (m->home >= 0 && m->home < nn)
+            C.home[m->home]++;
+        if (m->over >= 0 && m->over < nn && !m->ours)
+            C.pinned[m->over]++;
+    }
+    C.n = nn;
+    C.version = ctl.mon.version;
+    C.valid = true;
+    return true;
+}
+
+static void count_monitors(kg_snapshot *s)
+{
+    if (!counts_update())
+        return;
+    s->monitors_total += C.total;
+    s->monitors_active += C.active;
+    s->monitors_unassigned += C.unassigned;
+    for (int i = 0; i < C.n; i++) { /* stranded: running on a node that is not routable */
+        if (!C.eff[i])
+            continue;
+        ctrl_node *cn = ctrl_find_node(nametab_name(&ctl.mon.tab, i));
+        if (!cn || !node_state_routable(cn->h.state))
+            s->monitors_stranded += C.eff[i];
     }
     for (int i = 0; i < s->n_nodes; i++) {
         int32_t idx = nametab_find(&ctl.mon.tab, s->nodes[i].id, strlen(s->nodes[i].id));
-        if (idx < 0)
+        if (idx < 0 || idx >= C.n)
             continue;
-        s->nodes[i].effective_monitors = eff[idx];
-        s->nodes[i].home_monitors = home[idx];
-        s->nodes[i].pinned_monitors = pinned[idx];
+        s->nodes[i].effective_monitors = C.eff[idx];
+        s->nodes[i].home_monitors = C.home[idx];
+        s->nodes[i].pinned_monitors = C.pinned[idx];
     }
-out:
-    free(eff);
-    free(home);
-    free(pinned);
-    free(routable);
+}
+
+void ctrl_publish_free(void)
+{
+    counts_free();
 }
 
 static void reconcile_view(const ctrl_node *cn, kg_reconcile_view *v)
