@@ -634,39 +634,6 @@ typedef struct {
     size_t n;
 } states_args;
 
-static int op_write_node_states(kg_store *s, void *arg, char *err, size_t errlen)
-{
-    my_store *m = s->impl;
-    states_args *a = arg;
-    int rc = begin_write(s, err, errlen);
-    if (rc != STORE_OK)
-        return rc;
-    MYSQL_STMT *st = NULL;
-    rc = stmt_prepare(m,
-                      "UPDATE node SET status = COALESCE(?, status),"
-                      " last_seen = IF(? > 0, FROM_UNIXTIME(? DIV 1000), last_seen),"
-                      " modified_date = UTC_TIMESTAMP() WHERE node_id = ?",
-                      &st, "write node states", err, errlen);
-    for (size_t i = 0; rc == STORE_OK && i < a->n; i++) {
-        binds bs;
-        binds_reset(&bs);
-        bind_str(&bs, a->st[i].status);
-        bind_i64(&bs, a->st[i].last_seen_ms);
-        bind_i64(&bs, a->st[i].last_seen_ms);
-        bind_str(&bs, a->st[i].id);
-        rc = stmt_run(m, st, &bs, "write node states", err, errlen);
-    }
-    if (st)
-        mysql_stmt_close(st);
-    return my_end(m, rc, err, errlen);
-}
-
-static int my_write_node_states(kg_store *s, const store_node_state *st, size_t n, char *err,
-                                size_t errlen)
-{
-    states_args a = {st, n};
-    return run_op(s, op_write_node_states, &a, err, errlen);
-}
 
 /* ---- monitors --------------------------------------------------------------------------- */
 
@@ -946,6 +913,109 @@ static void literals_free(literals *L)
         free(L->lit[i]);
     free(L->lit);
     L->lit = NULL;
+}
+
+/* ---- write_node_states ------------------------------------------------------------------ */
+
+#define STATES_PER_STATEMENT 250
+
+static int states_oom(char *err, size_t errlen)
+{
+    snprintf(err, errlen, "mariadb: write node states: out of memory");
+    return STORE_ERROR;
+}
+
+/* One UPDATE per STATES_PER_STATEMENT nodes, with CASE over node_id, instead of one per node:
+ * a leader refreshes last_seen of every node each refresh interval, and with 1,000 nodes the
+ * statements, not the rows, were most of kumaguard's load on the server. */
+static int op_write_node_states(kg_store *s, void *arg, char *err, size_t errlen)
+{
+    my_store *m = s->impl;
+    states_args *a = arg;
+    int rc = begin_write(s, err, errlen);
+    if (rc != STORE_OK)
+        return rc;
+    sbuf q = {0};
+    char **lit = calloc(STATES_PER_STATEMENT, sizeof *lit);
+    if (!lit)
+        rc = states_oom(err, errlen);
+    for (size_t from = 0; rc == STORE_OK && from < a->n; from += STATES_PER_STATEMENT) {
+        size_t to = a->n - from < STATES_PER_STATEMENT ? a->n : from + STATES_PER_STATEMENT;
+        for (size_t i = from; i < to && rc == STORE_OK; i++) {
+            const char *id = a->st[i].id;
+            size_t len = strlen(id);
+            char *l = malloc(2 * len + 3);
+            if (!l) {
+                rc = states_oom(err, errlen);
+                break;
+            }
+            l[0] = '\'';
+            unsigned long n = mysql_real_escape_string(m->db, l + 1, id, (unsigned long)len);
+            l[n + 1] = '\'';
+            l[n + 2] = '\0';
+            lit[i - from] = l;
+        }
+        if (rc != STORE_OK)
+            break;
+        size_t with_status = 0, with_seen = 0;
+        for (size_t i = from; i < to; i++) {
+            with_status += a->st[i].status != NULL;
+            with_seen += a->st[i].last_seen_ms > 0;
+        }
+        q.len = 0;
+        /* a CASE needs at least one WHEN */
+        sbuf_str(&q, with_status ? "UPDATE node SET status = CASE node_id"
+                                 : "UPDATE node SET status = status");
+        for (size_t i = from; i < to; i++) {
+            if (!a->st[i].status)
+                continue;
+            sbuf_str(&q, " WHEN ");
+            sbuf_str(&q, lit[i - from]);
+            sbuf_str(&q, " THEN '");
+            sbuf_str(&q, a->st[i].status); /* one of node_state_db_value's words */
+            sbuf_str(&q, "'");
+        }
+        if (with_status)
+            sbuf_str(&q, " ELSE status END");
+        sbuf_str(&q, with_seen ? ", last_seen = CASE node_id" : "");
+        for (size_t i = from; i < to; i++) {
+            if (a->st[i].last_seen_ms <= 0)
+                continue;
+            sbuf_str(&q, " WHEN ");
+            sbuf_str(&q, lit[i - from]);
+            sbuf_str(&q, " THEN FROM_UNIXTIME(");
+            sbuf_i64(&q, a->st[i].last_seen_ms / 1000);
+            sbuf_str(&q, ")");
+        }
+        if (with_seen)
+            sbuf_str(&q, " ELSE last_seen END");
+        sbuf_str(&q, ", modified_date = UTC_TIMESTAMP() WHERE node_id IN (");
+        for (size_t i = from; i < to; i++) {
+            sbuf_str(&q, i > from ? ", " : "");
+            sbuf_str(&q, lit[i - from]);
+        }
+        sbuf_str(&q, ")");
+        for (size_t i = 0; i < STATES_PER_STATEMENT; i++) {
+            free(lit[i]);
+            lit[i] = NULL;
+        }
+        if (q.oom)
+            rc = states_oom(err, errlen);
+        else if (mysql_real_query(m->db, q.p, q.len))
+            rc = my_fail(m, "write node states", err, errlen);
+    }
+    for (size_t i = 0; lit && i < STATES_PER_STATEMENT; i++)
+        free(lit[i]);
+    free(lit);
+    free(q.p);
+    return my_end(m, rc, err, errlen);
+}
+
+static int my_write_node_states(kg_store *s, const store_node_state *st, size_t n, char *err,
+                                size_t errlen)
+{
+    states_args a = {st, n};
+    return run_op(s, op_write_node_states, &a, err, errlen);
 }
 
 /* Moves that share kind, guard values and target form a group; a failover has one group per

@@ -195,6 +195,58 @@ static void case_nodes(const store_harness *h)
     store_close(s);
 }
 
+/* Node states of many nodes in one call (a leader writes last_seen of every node each
+ * refresh; the MariaDB store batches them): every row gets its own status and time, ids that
+ * need escaping included, a NULL status and a zero time leave the column alone. */
+static void case_node_states_many(const store_harness *h)
+{
+    kg_store *s = open_with_schema(h);
+    char err[ERRLEN] = "";
+    enum { N = 601 };
+    static store_node_state st[N];
+    static const char *const words[] = {"online", "offline", "recovering", "maintenance"};
+    for (int i = 0; i < N; i++) {
+        if (i == 7)
+            snprintf(st[i].id, sizeof st[i].id, "o'brien\\%d", i);
+        else
+            snprintf(st[i].id, sizeof st[i].id, "node-%04d", i);
+        cr_assert_eq(s->ops->upsert_node(s, st[i].id, "h:3001", err, sizeof(err)), STORE_OK,
+                     "%s", err);
+        st[i].status = i % 5 == 4 ? NULL : words[i % 4];
+        st[i].last_seen_ms = i % 3 == 2 ? 0 : 1700000000000LL + i * 1000LL;
+    }
+    cr_assert_eq(s->ops->write_node_states(s, st, N, err, sizeof(err)), STORE_OK, "%s", err);
+    store_node_row *rows = NULL;
+    size_t n = 0;
+    cr_assert_eq(s->ops->load_nodes(s, &rows, &n, err, sizeof(err)), STORE_OK, "%s", err);
+    cr_assert_eq(n, (size_t)N);
+    int checked = 0;
+    for (int i = 0; i < N; i++) {
+        const store_node_row *r = NULL;
+        for (size_t k = 0; k < n; k++)
+            if (strcmp(rows[k].id, st[i].id) == 0)
+                r = &rows[k];
+        cr_assert_not_null(r, "%s missing", st[i].id);
+        cr_expect_str_eq(r->status, st[i].status ? st[i].status : "online", "%s", st[i].id);
+        cr_expect_eq(r->last_seen_ms, st[i].last_seen_ms, "%s", st[i].id);
+        checked++;
+    }
+    cr_expect_eq(checked, N);
+    free(rows);
+    /* only times, no status at all */
+    store_node_state seen[2] = {{.id = "node-0001", .last_seen_ms = 1800000000000LL},
+                                {.id = "node-0002", .last_seen_ms = 1800000001000LL}};
+    cr_assert_eq(s->ops->write_node_states(s, seen, 2, err, sizeof(err)), STORE_OK, "%s", err);
+    cr_assert_eq(s->ops->load_nodes(s, &rows, &n, err, sizeof(err)), STORE_OK, "%s", err);
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(rows[k].id, "node-0002") == 0) {
+            cr_expect_eq(rows[k].last_seen_ms, 1800000001000LL);
+            cr_expect_str_eq(rows[k].status, "recovering", "status left alone");
+        }
+    free(rows);
+    store_close(s);
+}
+
 /* Node rows written by something else may hold strings longer than our buffers. */
 static void case_long_node_strings(const store_harness *h)
 {

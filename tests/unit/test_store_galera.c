@@ -221,6 +221,7 @@ TestSuite(galera, .init = setup, .fini = teardown, .timeout = 120);
 
 Test(galera, schema_is_idempotent) { case_schema_idempotent(&H); }
 Test(galera, nodes_upsert_load_and_state_writes) { case_nodes(&H); }
+Test(galera, node_states_of_many_nodes_in_one_call) { case_node_states_many(&H); }
 Test(galera, long_node_strings_are_truncated_safely) { case_long_node_strings(&H); }
 Test(galera, load_monitors_indexes_and_ours_flags) { case_load_monitors(&H); }
 Test(galera, apply_moves_of_each_kind) { case_apply_each_kind(&H); }

@@ -148,6 +148,7 @@ TestSuite(mariadb, .init = setup, .fini = teardown);
 
 Test(mariadb, schema_is_idempotent) { case_schema_idempotent(&H); }
 Test(mariadb, nodes_upsert_load_and_state_writes) { case_nodes(&H); }
+Test(mariadb, node_states_of_many_nodes_in_one_call) { case_node_states_many(&H); }
 Test(mariadb, long_node_strings_are_truncated_safely) { case_long_node_strings(&H); }
 Test(mariadb, load_monitors_indexes_and_ours_flags) { case_load_monitors(&H); }
 Test(mariadb, apply_moves_of_each_kind) { case_apply_each_kind(&H); }

@@ -92,6 +92,7 @@ TestSuite(sqlite, .init = setup, .fini = teardown);
 
 Test(sqlite, schema_is_idempotent) { case_schema_idempotent(&H); }
 Test(sqlite, nodes_upsert_load_and_state_writes) { case_nodes(&H); }
+Test(sqlite, node_states_of_many_nodes_in_one_call) { case_node_states_many(&H); }
 Test(sqlite, long_node_strings_are_truncated_safely) { case_long_node_strings(&H); }
 Test(sqlite, load_monitors_indexes_and_ours_flags) { case_load_monitors(&H); }
 Test(sqlite, apply_moves_of_each_kind) { case_apply_each_kind(&H); }
