@@ -415,8 +415,11 @@ def test_a_call_during_the_cron_run_overlaps_it(tmp_path, procs):
 def test_a_stopped_node_skips_the_00_it_sleeps_through(tmp_path, procs):
     node = Kumasim("node1", sqlite_path=str(tmp_path / "kuma.db"))
     procs.append(node)
-    clock = node.set_clock(next_cron_in_ms=1000)
+    # 3 s of margin: on a loaded machine the control call and SIGSTOP can take over a second,
+    # and a freeze that lands after the :00 tests nothing
+    clock = node.set_clock(next_cron_in_ms=3000)
     node.freeze()
+    assert clock["next_cron_ms"] / 1000.0 - time.time() > 0.5, "froze too late to test the :00"
     try:
         # sleep through the whole :00 second
         time.sleep(max(0.0, clock["next_cron_ms"] / 1000.0 - time.time()) + 1.5)
