@@ -622,6 +622,8 @@ def main():
                          "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576")
     ap.add_argument("--hold", type=int, default=0,
                     help="set up, then only hold everything for this many seconds (profiling)")
+    ap.add_argument("--sim-arg", action="append", default=[],
+                    help="extra kumasim flag (repeatable), e.g. --sim-arg=--threads=4")
     ap.add_argument("--kg-arg", action="append", default=[],
                     help="extra kumaguard flag (repeatable), e.g. --kg-arg=--monitor-limit=2000")
     a = ap.parse_args()
@@ -640,7 +642,7 @@ def main():
         seed(db, a.nodes, a.per_node)
         t = time.monotonic()
         fleet = KumasimFleet(a.nodes, prefix="n", store=NodeStore(db), instant=a.instant,
-                             node_host="listen", startup_timeout=300)
+                             node_host="listen", startup_timeout=300, extra_args=a.sim_arg)
         log("kumasim fleet of %d %s nodes up in %.1f s (pid %d)"
             % (a.nodes, "instant" if a.instant else "realistic", time.monotonic() - t, fleet.pid))
         if a.instant:

@@ -27,7 +27,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <limits.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -171,26 +173,43 @@ static void waiting_unlink_locked(struct sim *s, struct req *rq)
 	s->n_waiting--;
 }
 
-/* Hands the request back to MHD.  After MHD_resume_connection the request belongs to MHD's
- * thread again, so nothing here touches rq afterwards. */
-static void release_locked(struct sim *s, struct req *rq, int reason)
+/* Takes the request off the waiting list and adds it to *resume; resume_released hands it
+ * back to MHD once sim.lock is dropped.  MHD_resume_connection must never run under sim.lock:
+ * it takes a lock of MHD's that an MHD thread can hold while it waits for sim.lock (a
+ * deadlock seen with 1,000 nodes answering a burst of reconcile calls: every node stopped
+ * answering until the process was killed). */
+static void release_locked(struct sim *s, struct req *rq, int reason, struct req **resume)
 {
-	struct MHD_Connection *conn = rq->conn;
-
 	waiting_unlink_locked(s, rq);
 	rq->wake_reason = reason;
 	atomic_store(&rq->state, RQ_RESUMING);
-	MHD_resume_connection(conn);
+	rq->next = *resume;
+	*resume = rq;
 }
 
-static void release_all_locked(struct sim *s, struct node *only, int reason)
+/* Called without sim.lock.  After MHD_resume_connection a request belongs to MHD's thread
+ * again, so nothing here touches it afterwards. */
+static void resume_released(struct req *list)
+{
+	while (list != NULL) {
+		struct req *nx = list->next;
+		struct MHD_Connection *conn = list->conn;
+
+		list->next = NULL;
+		MHD_resume_connection(conn);
+		list = nx;
+	}
+}
+
+static void release_all_locked(struct sim *s, struct node *only, int reason,
+			       struct req **resume)
 {
 	struct req *rq = s->waiting, *nx;
 
 	for (; rq != NULL; rq = nx) {
 		nx = rq->next;
 		if (only == NULL || (rq->node == only && rq->wait_kind == WAIT_TIMER))
-			release_locked(s, rq, reason);
+			release_locked(s, rq, reason, resume);
 	}
 }
 
@@ -227,10 +246,13 @@ void req_park_for_work(struct sim *s, struct req *rq)
 
 void req_wake(struct sim *s, struct req *rq)
 {
+	struct req *resume = NULL;
+
 	pthread_mutex_lock(&s->lock);
 	if (atomic_load(&rq->state) == RQ_SUSPENDED)
-		release_locked(s, rq, WAKE_DONE);
+		release_locked(s, rq, WAKE_DONE, &resume);
 	pthread_mutex_unlock(&s->lock);
+	resume_released(resume);
 	req_put(rq);
 }
 
@@ -261,7 +283,7 @@ static void *sched_main(void *arg)
 	pthread_mutex_lock(&s->lock);
 	while (!s->sched_stop) {
 		int64_t now = mono_ms(), next = INT64_MAX;
-		struct req *rq = s->waiting, *nx;
+		struct req *rq = s->waiting, *nx, *resume = NULL;
 
 		for (; rq != NULL; rq = nx) {
 			nx = rq->next;
@@ -269,14 +291,20 @@ static void *sched_main(void *arg)
 				continue;
 			if (rq->deadline_ms != 0) {
 				if (now >= rq->deadline_ms)
-					release_locked(s, rq, WAKE_DEADLINE);
+					release_locked(s, rq, WAKE_DEADLINE, &resume);
 				else if (rq->deadline_ms < next)
 					next = rq->deadline_ms;
 			} else if (peer_gone(rq->fd)) {
-				release_locked(s, rq, WAKE_PEER_GONE);
+				release_locked(s, rq, WAKE_PEER_GONE, &resume);
 			} else if (now + PEER_POLL_MS < next) {
 				next = now + PEER_POLL_MS;
 			}
+		}
+		if (resume != NULL) {
+			pthread_mutex_unlock(&s->lock);
+			resume_released(resume);
+			pthread_mutex_lock(&s->lock);
+			continue; /* the list may have changed meanwhile: look again */
 		}
 		if (next == INT64_MAX) {
 			pthread_cond_wait(&s->sched_cond, &s->lock);
@@ -294,10 +322,13 @@ static void *sched_main(void *arg)
  * gone; every request of that node parked on a timer is released to decide again. */
 void set_mode(struct sim *s, struct node *n, int mode)
 {
+	struct req *resume = NULL;
+
 	pthread_mutex_lock(&s->lock);
 	if (atomic_exchange(&n->mode, mode) != mode)
-		release_all_locked(s, n, WAKE_MODE_CHANGED);
+		release_all_locked(s, n, WAKE_MODE_CHANGED, &resume);
 	pthread_mutex_unlock(&s->lock);
+	resume_released(resume);
 	logmsg(s, "%s: mode %s", n->id, mode_names[mode]);
 }
 
@@ -417,7 +448,7 @@ static bool health_db_check(struct sim *s, struct req *rq, enum MHD_Result *ret)
 	pj->s = s;
 	pj->rq = rq;
 	req_park_for_work(s, rq);
-	db_pool_submit(s->pool, &pj->job);
+	db_pool_submit(s->health_pool != NULL ? s->health_pool : s->pool, &pj->job);
 	*ret = MHD_YES;
 	return true;
 }
@@ -931,11 +962,33 @@ bool http_listen(struct sim *s, char *err, size_t errlen)
 	return true;
 }
 
+/*
+ * MHD's own connection limit must be out of reach.  libmicrohttpd 0.9.75 (Debian 12) returns
+ * from new_connection_process_() without unlocking the daemon's cleanup mutex when a
+ * connection handed over with MHD_add_connection meets the limit ("Server reached connection
+ * limit"); the next lock of that mutex hangs the worker thread and every MHD_resume_connection
+ * with it, and the whole fleet stops answering (seen with 1,000 nodes: a failover's 999
+ * reconcile calls plus a probe sweep took one worker past its share of 4 * nodes + 1024).
+ * A node has no connection limit of its own (Node's http server has none), so the limit
+ * that counts is the open-file limit: each worker's share of MHD's limit is set above it,
+ * accept4() meets EMFILE first and the acceptor waits for connections to close.
+ */
+static unsigned mhd_connection_limit(const struct sim *s)
+{
+	struct rlimit rl;
+	uint64_t files = 65536, workers = s->opt.threads > 1 ? s->opt.threads : 1, limit;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		files = (uint64_t)rl.rlim_cur;
+	limit = workers * (files + 1024);
+	return limit > UINT_MAX / 2 ? UINT_MAX / 2 : (unsigned)limit;
+}
+
 bool http_start(struct sim *s)
 {
 	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
 			 MHD_ALLOW_SUSPEND_RESUME | MHD_ALLOW_UPGRADE | MHD_USE_NO_LISTEN_SOCKET;
-	unsigned limit = (unsigned)(4 * s->n_nodes + 1024);
+	unsigned limit = mhd_connection_limit(s);
 	struct epoll_event ev;
 	pthread_condattr_t ca;
 	bool cond_ok;
@@ -1008,11 +1061,13 @@ void http_stop_accepting(struct sim *s)
 void http_shutdown(struct sim *s)
 {
 	int64_t give_up = mono_ms() + SHUTDOWN_DRAIN_MS;
+	struct req *resume = NULL;
 
 	pthread_mutex_lock(&s->lock);
 	atomic_store(&s->stopping, true);
-	release_all_locked(s, NULL, WAKE_SHUTDOWN);
+	release_all_locked(s, NULL, WAKE_SHUTDOWN, &resume);
 	pthread_mutex_unlock(&s->lock);
+	resume_released(resume);
 	while ((atomic_load(&s->outstanding) > 0 || atomic_load(&s->ws_active) > 0) &&
 	       mono_ms() < give_up) {
 		struct timespec ts = { 0, 5 * 1000000L };

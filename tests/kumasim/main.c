@@ -738,6 +738,8 @@ static void shutdown_all(struct sim *s)
 	engine_stop(s);          /* runs in progress end unanswered, as in a dying process */
 	db_pool_stop(s->pool);   /* queued work is dropped the same way */
 	s->pool = NULL;
+	db_pool_stop(s->health_pool);
+	s->health_pool = NULL;
 	http_shutdown(s);
 	engine_free(s);
 	for (int i = 0; i < 2; i++)
@@ -819,7 +821,8 @@ int main(int argc, char **argv)
 		if (!engine_boot(s, err, sizeof(err)))
 			return fail_start(s, "database", err);
 		s->pool = db_pool_start(&s->opt.db, s->opt.db_threads);
-		if (s->pool == NULL || !engine_start(s))
+		s->health_pool = db_pool_start(&s->opt.db, 1);
+		if (s->pool == NULL || s->health_pool == NULL || !engine_start(s))
 			return fail_start(s, "initialisation failed", "cannot start threads");
 	}
 	if (!http_start(s))

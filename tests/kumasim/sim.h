@@ -199,6 +199,11 @@ struct sim {
 	int64_t cron_min_fire;              /* earliest node.next_fire */
 
 	struct db_pool *pool;
+	/* Health checks' SELECT 1 runs on a connection of its own, as on a real node whose
+	 * database pool has several connections: it never queues behind reconcile reads (with a
+	 * thousand nodes in one process it otherwise waited behind 999 reconcile scans, and the
+	 * whole fleet looked dead to its prober). */
+	struct db_pool *health_pool;
 
 	/* health answers' database check, reused for opt.health_cache_ms (0: never) */
 	pthread_mutex_t health_lock;
