@@ -148,6 +148,7 @@ typedef struct {
     kg_reply *monitor_op_reply; /* the running job's monitor operation answers here */
     bool want_nodes, want_monitors;
     int64_t next_refresh_ms, next_prune_ms, next_ping_ms;
+    int64_t next_trim_ms;    /* give freed heap back to the system (ctrl_trim_memory) */
 
     ctrl_node *nodes;        /* sorted by id */
     int n_nodes;
@@ -165,6 +166,8 @@ typedef struct {
     rsched_cfg rcfg;
 
     bool need_converge;      /* a state change asks for a plan on monitors read after it */
+    int64_t stale_plan_epoch;/* == converge_epoch: a node stopped taking monitors, plan on the
+                                set we have at once, then again on the read asked for */
     int64_t converge_epoch;  /* monotonic: the monitors must be read after this */
     int64_t next_converge_ms;/* periodic convergence: retries no-target, adoption, reverts */
     int64_t next_revert_ms;  /* earliest next revert batch */

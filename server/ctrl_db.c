@@ -189,12 +189,21 @@ static void set_monitors(db_job *j)
     ctl.mon.as_of_ms = j->started_mono_ms;
     ctl.mon.wall_ms = ctrl_to_wall(j->started_mono_ms);
     ctl.dirty = true;
+    /* the old set goes when the snapshots holding it do: trim a little later */
+    if (ctl.next_trim_ms > ctl.now + 2000)
+        ctl.next_trim_ms = ctl.now + 2000;
 }
 
 void ctrl_on_db_done(db_job *j)
 {
     ctl.db_busy = false;
     ctl.db_silent = false;
+    log_debug("db job %llu done in %lld ms (in the worker %lld ms): rc %d, %zu states, %zu events, "
+              "%zu moves, monitors %s", (unsigned long long)j->id,
+              (long long)(ctl.now - ctl.db_job_started),
+              (long long)(j->finished_mono_ms - j->started_mono_ms), (int)j->rc, j->n_states,
+              j->n_events, j->n_moves,
+              j->monitors_unchanged ? "unchanged" : j->monitors_done ? "read" : "not asked");
     apply_kind applying = ctl.applying;
     ctl.applying = APPLY_NONE;
     if (j->schema_ready)

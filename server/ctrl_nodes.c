@@ -202,7 +202,7 @@ void ctrl_on_transition(ctrl_node *cn, health_transition t, const char *why)
     if (t.from == NODE_ONLINE || t.from == NODE_SUSPECT) {
         if (t.to != NODE_ONLINE && t.to != NODE_SUSPECT) {
             /* it left online: confirm against every other node before moving anything */
-            panic_confirm_start(&ctl.panic, ctl.now);
+            panic_confirm_start(&ctl.panic, ctl.now, cn->fail_start_ms);
             prober_trigger_others(cn->v.id);
         }
     }
@@ -215,6 +215,8 @@ void ctrl_on_transition(ctrl_node *cn, health_transition t, const char *why)
         node_state_routable(t.from) != node_state_routable(t.to)) {
         ctl.need_converge = true;
         ctl.converge_epoch = ctl.now;
+        if (node_state_placeable(t.from) && !node_state_placeable(t.to))
+            ctl.stale_plan_epoch = ctl.converge_epoch;
     }
 }
 
@@ -422,10 +424,12 @@ bool ctrl_moves_allowed(void)
     if (!pv)
         return false;
     for (int i = 0; i < ctl.n_nodes; i++)
-        pv[i] = (panic_node){.counted = health_probed(&ctl.nodes[i].h) && ctl.nodes[i].v.host_valid,
-                             .last_probe_ms = ctl.nodes[i].last_probe_ms};
+        pv[i] = ctrl_panic_node(&ctl.nodes[i]);
+    int64_t round = ctl.panic.confirm_since_ms;
     bool pending = panic_confirm_pending(&ctl.panic, &ctl.pcfg, pv, ctl.n_nodes, ctl.now);
     free(pv);
+    if (round && !pending)
+        log_debug("confirmation round over after %lld ms", (long long)(ctl.now - round));
     return !pending && panic_moves_allowed(&ctl.panic, ctl.now);
 }
 

@@ -222,17 +222,30 @@ void ctrl_converge(void)
 {
     if (!ctl.leader || !ctl.db_ok || !ctl.mon.loaded || !ctrl_db_idle() || ctl.reb.running)
         return;
-    /* a state change asks for monitors read after it (rows Kuma changed meanwhile count) */
-    if (ctl.need_converge && ctl.mon.as_of_ms < ctl.converge_epoch) {
+    /* A state change asks for monitors read after it (rows Kuma changed meanwhile count).
+     * When a node stopped taking monitors, its monitors move at once on the set we have (a
+     * re-read of a million rows takes about a second) and the read asked for here follows
+     * in the same job, after the moves; a second plan on it moves what Kuma changed
+     * meanwhile.  Every move is guarded by the row's old values, so a row changed since our
+     * last read is skipped, never overwritten. */
+    bool stale = ctl.need_converge && ctl.mon.as_of_ms < ctl.converge_epoch;
+    bool node_left = ctl.stale_plan_epoch && ctl.stale_plan_epoch == ctl.converge_epoch;
+    if (stale) {
+        if (!ctl.want_monitors)
+            log_debug("converge asks for monitors read after the change %lld ms ago%s",
+                      (long long)(ctl.now - ctl.converge_epoch),
+                      node_left ? "; a node left: planning now as well" : "");
         ctl.want_monitors = true;
-        return;
+        if (!node_left)
+            return;
     }
+    ctl.stale_plan_epoch = 0;
     if (ctl.need_converge || ctl.now >= ctl.next_converge_ms) {
         ctl.next_converge_ms = ctl.now + ctl.cfg->refresh_interval_ms;
     } else {
         return;
     }
-    ctl.need_converge = false;
+    ctl.need_converge = stale; /* planned on the set we had: plan again on the fresh read */
     /* wake up when a recovered node's hold-down ends, not a refresh interval later */
     for (int i = 0; i < ctl.n_nodes; i++) {
         int64_t proven = health_proven_since(&ctl.nodes[i].h);

@@ -122,7 +122,11 @@ bool panic_holds_node(const panic_state *st, const panic_node *nodes, int n, int
     return rank >= 0 && rank >= st->released; /* a node that is not failing has nothing held */
 }
 
-void panic_confirm_start(panic_state *st, int64_t now_ms) { st->confirm_since_ms = now_ms; }
+void panic_confirm_start(panic_state *st, int64_t now_ms, int64_t onset_ms)
+{
+    st->confirm_since_ms = now_ms;
+    st->confirm_onset_ms = onset_ms > 0 && onset_ms < now_ms ? onset_ms : now_ms;
+}
 
 bool panic_confirm_pending(panic_state *st, const panic_cfg *c, const panic_node *nodes, int n,
                            int64_t now_ms)
@@ -133,11 +137,26 @@ bool panic_confirm_pending(panic_state *st, const panic_cfg *c, const panic_node
         st->confirm_since_ms = 0; /* some probe hangs: its timeout has passed, go on */
         return false;
     }
-    /* The node that started the round was probed at confirm_since_ms, so "< since" skips it:
+    /* The node that started the round was probed at confirm_since_ms, so "< onset" skips it:
      * its own next probe keeps the spacing `fall` relies on. */
-    for (int i = 0; i < n; i++)
-        if (nodes[i].counted && nodes[i].last_probe_ms < st->confirm_since_ms)
-            return true;
+    int total = 0, passed = 0;
+    bool waiting = false;
+    for (int i = 0; i < n; i++) {
+        if (!nodes[i].counted)
+            continue;
+        total++;
+        if (nodes[i].last_probe_ms < st->confirm_onset_ms)
+            waiting = true;
+        else if (!nodes[i].failing)
+            passed++;
+    }
+    /* A quorum ends the round early: once so many nodes passed since it started that the
+     * guard could not engage even if every node not yet heard from fails, the rest cannot
+     * change the verdict.  With 1,000 nodes the last answers of a round come long after the
+     * first half (the sweep shares the machine with the nginx reload the same change
+     * triggers); with three nodes the quorum is every node, as before. */
+    if (waiting && (passed == 0 || over_threshold(c, total - passed, total)))
+        return true;
     st->confirm_since_ms = 0;
     return false;
 }

@@ -22,7 +22,9 @@
  * more before anything moves (the controller triggers those probes).  If they fail too, the
  * guard engages first; if they answer, failover goes ahead a few milliseconds later.  Without
  * it, nodes whose probe phases drifted apart would be failed over one by one during a total
- * outage.  The round ends when every other node has answered, or after one probe timeout. */
+ * outage.  Answers that came in after the leaving node's first failed probe count for the
+ * round.  It ends when every other node has answered, when so many passed that the guard
+ * could not engage whatever the rest answer, or after one probe timeout. */
 #ifndef KG_PANIC_H
 #define KG_PANIC_H
 
@@ -57,6 +59,7 @@ typedef struct {
     int64_t next_release_ms;
     int failing, total;           /* as of the last update */
     int64_t confirm_since_ms;     /* confirmation round running since (0 = none) */
+    int64_t confirm_onset_ms;     /* answers from this moment on count for the round */
     char reason[224];
 } panic_state;
 
@@ -85,10 +88,15 @@ bool panic_holds_node(const panic_state *st, const panic_node *nodes, int n, int
 /* Should nginx keep its current upstream? (engaged and not overridden) */
 bool panic_freezes_routing(const panic_state *st);
 
-/* Confirmation round. */
-void panic_confirm_start(panic_state *st, int64_t now_ms);
-/* true while some other counted node has not been probed since the round started and the
- * round is younger than one probe timeout (plus a little); ends the round otherwise. */
+/* Confirmation round, started at now_ms because a node left; onset_ms is that node's first
+ * failed probe (0 when it did not fail, e.g. drained).  A probe result that arrived after the
+ * onset already tells what the round asks (the node answered, or failed, after the trouble
+ * began), so only nodes with no result since the onset wait for their confirmation probe.
+ * The round's timeout still runs from now_ms, when the confirmation probes were sent. */
+void panic_confirm_start(panic_state *st, int64_t now_ms, int64_t onset_ms);
+/* true while some other counted node has no probe result since the onset, the
+ * nodes that passed since then are too few to rule the guard out, and the round is younger
+ * than one probe timeout (plus a little); ends the round otherwise. */
 bool panic_confirm_pending(panic_state *st, const panic_cfg *c, const panic_node *nodes, int n,
                            int64_t now_ms);
 

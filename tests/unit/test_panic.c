@@ -201,10 +201,11 @@ Test(panic, confirmation_waits_for_every_other_node_and_skips_the_failing_one)
     panic_state st;
     panic_init(&st);
     setup_nodes(3);
+    fail(0, 1000);
     nodes[0].last_probe_ms = 1000; /* the failing node: its result started the round */
     nodes[1].last_probe_ms = 900;
     nodes[2].last_probe_ms = 950;
-    panic_confirm_start(&st, 1000);
+    panic_confirm_start(&st, 1000, 0);
     cr_assert(panic_confirm_pending(&st, &CFG, nodes, 3, 1001));
     nodes[1].last_probe_ms = 1010;
     cr_assert(panic_confirm_pending(&st, &CFG, nodes, 3, 1011));
@@ -213,13 +214,83 @@ Test(panic, confirmation_waits_for_every_other_node_and_skips_the_failing_one)
     cr_assert_eq(st.confirm_since_ms, 0, "the round is over");
 }
 
+/* With many nodes the round ends once enough passed that the guard could not engage whatever
+ * the others answer; failures never count towards that quorum. */
+Test(panic, confirmation_ends_at_a_quorum_of_passes)
+{
+    panic_state st;
+    panic_init(&st);
+    setup_nodes(8); /* share 0.5: engages with 5 of 8 failing */
+    fail(0, 1000);
+    nodes[0].last_probe_ms = 1000;
+    panic_confirm_start(&st, 1000, 0);
+    for (int i = 1; i <= 3; i++)
+        nodes[i].last_probe_ms = 1000 + i;
+    cr_assert(panic_confirm_pending(&st, &CFG, nodes, 8, 1004),
+              "3 passed: the other 5 could still all fail, 5 of 8 engages");
+    nodes[4].last_probe_ms = 1005;
+    cr_assert_not(panic_confirm_pending(&st, &CFG, nodes, 8, 1006),
+                  "4 passed: at most 4 of 8 can fail, which does not engage");
+    cr_assert_eq(st.confirm_since_ms, 0, "the round is over");
+
+    /* answers that fail do not make a quorum: the round waits for every node */
+    panic_init(&st);
+    setup_nodes(8);
+    fail(0, 2000);
+    nodes[0].last_probe_ms = 2000;
+    panic_confirm_start(&st, 2000, 0);
+    for (int i = 1; i <= 6; i++) {
+        fail(i, 2000 + i);
+        nodes[i].last_probe_ms = 2000 + i;
+    }
+    nodes[7].last_probe_ms = 1;
+    cr_assert(panic_confirm_pending(&st, &CFG, nodes, 8, 2010));
+    nodes[7].last_probe_ms = 2011;
+    cr_assert_not(panic_confirm_pending(&st, &CFG, nodes, 8, 2012), "every node answered");
+    cr_assert(panic_update(&st, &CFG, nodes, 8, 2012) == PANIC_ENGAGED);
+}
+
+/* A result that came in after the leaving node's first failure already answers the round:
+ * only nodes with nothing since then wait for their confirmation probe; the timeout still
+ * counts from the round's start. */
+Test(panic, confirmation_counts_results_since_the_first_failure)
+{
+    panic_state st;
+    panic_init(&st);
+    setup_nodes(4);
+    fail(0, 500);
+    nodes[0].last_probe_ms = 1000; /* failed first at 500, offline at 1000 */
+    nodes[1].last_probe_ms = 700;  /* passed after the onset */
+    nodes[2].last_probe_ms = 400;  /* before the onset: must be probed again */
+    nodes[3].last_probe_ms = 300;  /* likewise */
+    panic_confirm_start(&st, 1000, 500);
+    cr_assert(panic_confirm_pending(&st, &CFG, nodes, 4, 1001),
+              "1 passed since the onset: 3 of 4 could be failing, which engages");
+    nodes[2].last_probe_ms = 1010;
+    cr_assert_not(panic_confirm_pending(&st, &CFG, nodes, 4, 1011),
+                  "2 passed since the onset: at most 2 of 4 fail, node 3 cannot change that");
+
+    /* a result before the onset does not count; the timeout runs from the start (1000) */
+    panic_init(&st);
+    setup_nodes(2);
+    nodes[1].last_probe_ms = 450;
+    panic_confirm_start(&st, 1000, 500);
+    cr_assert(panic_confirm_pending(&st, &CFG, nodes, 2, 1749));
+    cr_assert_not(panic_confirm_pending(&st, &CFG, nodes, 2, 1750), "timeout 500 + 250 from 1000");
+
+    /* an onset in the future or none: the round's start */
+    panic_init(&st);
+    panic_confirm_start(&st, 1000, 0);
+    cr_assert_eq(st.confirm_onset_ms, 1000);
+}
+
 Test(panic, confirmation_gives_up_after_one_probe_timeout)
 {
     panic_state st;
     panic_init(&st);
     setup_nodes(2);
     nodes[1].last_probe_ms = 0; /* hangs */
-    panic_confirm_start(&st, 1000);
+    panic_confirm_start(&st, 1000, 0);
     cr_assert(panic_confirm_pending(&st, &CFG, nodes, 2, 1749));
     cr_assert_not(panic_confirm_pending(&st, &CFG, nodes, 2, 1750), "timeout 500 + 250");
 }
