@@ -643,6 +643,11 @@ int64_t ctrl_schedule_calls(void)
         rsched_decision d = rsched_next(&cn->rs, &ctl.rcfg, node_callable(cn), cn->alive_since_ms,
                                         ctl.now, off);
         if (d.call) {
+            log_debug("reconcile call to %s: deadline %lld ms, %d starts and %d stops asked, "
+                      "answering probes for %lld ms%s", cn->v.id, (long long)d.deadline_ms,
+                      cn->rs.starts, cn->rs.stops,
+                      (long long)(cn->alive_since_ms ? ctl.now - cn->alive_since_ms : -1),
+                      cn->rs.call_tell ? ", told first" : "");
             if (reconcile_worker_call(cn->v.id, cn->v.host, d.deadline_ms) != 0)
                 rsched_finish(&cn->rs, &ctl.rcfg, RS_CONNECT_FAILED, 0, ctl.now, off);
             ctl.dirty = true;

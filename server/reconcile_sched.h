@@ -18,8 +18,9 @@
  *   2. its deadline is the worst case of the work asked (base + starts*start_ms +
  *      stops*stop_ms, capped);
  *   3. a call whose deadline passed may still be running on the node (a hung node runs it when
- *      it wakes up): no new call until the node answers probes again and the stale call's
- *      worst case has passed since; a node that answered probes all along was only slower than
+ *      it wakes up, on the monitor set of that moment): no new call until the node answers
+ *      probes again and the worst case of the stale call, or of all work pending by then if
+ *      more, has passed since; a node that answered probes all along was only slower than
  *      the configured costs: it gets four times the deadline in all, and its later deadlines
  *      (and pacing) count it four times slower, until quick answers show otherwise;
  *   4. no call that could still be running when the node's :00 cron starts (allowing

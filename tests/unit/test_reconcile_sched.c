@@ -166,6 +166,29 @@ Test(rsched, a_timed_out_call_is_not_repeated_while_it_may_still_run)
     cr_assert(rsched_next(&n, &c, true, 20000, 24000, OFF).call);
 }
 
+/* Rule 3, found by the exactly-once scenario: a node hung after taking a call for 5 stops reads
+ * its monitor set when it wakes, by then 14 more of its monitors had moved away (because it
+ * hung): the stale call does 19 stops, and the next call must wait for that. */
+Test(rsched, a_stale_call_may_do_the_work_added_while_the_node_hung)
+{
+    rsched_cfg c = cfg();
+    rsched_node n;
+    rsched_init(&n);
+    rsched_add_work(&n, 0, 5, 5000);
+    rsched_decision d = rsched_next(&n, &c, true, ALIVE, 6000, OFF);
+    cr_assert(d.call);
+    cr_assert_eq(d.deadline_ms, 1000 + 5 * 150);
+    rsched_finish(&n, &c, RS_TIMEOUT, 0, 6000 + d.deadline_ms, OFF);
+    rsched_add_work(&n, 0, 14, 8000); /* its monitors failed over while it hung */
+    for (int64_t t = 9000; t < 20000; t += 1000)
+        cr_assert_not(rsched_next(&n, &c, true, 0, t, OFF).call);
+    /* answering again from 20000: the stale call may run 19 stops from then */
+    cr_assert_not(rsched_next(&n, &c, true, 20000, 20000 + 1750, OFF).call,
+                  "the stale call's own worst case is not enough");
+    cr_assert_not(rsched_next(&n, &c, true, 20000, 20000 + 1000 + 19 * 150 - 1, OFF).call);
+    cr_assert(rsched_next(&n, &c, true, 20000, 20000 + 1000 + 19 * 150, OFF).call);
+}
+
 Test(rsched, a_connection_that_never_opened_is_retried_with_back_off_then_left_to_cron)
 {
     rsched_cfg c = cfg();
