@@ -101,6 +101,12 @@ static void start_call(call *c)
     curl_easy_setopt(c->easy, CURLOPT_PROTOCOLS_STR, "http");
     curl_easy_setopt(c->easy, CURLOPT_USERAGENT, "kumaguard-reconcile/0.2");
     curl_easy_setopt(c->easy, CURLOPT_PRIVATE, c);
+    /* A failover over 999 survivors sends 999 calls at once: with curl's 16 KB receive buffer
+     * per handle, and every connection then kept in the multi handle's cache, a burst left
+     * tens of megabytes behind.  The answer is a few bytes and is discarded; calls to one
+     * node are seconds apart at least, so a kept connection saves nothing. */
+    curl_easy_setopt(c->easy, CURLOPT_BUFFERSIZE, 1024L);
+    curl_easy_setopt(c->easy, CURLOPT_FORBID_REUSE, 1L);
     netpolicy_curl_guard(c->easy, &c->guard);
     if (curl_multi_add_handle(R.multi, c->easy) != CURLM_OK) {
         post_outcome(c, RS_CONNECT_FAILED, 0, "curl_multi_add_handle failed");
