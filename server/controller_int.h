@@ -148,7 +148,7 @@ typedef struct {
     kg_reply *monitor_op_reply; /* the running job's monitor operation answers here */
     bool want_nodes, want_monitors;
     int64_t next_refresh_ms, next_prune_ms, next_ping_ms;
-    int64_t next_trim_ms;    /* give freed heap back to the system (ctrl_trim_memory) */
+    int64_t next_trim_ms;    /* give freed heap back to the system (controller.c) */
 
     ctrl_node *nodes;        /* sorted by id */
     int n_nodes;

@@ -155,7 +155,7 @@ bool panic_confirm_pending(panic_state *st, const panic_cfg *c, const panic_node
      * change the verdict.  With 1,000 nodes the last answers of a round come long after the
      * first half (the sweep shares the machine with the nginx reload the same change
      * triggers); with three nodes the quorum is every node, as before. */
-    if (waiting && (passed == 0 || over_threshold(c, total - passed, total)))
+    if (waiting && over_threshold(c, total - passed, total)) /* none passed: all may fail */
         return true;
     st->confirm_since_ms = 0;
     return false;

@@ -234,14 +234,12 @@ rsched_decision rsched_next(rsched_node *n, const rsched_cfg *c, bool callable,
          * than our worst case, not hung: it gets as long again from the deadline. */
         if (!alive_since)
             return wait_until(n, "a timed-out call may still be running on the node", 0);
-        int64_t until = alive_since + n->stale_worst_ms;
         /* A hung node reads its monitor set only when it wakes: the stale call then does all
-         * the work pending by then, the moves made while it hung included (its own monitors,
-         * moved away because it hung).  The exactly-once scenario caught a call for 5 stops
-         * that ran 19 after the thaw, and our next call overlapped it. */
+         * the work pending by then (a timeout leaves the call's own work pending), the moves
+         * made while it hung included (its own monitors, moved away because it hung).  The
+         * exactly-once scenario caught a call for 5 stops that ran 19 after the thaw. */
         int64_t pending = node_worst(n, c, n->starts, n->stops);
-        if (alive_since + pending > until)
-            until = alive_since + pending;
+        int64_t until = alive_since + (pending > n->stale_worst_ms ? pending : n->stale_worst_ms);
         if (alive_since <= n->stale_since_ms) {
             /* it answered probes all along: slower than the configured costs, not hung.  It
              * gets SLOW_STEP times the deadline in all, and its later deadlines as much. */

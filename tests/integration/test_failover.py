@@ -113,6 +113,29 @@ def test_kill_and_revive_moves_monitors_and_brings_them_home(tmp_path, cluster, 
     kg.stop()
 
 
+def test_monitors_kuma_added_just_before_the_death_move_with_the_rest(tmp_path, cluster, procs):
+    """A dying node's monitors are moved at once on the set kumaguard holds; the table is read
+    right after those moves and a second plan moves what Kuma added meanwhile -- not a refresh
+    interval (here a minute) later."""
+    nodes, kg = start_cluster(tmp_path, cluster, procs, extra=["--refresh-interval", "60s",
+                                                              "--recovery-hold-down", "60s"])
+    node2 = nodes[1]
+    kg.wait_proven(timeout=10)
+    seed_monitors(cluster, ["node%d" % ((i % 3) + 1) for i in range(60)])
+    assert kg.post("/api/update-loads")[0] == 200  # kumaguard holds these 60
+    seed_monitors(cluster, ["node2"] * 5, start_id=501)  # Kuma adds 5 more: not read yet
+    node2.kill()
+    wait_until(lambda: node_status(cluster)["node2"] == "offline", timeout=10,
+               what="node2 offline")
+
+    def all_moved():
+        rows = monitors(cluster)
+        return all((over or home) != "node2" for _, home, over in rows.values()) and rows
+    rows = wait_until(all_moved, timeout=8, what="every monitor of node2 moved, the new 5 too")
+    assert all(rows[i][2] in ("node1", "node3") for i in range(501, 506)), rows
+    kg.stop()
+
+
 def history(kg):
     doc = kg.get_json("/api/failover-history?limit=1000")
     return doc["events"] if isinstance(doc, dict) else doc

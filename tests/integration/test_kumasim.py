@@ -659,3 +659,46 @@ def test_freeze_accepts_but_never_answers_and_thaw_recovers(node):
     finally:
         node.thaw()
     assert node.health()[0] == 200
+
+
+def test_more_connections_than_the_old_limit_leave_the_node_answering():
+    """libmicrohttpd 0.9.75 leaves a mutex locked when a connection handed over with
+    MHD_add_connection meets the daemon's connection limit, and the worker thread then hangs for
+    good.  kumasim once set that limit to 4 * nodes + 1024 (514 per worker for one node), and a
+    1,000-node fleet froze after a mass failover.  A node must keep answering however many
+    connections come at once (up to the open-file limit, where it waits for them to close)."""
+    import resource
+    count = 1300  # past the old limit of both workers together
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = count + 200
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+    node = Kumasim("node1", instant=True)
+    held = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.settimeout(2)
+            try:
+                s.connect((node.host, node.port))
+            except OSError:  # a full backlog while the node waits for files: fine
+                s.close()
+                continue
+            held.append(s)
+        assert len(held) > 1100, "the test opened too few connections to mean anything"
+        time.sleep(0.5)
+        for s in held:
+            s.close()
+        held = []
+        time.sleep(0.5)
+        # every worker must answer: new connections go to both of them
+        for i in range(20):
+            assert node.health(timeout=3)[0] == 200, "health request %d got no answer" % i
+    finally:
+        for s in held:
+            s.close()
+        try:
+            node.stop()
+        except KumasimError:  # a frozen node ignores SIGTERM: the assertion above says why
+            node.kill()

@@ -21,13 +21,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <limits.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <time.h>
@@ -416,7 +416,7 @@ static bool health_db_check(struct sim *s, struct req *rq, enum MHD_Result *ret)
 {
 	struct ping_job *pj;
 
-	if (s->opt.instant || s->pool == NULL) {
+	if (s->opt.instant || s->health_pool == NULL) {
 		*ret = reply_health(rq->node, rq->conn, H_HEALTHY, NULL);
 		return false;
 	}
@@ -448,7 +448,7 @@ static bool health_db_check(struct sim *s, struct req *rq, enum MHD_Result *ret)
 	pj->s = s;
 	pj->rq = rq;
 	req_park_for_work(s, rq);
-	db_pool_submit(s->health_pool != NULL ? s->health_pool : s->pool, &pj->job);
+	db_pool_submit(s->health_pool, &pj->job);
 	*ret = MHD_YES;
 	return true;
 }

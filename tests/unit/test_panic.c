@@ -278,10 +278,16 @@ Test(panic, confirmation_counts_results_since_the_first_failure)
     cr_assert(panic_confirm_pending(&st, &CFG, nodes, 2, 1749));
     cr_assert_not(panic_confirm_pending(&st, &CFG, nodes, 2, 1750), "timeout 500 + 250 from 1000");
 
-    /* an onset in the future or none: the round's start */
+    /* no onset (a drained node): only results from the round's start count */
     panic_init(&st);
+    setup_nodes(3);
+    nodes[0].last_probe_ms = 1000; /* the drained node */
+    nodes[1].last_probe_ms = 999;
+    nodes[2].last_probe_ms = 999;
     panic_confirm_start(&st, 1000, 0);
-    cr_assert_eq(st.confirm_onset_ms, 1000);
+    cr_assert(panic_confirm_pending(&st, &CFG, nodes, 3, 1001), "999 is before the round");
+    nodes[1].last_probe_ms = 1000;
+    cr_assert_not(panic_confirm_pending(&st, &CFG, nodes, 3, 1001));
 }
 
 Test(panic, confirmation_gives_up_after_one_probe_timeout)

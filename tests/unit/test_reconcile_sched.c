@@ -146,17 +146,24 @@ Test(rsched, a_node_that_was_down_at_the_cron_still_needs_a_call)
     cr_assert(d.call, "the cron cannot have run while the node was down");
 }
 
+/* Work committed at 5000, called at 6000, no answer by the deadline. */
+static void call_times_out(rsched_node *n, const rsched_cfg *c, int starts, int stops)
+{
+    rsched_init(n);
+    rsched_add_work(n, starts, stops, 5000);
+    rsched_decision d = rsched_next(n, c, true, ALIVE, 6000, OFF);
+    cr_assert(d.call);
+    cr_assert_eq(d.deadline_ms, 1000 + starts * 300 + stops * 150);
+    rsched_finish(n, c, RS_TIMEOUT, 0, 6000 + d.deadline_ms, OFF);
+    cr_assert(n->stale);
+}
+
 /* Rule 3: the deadline passed, the node (hung) may run the call whenever it wakes up. */
 Test(rsched, a_timed_out_call_is_not_repeated_while_it_may_still_run)
 {
     rsched_cfg c = cfg();
     rsched_node n;
-    rsched_init(&n);
-    rsched_add_work(&n, 10, 0, 5000);
-    rsched_decision d = rsched_next(&n, &c, true, ALIVE, 6000, OFF);
-    cr_assert(d.call);
-    rsched_finish(&n, &c, RS_TIMEOUT, 0, 6000 + d.deadline_ms, OFF);
-    cr_assert(n.stale);
+    call_times_out(&n, &c, 10, 0);
     /* still failing probes: no call however long we wait */
     for (int64_t t = 11000; t < 50000; t += 1000)
         cr_assert_not(rsched_next(&n, &c, true, 0, t, OFF).call);
@@ -173,12 +180,7 @@ Test(rsched, a_stale_call_may_do_the_work_added_while_the_node_hung)
 {
     rsched_cfg c = cfg();
     rsched_node n;
-    rsched_init(&n);
-    rsched_add_work(&n, 0, 5, 5000);
-    rsched_decision d = rsched_next(&n, &c, true, ALIVE, 6000, OFF);
-    cr_assert(d.call);
-    cr_assert_eq(d.deadline_ms, 1000 + 5 * 150);
-    rsched_finish(&n, &c, RS_TIMEOUT, 0, 6000 + d.deadline_ms, OFF);
+    call_times_out(&n, &c, 0, 5);
     rsched_add_work(&n, 0, 14, 8000); /* its monitors failed over while it hung */
     for (int64_t t = 9000; t < 20000; t += 1000)
         cr_assert_not(rsched_next(&n, &c, true, 0, t, OFF).call);
