@@ -86,7 +86,7 @@ static void on_node_action(const kg_msg *m, node_state target)
         prober_trigger_all();
     char detail[128];
     snprintf(detail, sizeof detail, "%s is now %s", cn->v.id, node_state_name(cn->h.state));
-    reply_finish(m->reply, 200, "", detail);
+    ctrl_reply_published(m->reply, 200, "", detail);
 }
 
 static void on_panic_override(const kg_msg *m)
@@ -106,7 +106,7 @@ static void on_panic_override(const kg_msg *m)
     ctl.need_converge = true;
     ctl.converge_epoch = ctl.now;
     ctl.dirty = true;
-    reply_finish(m->reply, 200, "", "failover allowed for this outage");
+    ctrl_reply_published(m->reply, 200, "", "failover allowed for this outage");
 }
 
 /* An operator's move / pin / unpin: queued for the database applier, which reads, validates
@@ -233,7 +233,7 @@ static void handle(kg_msg *m)
             break;
         }
         ctrl_reb_finish("cancelled", "cancelled by the operator");
-        reply_finish(m->reply, 200, "", "rebalance cancelled");
+        ctrl_reply_published(m->reply, 200, "", "rebalance cancelled");
         break;
     case MSG_NODE_DRAIN:
         on_node_action(m, NODE_DRAINING);

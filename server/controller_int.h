@@ -250,6 +250,9 @@ int64_t ctrl_min_due(int64_t a, int64_t b);
 
 /* ctrl_publish.c: the snapshot */
 void ctrl_publish(void);
+/* Answers an operator's action after publishing what it changed, so a read that follows the
+ * answer sees the change (read-your-writes); a plain reply_finish when nothing changed. */
+void ctrl_reply_published(kg_reply *r, int status, const char *error, const char *detail);
 void ctrl_publish_free(void); /* what it caches, at the controller's stop */
 
 #endif

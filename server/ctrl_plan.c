@@ -452,7 +452,7 @@ void ctrl_reb_plan(void)
     ctl.dirty = true;
     char detail[200];
     snprintf(detail, sizeof detail, "%zu home changes planned", ctl.reb.n);
-    reply_finish(q.reply, 202, "", detail);
+    ctrl_reply_published(q.reply, 202, "", detail);
     reply_put(q.reply);
 }
 

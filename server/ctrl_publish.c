@@ -94,6 +94,13 @@ static void count_monitors(kg_snapshot *s)
     }
 }
 
+void ctrl_reply_published(kg_reply *r, int status, const char *error, const char *detail)
+{
+    if (ctl.dirty)
+        ctrl_publish();
+    reply_finish(r, status, error, detail);
+}
+
 void ctrl_publish_free(void)
 {
     counts_free();
