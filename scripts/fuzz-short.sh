@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # fuzz-short.sh — builds every libFuzzer target tests/fuzz/fuzz_*.c with clang
-# (-fsanitize=fuzzer,address,undefined, no CMake) and runs each for a bounded time.
+# (-fsanitize=fuzzer,address,undefined, no CMake) and runs each for a bounded time, all
+# targets at once.
 #
 # Each target names the server files it links in a comment line
 #     fuzz-sources: api_route.c snapshot.c types.c
@@ -39,28 +40,30 @@ fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=1:detect_leaks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
-status=0
-for src in "${targets[@]}"; do
+# One target: build, replay its regression inputs, fuzz.  Targets run at the same time (each
+# one process; the machine's cores are shared between them), each writing its report to
+# $out/<name>.summary, printed in order at the end.
+fuzz_one() {
+  local src=$1 name short sources files regress work
   name=$(basename "$src" .c)
   short=${name#fuzz_}
   sources=$(sed -n 's/^.*fuzz-sources:[[:space:]]*//p' "$src" | head -n1 | sed 's/\*\/.*//')
+  files=()
   if [[ -n $sources ]]; then
-    files=()
     for s in $sources; do files+=("$root/server/$s"); done
   else
-    files=()
     for s in "$root"/server/*.c; do [[ $(basename "$s") == main.c ]] || files+=("$s"); done
   fi
   echo "fuzz-short: building $name (${#files[@]} server files)"
   # shellcheck disable=SC2086
-  $cc $cflags -o "$out/$name" "$src" "${files[@]}" $libs
+  $cc $cflags -o "$out/$name" "$src" "${files[@]}" $libs || return 1
 
   regress="$root/tests/fuzz/regressions/$short"
   if compgen -G "$regress/*" >/dev/null; then
     echo "fuzz-short: $name: replaying $(ls "$regress" | wc -l) regression inputs"
     if ! "$out/$name" -runs=0 "$regress"/* >"$out/$name.regress.log" 2>&1; then
       echo "fuzz-short: $name FAILED on a regression input"; tail -n 40 "$out/$name.regress.log"
-      status=1; continue
+      return 1
     fi
   fi
 
@@ -72,10 +75,23 @@ for src in "${targets[@]}"; do
        >"$out/$name.log" 2>&1; then
     echo "fuzz-short: $name ok: $(grep -E '^stat::number_of_executed_units' "$out/$name.log" \
       | awk '{print $2}') runs, $(ls "$work" | wc -l) corpus entries"
+    rm -rf "$work"
   else
     echo "fuzz-short: $name FAILED (artifacts in $out/artifacts/)"; tail -n 60 "$out/$name.log"
-    status=1
+    rm -rf "$work"
+    return 1
   fi
-  rm -rf "$work"
+}
+
+pids=() names=()
+for src in "${targets[@]}"; do
+  name=$(basename "$src" .c)
+  fuzz_one "$src" >"$out/$name.summary" 2>&1 &
+  pids+=($!) names+=("$name")
+done
+status=0
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}" || status=1
+  cat "$out/${names[$i]}.summary"
 done
 exit $status

@@ -4,14 +4,15 @@
 #   scripts/install-deps.sh --test   also everything the test suite drives for real
 #                                    (MariaDB + Galera, nginx, Chromium, clang/libFuzzer,
 #                                    clang-tidy,
-#                                    pytest, wrk)
+#                                    pytest + pytest-xdist, wrk)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev
       libmariadb-dev libjson-c-dev libssl-dev zlib1g-dev libcriterion-dev sqlite3 curl)
 if [[ "${1:-}" == "--test" ]]; then
-  pkgs+=(mariadb-server mariadb-client nginx wrk python3 python3-pytest python3-pymysql python3-yaml
+  pkgs+=(mariadb-server mariadb-client nginx wrk python3 python3-pytest python3-pytest-xdist
+         python3-pymysql python3-yaml
          chromium clang libclang-rt-14-dev clang-tidy docker-compose
          galera-4 rsync iproute2 procps)  # the Galera test cluster (rsync state transfer)
   command -v node >/dev/null 2>&1 || pkgs+=(nodejs npm)

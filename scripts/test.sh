@@ -34,8 +34,13 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 stage "build (plain, -Werror)" scripts/build.sh build-test -DKG_WERROR=ON
 stage "build (ASan+UBSan)" scripts/build.sh build-asan -DKG_SANITIZE=ON -DKG_WERROR=ON
 stage "unit tests (Criterion, ASan+UBSan)" ctest --test-dir build-asan --output-on-failure -j2
+# The integration tests spend most of their time waiting for probes, holds and a node's :00
+# cron, so two run at once (pytest-xdist; a test file stays on one worker, each worker has its
+# own MariaDB and its own range of ports).
+xdist=(-n 2 --dist loadfile)
 stage "integration tests (pytest, ASan+UBSan daemon)" \
-  env KG_BUILD_DIR="$root/build-asan" /usr/bin/python3 -m pytest -q -p no:cacheprovider --durations=8 tests/integration
+  env KG_BUILD_DIR="$root/build-asan" /usr/bin/python3 -m pytest -q -p no:cacheprovider \
+  "${xdist[@]}" --durations=8 tests/integration
 # ThreadSanitizer over the daemon with all its threads, against the same real components.
 # (Criterion cannot run under TSan — its boxfort arena cannot be mapped in TSan's address
 # layout, Criterion issue #274 — so the unit tests run under ASan above; the threads they would
@@ -46,7 +51,7 @@ stage "build (TSan)" scripts/build.sh build-tsan -DKG_TSAN=ON -DKG_WERROR=ON -DK
 stage "integration tests (pytest, TSan daemon)" \
   env KG_BUILD_DIR="$root/build-tsan" KUMASIM_BIN="$root/build-test/kumasim" \
   TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1" \
-  /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/integration \
+  /usr/bin/python3 -m pytest -q -p no:cacheprovider "${xdist[@]}" tests/integration \
   --ignore=tests/integration/test_exactly_once.py --ignore=tests/integration/test_kumasim.py \
   --ignore=tests/integration/test_kumasim_realism.py
 # Two kumaguards on different nodes of a real 3-node Galera cluster (skipped, with the reason,

@@ -70,11 +70,39 @@ def find_binary():
         "kumasim not found in %s (set KG_BUILD_DIR or KUMASIM_BIN; build target `kumasim`)" % build)
 
 
+# Ports handed out by free_port: below the kernel's ephemeral range (32768 and up by default),
+# so a port picked here is never taken meanwhile by some outgoing connection's source port, and
+# split between pytest-xdist workers (PYTEST_XDIST_WORKER=gw<N>), so two tests running at once
+# never pick the same one.
+_PORT_BASE, _PORT_SPAN = 20000, 3000
+_port_next = None
+
+
+def _port_range():
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    idx = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    lo = _PORT_BASE + (idx % 4) * _PORT_SPAN
+    return lo, lo + _PORT_SPAN
+
+
 def free_port(host="127.0.0.1"):
-    """A port that was free a moment ago (for tests that need to know it before starting)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago (for tests that need to know it before starting):
+    the next bindable one of this process's range, in turn, so a port just given up is not
+    handed out again soon."""
+    global _port_next
+    lo, hi = _port_range()
+    if _port_next is None or not lo <= _port_next < hi:
+        _port_next = lo + (os.getpid() * 7919) % _PORT_SPAN
+    for _ in range(_PORT_SPAN):
+        port = _port_next
+        _port_next = lo + (_port_next + 1 - lo) % _PORT_SPAN
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in %d-%d on %s" % (lo, hi - 1, host))
 
 
 class KumasimError(RuntimeError):

@@ -24,6 +24,8 @@ import subprocess
 import time
 import weakref
 
+from kumasim_ctl import free_port  # noqa: F401  (one port picker for every test helper)
+
 NGINX_BIN = os.environ.get("NGINX_BIN", "/usr/sbin/nginx")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SAMPLE_SITE = os.path.join(ROOT, "docker", "nginx-site.conf")
@@ -37,10 +39,6 @@ map $cookie_KUMA_FIXED_NODE $kuma_upstream { default kuma_cluster; }
 _live = weakref.WeakSet()
 
 
-def free_port(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def sample_site(include_path, kumaguard_addr, port, listen_host="127.0.0.1"):
