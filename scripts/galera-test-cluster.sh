@@ -80,9 +80,11 @@ check_prerequisites() {
     command -v python3 >/dev/null || die "python3 is needed to pick free ports"
 }
 
-# N distinct loopback ports that were free a moment ago, below the kernel's ephemeral range:
-# a node binds its SQL port only after its state transfer, tens of seconds after the pick,
-# and an ephemeral port is soon handed to some outgoing connection.
+# N distinct loopback ports that were free a moment ago, in 10000-19999: below the kernel's
+# ephemeral range (a node binds its SQL port only after its state transfer, tens of seconds
+# after the pick, and an ephemeral port is soon handed to some outgoing connection), and below
+# the 20000-31999 the test helpers' free_port hands out (tests/integration/kumasim_ctl.py): a
+# node's IST and SST ports are bound only during a transfer, so free most of the time.
 free_ports() {
     python3 - "$1" <<'EOF'
 import random, socket, sys
@@ -92,7 +94,7 @@ except (OSError, ValueError, IndexError):
     low = 32768
 picked = []
 while len(picked) < int(sys.argv[1]):
-    p = random.randrange(10000, max(low, 10001))
+    p = random.randrange(10000, max(min(low, 20000), 10001))
     if p in picked:
         continue
     s = socket.socket()
@@ -163,14 +165,19 @@ launch_node() { # launch_node DIR K [--wsrep-new-cluster]
 
 # Waits until node K answers, is Synced and sees `size` members (bounded: 90 s).
 wait_synced() {
-    local dir=$1 k=$2 size=$3 deadline=$((SECONDS + 90))
+    local dir=$1 k=$2 size=$3 deadline=$((SECONDS + 90)) dead=0
     while [ "$SECONDS" -lt "$deadline" ]; do
         if [ "$(wsrep_status "$dir" "$k" wsrep_local_state_comment)" = Synced ] \
             && [ "$(wsrep_status "$dir" "$k" wsrep_cluster_size)" = "$size" ]; then
             return 0
         fi
+        # Gone only when seen gone twice: mariadbd creates its pid file empty and then writes
+        # the pid, so a read in between found no pid and gave up on a node that was starting.
         if ! node_alive "$dir" "$k" && [ -f "$dir/node$k/pid" ]; then
-            break
+            dead=$((dead + 1))
+            [ "$dead" -ge 2 ] && break
+        else
+            dead=0
         fi
         sleep 0.1
     done
