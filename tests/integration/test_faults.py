@@ -95,6 +95,23 @@ def test_panic_guard_holds_while_two_of_three_fail_until_an_operator_overrides(
     kg.stop()
 
 
+def test_what_an_operator_action_changed_is_in_the_very_next_read(tmp_path, procs):
+    """A script that drains a node and then reads its state must see "draining", not the state
+    before: the answer to an action comes only once the state it changed is published."""
+    cluster = SqliteCluster(str(tmp_path / "cluster.db"))
+    nodes, kg = three_nodes(tmp_path, procs, cluster)
+    stale = []
+    for i in range(30):
+        assert kg.post("/api/nodes/node2/drain")[0] == 200
+        if node_state(kg, "node2")["state"] != "draining":
+            stale.append(("drain", i))
+        assert kg.post("/api/nodes/node2/enable")[0] == 200
+        if node_state(kg, "node2")["state"] == "draining":
+            stale.append(("enable", i))
+    assert not stale, "reads right after the answer showed the old state: %s" % stale
+    kg.stop()
+
+
 def test_staggered_failures_engage_the_guard_and_nothing_moves_twice(tmp_path, procs):
     cluster = SqliteCluster(str(tmp_path / "cluster.db"))
     nodes, kg = three_nodes(tmp_path, procs, cluster)
