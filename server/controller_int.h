@@ -170,6 +170,7 @@ typedef struct {
                                 set we have at once, then again on the read asked for */
     int64_t converge_epoch;  /* monotonic: the monitors must be read after this */
     int64_t next_converge_ms;/* periodic convergence: retries no-target, adoption, reverts */
+    size_t paced_said[2];    /* kept, planned of the last "moves now" log line (ctrl_plan.c) */
     int64_t next_revert_ms;  /* earliest next revert batch */
     int64_t next_auto_rebalance_ms;
     int64_t auto_checked_ms; /* the monitor set the trigger last looked at */

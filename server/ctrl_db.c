@@ -249,6 +249,12 @@ void ctrl_on_db_done(db_job *j)
     }
     if (j->nodes_done)
         ctrl_merge_node_rows(j->nodes, j->n_nodes);
+    /* Our moves first: a job that moves and then re-reads (a failover) brings a set that has
+     * them, and set_monitors counts every difference from ours as changes Kuma made.  Patched
+     * after the read, our own moves counted twice in the targets' worst case: a survivor's
+     * call no longer fitted before its cron and a failover waited for crons. */
+    if (applying == APPLY_CONVERGE || applying == APPLY_REBALANCE)
+        ctrl_applied_moves(j);
     if (j->monitors_done && j->monitors_unchanged) {
         ctl.mon.as_of_ms = j->started_mono_ms; /* the set we have is the table as of now */
         ctl.mon.wall_ms = ctrl_to_wall(j->started_mono_ms);
@@ -262,8 +268,6 @@ void ctrl_on_db_done(db_job *j)
     } else if (j->load_monitors) {
         ctrl_finish_load_waiters(503, "database_unavailable", ctl.db_error);
     }
-    if (applying == APPLY_CONVERGE || applying == APPLY_REBALANCE)
-        ctrl_applied_moves(j);
     if (applying == APPLY_REBALANCE && !j->moves_done) {
         if (j->rc == STORE_FENCED)
             ctrl_reb_finish("failed", "fenced: another controller leads");

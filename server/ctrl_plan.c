@@ -278,8 +278,12 @@ void ctrl_converge(void)
     size_t planned = r.n_moves;
     size_t kept = pace_moves(r.moves, r.n_moves, &ctl.mon.tab);
     if (kept < planned) {
-        log_info("converge: %zu of %zu moves now, the rest when the nodes can start them "
-                 "before their cron", kept, planned);
+        /* while moves wait, converge runs every second: said once per change, not each time */
+        bool news = kept != ctl.paced_said[0] || planned != ctl.paced_said[1];
+        ctl.paced_said[0] = kept;
+        ctl.paced_said[1] = planned;
+        kg_log(news ? LOG_INFO : LOG_DEBUG, "converge: %zu of %zu moves now, the rest when the "
+               "nodes can start them before their cron", kept, planned);
         ctl.next_converge_ms = ctrl_min_due(ctl.next_converge_ms, ctl.now + 1000);
     }
     if (kept == 0)

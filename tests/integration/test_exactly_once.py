@@ -19,7 +19,7 @@ import random
 import signal
 import time
 
-from kg_harness import Kumaguard, MariaCluster, seed_monitors, wait_until
+from kg_harness import Kumaguard, MariaCluster, SqliteCluster, seed_monitors, wait_until
 from kumasim_ctl import Kumasim
 
 KEY = "kuma-cluster-key"   # a real node accepts any Authorization that is not "Bearer ..."
@@ -186,3 +186,56 @@ def test_exactly_once_through_a_seeded_scenario(tmp_path, procs, own_mariadb):
         c.check_rules()
     c.check_rules()
     c.kg.stop()
+
+
+def test_a_failover_that_fits_before_the_cron_is_called_not_left_to_it(tmp_path, procs):
+    """node2's 200 monitors fail over early in a minute: each survivor must start 100, a worst
+    case of 33 s at kumaguard's default costs, which ends before the survivors' :00 cron.  So
+    kumaguard calls them, and the monitors run again within seconds, not at the cron.  (When
+    the failover's move and re-read came back in one job, kumaguard counted its own moves
+    twice — as moves, and as changes Kuma made seen in the read — a worst case of 65 s that
+    never fits in a minute: every survivor was left to its cron, and a failover took minutes.)
+    The nodes start monitors ten times faster than a real node: what is tested is kumaguard's
+    decision, made on its configured costs."""
+    db = str(tmp_path / "cluster.db")
+    cluster = SqliteCluster(db)
+    sims = [Kumasim("node%d" % i, sqlite_path=db, node_host="listen", delay_scale=0.1)
+            for i in (1, 2, 3)]
+    procs.extend(sims)
+    kg = Kumaguard(tmp_path, cluster, extra=FLAGS + ["--init-schema"],
+                   env={"KUMA_API_KEY": KEY})
+    procs.append(kg)
+    wait_until(lambda: len(kg.get_json("/api/node-status")["nodes"]) == 3, timeout=15,
+               what="nodes registered")
+    kg.wait_leader()
+    kg.wait_proven(timeout=20)
+    moved = seed_monitors(cluster, ["node2"] * 200)
+    assert kg.post("/api/update-loads")[0] == 200
+    while not 4 <= time.time() % 60 <= 14:   # early in the minute, past the last cron
+        time.sleep(0.25)
+    killed_at = time.time()
+    sims[1].kill()
+
+    def running_on_survivors():
+        running = {}
+        for s in (sims[0], sims[2]):
+            m = s.monitors()
+            assert not m["duplicates"] and m["leaked_copies"] == 0, m
+            for mid in m["listed"]:
+                running[int(mid)] = running.get(int(mid), 0) + 1
+        return all(running.get(mid) == 1 for mid in moved)
+
+    before_cron = 59.5 - killed_at % 60   # the survivors' next cron comes after this
+    wait_until(running_on_survivors, timeout=before_cron, interval=0.5,
+               what="node2's monitors running on the survivors before their :00 cron")
+    for n in ("node1", "node3"):
+        r = node(kg, n)["reconcile"]
+        assert r["calls"] >= 1 and r["left_to_cron"] == 0, (n, r)
+    kg.stop()
+
+
+def node(kg, node_id):
+    for n in kg.get_json("/api/node-status")["nodes"]:
+        if n["node_id"] == node_id:
+            return n
+    raise AssertionError("no node " + node_id)
