@@ -125,7 +125,8 @@ void ctrl_db_watchdog(void)
 void ctrl_finish_load_waiters(int status, const char *error, const char *detail)
 {
     for (int i = 0; i < ctl.n_load_waiters; i++) {
-        reply_finish(ctl.load_waiters[i], status, error, detail);
+        /* the counts read are published before the answer: a read after it sees them */
+        ctrl_reply_published(ctl.load_waiters[i], status, error, detail);
         reply_put(ctl.load_waiters[i]);
     }
     ctl.n_load_waiters = 0;

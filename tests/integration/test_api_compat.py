@@ -114,6 +114,21 @@ def test_lua_request_list_answers_with_every_key(tmp_path, procs):
         check_keys(path, doc, lb[3])
 
 
+def test_counts_after_update_loads_are_the_ones_just_read(tmp_path, procs):
+    """update-loads answers once the monitors are read: the counts a script reads right after
+    it must include what it had just added, every time."""
+    kg, store = start(tmp_path, procs)
+    stale = []
+    for i in range(20):
+        seed_monitors(store, ["node1"], start_id=1000 + i)
+        assert kg.post("/api/update-loads")[0] == 200
+        counts = {n["node_id"]: n["current_count"] for n in kg.get_json("/lb/capacity")["nodes"]}
+        if counts.get("node1") != 6 + i:
+            stale.append((i, counts.get("node1")))
+    assert not stale, "counts read right after update-loads were stale: %s" % stale
+    kg.stop()
+
+
 def test_values_mean_what_they_meant(tmp_path, procs):
     kg, store = start(tmp_path, procs)
     now = time.time()
