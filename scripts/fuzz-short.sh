@@ -44,7 +44,7 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # one process; the machine's cores are shared between them), each writing its report to
 # $out/<name>.summary, printed in order at the end.
 fuzz_one() {
-  local src=$1 name short sources files regress work
+  local src=$1 name short sources files regress work failed=0
   name=$(basename "$src" .c)
   short=${name#fuzz_}
   sources=$(sed -n 's/^.*fuzz-sources:[[:space:]]*//p' "$src" | head -n1 | sed 's/\*\/.*//')
@@ -75,12 +75,12 @@ fuzz_one() {
        >"$out/$name.log" 2>&1; then
     echo "fuzz-short: $name ok: $(grep -E '^stat::number_of_executed_units' "$out/$name.log" \
       | awk '{print $2}') runs, $(ls "$work" | wc -l) corpus entries"
-    rm -rf "$work"
   else
     echo "fuzz-short: $name FAILED (artifacts in $out/artifacts/)"; tail -n 60 "$out/$name.log"
-    rm -rf "$work"
-    return 1
+    failed=1
   fi
+  rm -rf "$work"
+  return $failed
 }
 
 pids=() names=()

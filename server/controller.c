@@ -58,16 +58,16 @@ static void on_node_action(const kg_msg *m, node_state target)
 {
     ctrl_node *cn = ctrl_find_node(m->node);
     if (!cn) {
-        reply_finish(m->reply, 404, "unknown_node", "no node with that id");
+        ctrl_reply(m->reply, 404, "unknown_node", "no node with that id");
         return;
     }
     if (!ctl.leader) {
-        reply_finish(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        ctrl_reply(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
         return;
     }
     node_state before = cn->h.state;
     if (target == NODE_ONLINE && (before == NODE_ONLINE || before == NODE_SUSPECT)) {
-        reply_finish(m->reply, 200, "", "node is already enabled");
+        ctrl_reply(m->reply, 200, "", "node is already enabled");
         return;
     }
     health_transition t = health_set_operator(&cn->h, target, ctl.now);
@@ -86,18 +86,18 @@ static void on_node_action(const kg_msg *m, node_state target)
         prober_trigger_all();
     char detail[128];
     snprintf(detail, sizeof detail, "%s is now %s", cn->v.id, node_state_name(cn->h.state));
-    ctrl_reply_published(m->reply, 200, "", detail);
+    ctrl_reply(m->reply, 200, "", detail);
 }
 
 static void on_panic_override(const kg_msg *m)
 {
     if (!ctl.leader) {
-        reply_finish(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        ctrl_reply(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
         return;
     }
     const char *actor = m->actor[0] ? m->actor : "operator";
     if (!panic_override(&ctl.panic, actor)) {
-        reply_finish(m->reply, 409, "not_engaged", "the panic guard is not engaged");
+        ctrl_reply(m->reply, 409, "not_engaged", "the panic guard is not engaged");
         return;
     }
     ctrl_emit(EV_PANIC, NULL, "panic", "override", ctl.panic.failing, 0,
@@ -106,7 +106,7 @@ static void on_panic_override(const kg_msg *m)
     ctl.need_converge = true;
     ctl.converge_epoch = ctl.now;
     ctl.dirty = true;
-    ctrl_reply_published(m->reply, 200, "", "failover allowed for this outage");
+    ctrl_reply(m->reply, 200, "", "failover allowed for this outage");
 }
 
 /* An operator's move / pin / unpin: queued for the database applier, which reads, validates
@@ -114,15 +114,15 @@ static void on_panic_override(const kg_msg *m)
 static void on_monitor_op(kg_msg *m)
 {
     if (!ctl.leader) {
-        reply_finish(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        ctrl_reply(m->reply, 409, "not_leader", "another kumaguard instance holds the lease");
         return;
     }
     if (!ctl.db_ok) {
-        reply_finish(m->reply, 503, "database_unavailable", ctl.db_error);
+        ctrl_reply(m->reply, 503, "database_unavailable", ctl.db_error);
         return;
     }
     if (ctl.n_monitor_ops == MONITOR_OPS_QUEUED || !m->data) {
-        reply_finish(m->reply, 503, "busy", "too many monitor operations waiting; retry shortly");
+        ctrl_reply(m->reply, 503, "busy", "too many monitor operations waiting; retry shortly");
         return;
     }
     queued_monitor_op *q = &ctl.monitor_ops[ctl.n_monitor_ops++];
@@ -144,7 +144,7 @@ static void submit_monitor_op(void)
         return;
     queued_monitor_op q = ctl.monitor_ops[0];
     if (!ctl.leader) {
-        reply_finish(q.reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        ctrl_reply(q.reply, 409, "not_leader", "another kumaguard instance holds the lease");
     } else {
         db_job *j = ctrl_build_job(NULL, 0, NULL, "");
         if (!j)
@@ -173,7 +173,7 @@ static void monitor_op_done(const db_job *j)
     ctl.monitor_op_reply = NULL;
     const monitor_ops_outcome *o = &j->monitor_op_outcome;
     if (!j->monitor_op_done) {
-        reply_finish(reply, j->rc == STORE_FENCED ? 409 : 503,
+        ctrl_reply(reply, j->rc == STORE_FENCED ? 409 : 503,
                      j->rc == STORE_FENCED ? "not_leader" : "database_unavailable",
                      j->error[0] ? j->error : ctl.db_error);
         reply_put(reply);
@@ -192,7 +192,7 @@ static void monitor_op_done(const db_job *j)
         ctl.need_converge = true;
         ctl.converge_epoch = ctl.now;
     }
-    reply_finish_count(reply, o->v.status, o->v.error, o->v.detail, (int64_t)o->changed);
+    ctrl_reply_count(reply, o->v.status, o->v.error, o->v.detail, (int64_t)o->changed);
     reply_put(reply);
 }
 
@@ -206,11 +206,11 @@ static void handle(kg_msg *m)
         prober_trigger_all();
         ctrl_emit(EV_OPERATOR, NULL, "", "", 0, 0, "%s triggered a health check of every node",
              m->actor[0] ? m->actor : "operator");
-        reply_finish(m->reply, 202, "", "probing every node now");
+        ctrl_reply(m->reply, 202, "", "probing every node now");
         break;
     case MSG_UPDATE_LOADS:
         if (ctl.n_load_waiters == LOAD_WAITERS_MAX) {
-            reply_finish(m->reply, 503, "busy", "too many monitor reads asked for at once");
+            ctrl_reply(m->reply, 503, "busy", "too many monitor reads asked for at once");
             break;
         }
         if (m->reply) {
@@ -229,11 +229,11 @@ static void handle(kg_msg *m)
         break;
     case MSG_CANCEL_REBALANCE:
         if (!ctl.reb.running) {
-            reply_finish(m->reply, 409, "not_running", "no rebalance is running");
+            ctrl_reply(m->reply, 409, "not_running", "no rebalance is running");
             break;
         }
         ctrl_reb_finish("cancelled", "cancelled by the operator");
-        ctrl_reply_published(m->reply, 200, "", "rebalance cancelled");
+        ctrl_reply(m->reply, 200, "", "rebalance cancelled");
         break;
     case MSG_NODE_DRAIN:
         on_node_action(m, NODE_DRAINING);
@@ -277,7 +277,7 @@ static void handle(kg_msg *m)
         ctrl_on_reconcile_done(m);
         break;
     case MSG_SHUTDOWN:
-        reply_finish(m->reply, 200, "", "stopping");
+        ctrl_reply(m->reply, 200, "", "stopping");
         break;
     }
 }
@@ -349,7 +349,7 @@ static void wait_db_idle(int64_t deadline)
         if (m && m->kind == MSG_DB_DONE)
             ctrl_on_db_done(m->data);
         else if (m && m->reply)
-            reply_finish(m->reply, 503, "shutting_down", "kumaguard is stopping");
+            ctrl_reply(m->reply, 503, "shutting_down", "kumaguard is stopping");
         mailbox_free(m);
     }
 }
@@ -482,6 +482,7 @@ void controller_stop(void)
     kg_msg m = {.kind = MSG_SHUTDOWN};
     mailbox_post(&m);
     pthread_join(ctl.thread, NULL);
+    ctl.stopped = true; /* nothing is published any more: answers below go out as they are */
     /* the appliers next: what they still post meets a closed mailbox */
     mailbox_shutdown();
     reconcile_worker_stop();
@@ -490,16 +491,16 @@ void controller_stop(void)
     mailbox_drain();
     ctrl_finish_load_waiters(503, "shutting_down", "kumaguard is stopping");
     for (int i = 0; i < ctl.n_monitor_ops; i++) {
-        reply_finish(ctl.monitor_ops[i].reply, 503, "shutting_down", "kumaguard is stopping");
+        ctrl_reply(ctl.monitor_ops[i].reply, 503, "shutting_down", "kumaguard is stopping");
         reply_put(ctl.monitor_ops[i].reply);
         free(ctl.monitor_ops[i].req);
     }
     if (ctl.monitor_op_reply) {
-        reply_finish(ctl.monitor_op_reply, 503, "shutting_down", "kumaguard is stopping");
+        ctrl_reply(ctl.monitor_op_reply, 503, "shutting_down", "kumaguard is stopping");
         reply_put(ctl.monitor_op_reply);
     }
     if (ctl.reb_req.pending) {
-        reply_finish(ctl.reb_req.reply, 503, "shutting_down", "kumaguard is stopping");
+        ctrl_reply(ctl.reb_req.reply, 503, "shutting_down", "kumaguard is stopping");
         reply_put(ctl.reb_req.reply);
     }
     ctrl_reb_clear();

@@ -147,6 +147,7 @@ typedef struct {
     int n_monitor_ops;
     kg_reply *monitor_op_reply; /* the running job's monitor operation answers here */
     bool want_nodes, want_monitors;
+    bool stopped;            /* the loop ended (controller_stop): nothing is published */
     int64_t next_refresh_ms, next_prune_ms, next_ping_ms;
     int64_t next_trim_ms;    /* give freed heap back to the system (controller.c) */
 
@@ -170,7 +171,6 @@ typedef struct {
                                 set we have at once, then again on the read asked for */
     int64_t converge_epoch;  /* monotonic: the monitors must be read after this */
     int64_t next_converge_ms;/* periodic convergence: retries no-target, adoption, reverts */
-    size_t paced_said[2];    /* kept, planned of the last "moves now" log line (ctrl_plan.c) */
     int64_t next_revert_ms;  /* earliest next revert batch */
     int64_t next_auto_rebalance_ms;
     int64_t auto_checked_ms; /* the monitor set the trigger last looked at */
@@ -251,9 +251,12 @@ int64_t ctrl_min_due(int64_t a, int64_t b);
 
 /* ctrl_publish.c: the snapshot */
 void ctrl_publish(void);
-/* Answers an operator's action after publishing what it changed, so a read that follows the
- * answer sees the change (read-your-writes); a plain reply_finish when nothing changed. */
-void ctrl_reply_published(kg_reply *r, int status, const char *error, const char *detail);
+/* Every answer the controller gives (operator actions, update-loads, monitor operations,
+ * refusals, the stop) goes through these: what changed is published first, so a read that
+ * follows the answer sees it (read-your-writes). */
+void ctrl_reply(kg_reply *r, int status, const char *error, const char *detail);
+void ctrl_reply_count(kg_reply *r, int status, const char *error, const char *detail,
+                      int64_t count);
 void ctrl_publish_free(void); /* what it caches, at the controller's stop */
 
 #endif

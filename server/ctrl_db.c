@@ -126,7 +126,7 @@ void ctrl_finish_load_waiters(int status, const char *error, const char *detail)
 {
     for (int i = 0; i < ctl.n_load_waiters; i++) {
         /* the counts read are published before the answer: a read after it sees them */
-        ctrl_reply_published(ctl.load_waiters[i], status, error, detail);
+        ctrl_reply(ctl.load_waiters[i], status, error, detail);
         reply_put(ctl.load_waiters[i]);
     }
     ctl.n_load_waiters = 0;
@@ -278,7 +278,7 @@ void ctrl_on_db_done(db_job *j)
     if (ctl.reb_req.pending && j->monitors_done)
         ctrl_reb_plan();
     else if (ctl.reb_req.pending && j->load_monitors && j->rc != STORE_OK) {
-        reply_finish(ctl.reb_req.reply, 503, "database_unavailable", ctl.db_error);
+        ctrl_reply(ctl.reb_req.reply, 503, "database_unavailable", ctl.db_error);
         reply_put(ctl.reb_req.reply);
         memset(&ctl.reb_req, 0, sizeof ctl.reb_req);
     }

@@ -278,11 +278,8 @@ void ctrl_converge(void)
     size_t planned = r.n_moves;
     size_t kept = pace_moves(r.moves, r.n_moves, &ctl.mon.tab);
     if (kept < planned) {
-        /* while moves wait, converge runs every second: said once per change, not each time */
-        bool news = kept != ctl.paced_said[0] || planned != ctl.paced_said[1];
-        ctl.paced_said[0] = kept;
-        ctl.paced_said[1] = planned;
-        kg_log(news ? LOG_INFO : LOG_DEBUG, "converge: %zu of %zu moves now, the rest when the "
+        /* while moves wait, converge runs every second: a pass that moves nothing is debug */
+        kg_log(kept ? LOG_INFO : LOG_DEBUG, "converge: %zu of %zu moves now, the rest when the "
                "nodes can start them before their cron", kept, planned);
         ctl.next_converge_ms = ctrl_min_due(ctl.next_converge_ms, ctl.now + 1000);
     }
@@ -346,19 +343,19 @@ void ctrl_reb_finish(const char *phase, const char *error)
 void ctrl_reb_request(kg_event_kind kind, const char *actor, kg_reply *reply)
 {
     if (ctl.reb.running || ctl.reb_req.pending) {
-        reply_finish(reply, 409, "busy", "a rebalance is already running; cancel it first");
+        ctrl_reply(reply, 409, "busy", "a rebalance is already running; cancel it first");
         return;
     }
     if (!ctl.leader) {
-        reply_finish(reply, 409, "not_leader", "another kumaguard instance holds the lease");
+        ctrl_reply(reply, 409, "not_leader", "another kumaguard instance holds the lease");
         return;
     }
     if (ctl.panic.engaged) {
-        reply_finish(reply, 409, "panic", ctl.panic.reason);
+        ctrl_reply(reply, 409, "panic", ctl.panic.reason);
         return;
     }
     if (!ctl.db_ok) {
-        reply_finish(reply, 503, "database_unavailable", ctl.db_error);
+        ctrl_reply(reply, 503, "database_unavailable", ctl.db_error);
         return;
     }
     int unproven = 0;
@@ -372,7 +369,7 @@ void ctrl_reb_request(kg_event_kind kind, const char *actor, kg_reply *reply)
         snprintf(detail, sizeof detail,
                  "%d node(s) have not passed %d probes since kumaguard started; retry shortly",
                  unproven, ctl.cfg->rise);
-        reply_finish(reply, 409, "nodes_unproven", detail);
+        ctrl_reply(reply, 409, "nodes_unproven", detail);
         return;
     }
     ctl.reb_req = (rebalance_request){.pending = true, .kind = kind, .reply = reply,
@@ -406,7 +403,7 @@ void ctrl_reb_plan(void)
     free(pn);
     if (rc != 0) {
         plan_result_free(&r);
-        reply_finish(q.reply, 500, "planner_failed", "out of memory");
+        ctrl_reply(q.reply, 500, "planner_failed", "out of memory");
         reply_put(q.reply);
         return;
     }
@@ -425,7 +422,7 @@ void ctrl_reb_plan(void)
         ctl.reb_view.started_ms = ctl.wall;
         ctl.reb_view.total = 0;
         ctrl_reb_finish("done", NULL);
-        reply_finish(q.reply, 200, "", "already balanced: nothing to move");
+        ctrl_reply(q.reply, 200, "", "already balanced: nothing to move");
         reply_put(q.reply);
         return;
     }
@@ -436,7 +433,7 @@ void ctrl_reb_plan(void)
         r.moves = NULL;
         ctrl_reb_clear();
         plan_result_free(&r);
-        reply_finish(q.reply, 500, "planner_failed", "out of memory");
+        ctrl_reply(q.reply, 500, "planner_failed", "out of memory");
         reply_put(q.reply);
         return;
     }
@@ -456,7 +453,7 @@ void ctrl_reb_plan(void)
     ctl.dirty = true;
     char detail[200];
     snprintf(detail, sizeof detail, "%zu home changes planned", ctl.reb.n);
-    ctrl_reply_published(q.reply, 202, "", detail);
+    ctrl_reply(q.reply, 202, "", detail);
     reply_put(q.reply);
 }
 

@@ -94,11 +94,17 @@ static void count_monitors(kg_snapshot *s)
     }
 }
 
-void ctrl_reply_published(kg_reply *r, int status, const char *error, const char *detail)
+void ctrl_reply_count(kg_reply *r, int status, const char *error, const char *detail,
+                      int64_t count)
 {
-    if (ctl.dirty)
+    if (r && ctl.dirty && !ctl.stopped)
         ctrl_publish();
-    reply_finish(r, status, error, detail);
+    reply_finish_count(r, status, error, detail, count);
+}
+
+void ctrl_reply(kg_reply *r, int status, const char *error, const char *detail)
+{
+    ctrl_reply_count(r, status, error, detail, -1);
 }
 
 void ctrl_publish_free(void)

@@ -235,6 +235,13 @@ class Kumaguard:
         assert status == 200, "%s -> %s %s" % (path, status, body[:300])
         return json.loads(body)
 
+    def node(self, node_id):
+        """The node's document in /api/node-status (AssertionError when it is not listed)."""
+        for n in self.get_json("/api/node-status")["nodes"]:
+            if n["node_id"] == node_id:
+                return n
+        raise AssertionError("no node %s in /api/node-status" % node_id)
+
     def proven(self):
         """True when every online node has passed `rise` probes of this kumaguard (until then
         nothing is placed on it and rebalancing is refused)."""

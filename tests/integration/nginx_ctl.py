@@ -39,8 +39,6 @@ map $cookie_KUMA_FIXED_NODE $kuma_upstream { default kuma_cluster; }
 _live = weakref.WeakSet()
 
 
-
-
 def sample_site(include_path, kumaguard_addr, port, listen_host="127.0.0.1"):
     """The shipped docker/nginx-site.conf, pointed at a test include, kumaguard and port.
 

@@ -229,13 +229,8 @@ def test_a_failover_that_fits_before_the_cron_is_called_not_left_to_it(tmp_path,
     wait_until(running_on_survivors, timeout=before_cron, interval=0.5,
                what="node2's monitors running on the survivors before their :00 cron")
     for n in ("node1", "node3"):
-        r = node(kg, n)["reconcile"]
+        r = kg.node(n)["reconcile"]
         assert r["calls"] >= 1 and r["left_to_cron"] == 0, (n, r)
     kg.stop()
 
 
-def node(kg, node_id):
-    for n in kg.get_json("/api/node-status")["nodes"]:
-        if n["node_id"] == node_id:
-            return n
-    raise AssertionError("no node " + node_id)

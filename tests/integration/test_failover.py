@@ -5,7 +5,6 @@ back and stays healthy for the hold-down its monitors return; manual pins never 
 monitor is lost or doubled at any point; the nodes that got monitors are told to reconcile."""
 
 import collections
-import json
 import time
 
 from kg_harness import (INSTANT_NODE_COSTS, Kumaguard, effective_counts, monitors,
@@ -36,13 +35,6 @@ def check_invariants(before_ids, cluster):
     return rows
 
 
-def api_node(kg, node_id):
-    doc = kg.get_json("/api/node-status")
-    nodes = doc["nodes"] if isinstance(doc, dict) else doc
-    for n in nodes:
-        if n["node_id"] == node_id:
-            return n
-    raise AssertionError("%s missing from /api/node-status: %s" % (node_id, json.dumps(doc)[:500]))
 
 
 def test_kill_and_revive_moves_monitors_and_brings_them_home(tmp_path, cluster, procs):
@@ -89,7 +81,7 @@ def test_kill_and_revive_moves_monitors_and_brings_them_home(tmp_path, cluster, 
     wait_until(lambda: node1.stats()["reconcile_calls"] >= 1 and
                node3.stats()["reconcile_calls"] >= 1, timeout=5, what="reconcile nudges")
 
-    n2 = api_node(kg, "node2")
+    n2 = kg.node("node2")
     assert n2["state"] == "offline"
 
     node2.restart()
@@ -149,8 +141,8 @@ def test_503_and_hang_count_as_failing(tmp_path, cluster, procs):
     wait_until(lambda: node_status(cluster)["node1"] == "offline"
                and node_status(cluster)["node3"] == "offline", timeout=10,
                what="503 and hanging nodes offline")
-    assert "503" in api_node(kg, "node1")["last_failure_reason"]
-    assert "timeout" in api_node(kg, "node3")["last_failure_reason"]
+    assert "503" in kg.node("node1")["last_failure_reason"]
+    assert "timeout" in kg.node("node3")["last_failure_reason"]
     nodes[0].set_mode("healthy")
     nodes[2].set_mode("healthy")
     wait_until(lambda: set(node_status(cluster).values()) == {"online"}, timeout=10,
@@ -195,7 +187,7 @@ def test_adoption_gives_homeless_monitors_a_home(tmp_path, cluster, procs):
 
 
 def _state(kg, node_id):
-    return api_node(kg, node_id)["state"]
+    return kg.node(node_id)["state"]
 
 
 def test_total_outage_with_drifted_probe_phases_moves_nothing(tmp_path, cluster, procs):
@@ -258,7 +250,7 @@ def test_revert_happens_when_the_hold_down_ends_not_a_refresh_later(tmp_path, cl
     wait_until(lambda: "node2" not in effective_counts(cluster), timeout=15,
                what="node2's monitors moved")
     nodes[1].restart()
-    wait_until(lambda: api_node(kg, "node2")["state"] == "online", timeout=15,
+    wait_until(lambda: kg.node("node2")["state"] == "online", timeout=15,
                what="node2 online again")
     t_online = time.monotonic()
     wait_until(lambda: effective_counts(cluster).get("node2") == 10, timeout=15,

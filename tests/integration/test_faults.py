@@ -28,11 +28,6 @@ FAST = ["--health-interval", "200ms", "--health-fast-interval", "100ms", "--heal
         "300ms", "--fall", "3", "--rise", "3", "--recovery-hold-down", "1s"] + INSTANT_NODE_COSTS
 
 
-def node_state(kg, node_id):
-    for n in kg.get_json("/api/node-status")["nodes"]:
-        if n["node_id"] == node_id:
-            return n
-    raise AssertionError("no node " + node_id)
 
 
 def panic(kg):
@@ -68,8 +63,8 @@ def test_panic_guard_holds_while_two_of_three_fail_until_an_operator_overrides(
     nodes[0].kill()
     nodes[1].kill()
     wait_until(lambda: panic(kg)["engaged"], timeout=10, what="panic guard engaged")
-    wait_until(lambda: node_state(kg, "node1")["state"] == "offline" and
-               node_state(kg, "node2")["state"] == "offline", timeout=10, what="both offline")
+    wait_until(lambda: kg.node("node1")["state"] == "offline" and
+               kg.node("node2")["state"] == "offline", timeout=10, what="both offline")
     # the old guard let go after about 4 s and piled 2/3 of the monitors onto node3
     hold(8, lambda: panic(kg)["engaged"] and monitors(cluster) == before,
          "the guard must hold and nothing may move while 2 of 3 nodes fail")
@@ -103,10 +98,10 @@ def test_what_an_operator_action_changed_is_in_the_very_next_read(tmp_path, proc
     stale = []
     for i in range(30):
         assert kg.post("/api/nodes/node2/drain")[0] == 200
-        if node_state(kg, "node2")["state"] != "draining":
+        if kg.node("node2")["state"] != "draining":
             stale.append(("drain", i))
         assert kg.post("/api/nodes/node2/enable")[0] == 200
-        if node_state(kg, "node2")["state"] == "draining":
+        if kg.node("node2")["state"] == "draining":
             stale.append(("enable", i))
     assert not stale, "reads right after the answer showed the old state: %s" % stale
     kg.stop()
@@ -146,11 +141,11 @@ def test_no_revert_to_a_hung_node_whose_row_says_online_after_a_restart(tmp_path
                     extra=FAST + ["--recovery-hold-down", "0"])
     procs.append(kg2)
     kg2.wait_leader()
-    n2 = node_state(kg2, "node2")
+    n2 = kg2.node("node2")
     assert n2["proven"] is False, n2
     # 1,000 monitors went back to a hung node here before: now nothing returns to it
     hold(5, lambda: monitors(cluster) == moved, "no revert to an unproven, hung node")
-    wait_until(lambda: node_state(kg2, "node2")["state"] == "offline", timeout=10,
+    wait_until(lambda: kg2.node("node2")["state"] == "offline", timeout=10,
                what="the hung node is found offline by kumaguard's own probes")
     # when it really answers, rise probes prove it and (hold-down 0) its monitors return
     nodes[1].set_mode("healthy")
@@ -186,7 +181,7 @@ def test_a_paused_database_is_seen_within_db_timeout_and_delays_nothing_else(
         assert db["ok"] is False and db["state"] in ("no_answer", "down"), db
         # a node dies while the database does not answer: the API and nginx follow at once
         nodes[1].kill()
-        wait_until(lambda: node_state(kg, "node2")["state"] == "offline", timeout=5,
+        wait_until(lambda: kg.node("node2")["state"] == "offline", timeout=5,
                    interval=0.05, what="node2 offline in the API while the database is paused")
         wait_until(lambda: "127.0.0.1:%d" % nodes[1].port not in include.read_text()
                    .split("upstream kuma_cluster")[1].split("}")[0],

@@ -474,11 +474,6 @@ def test_run_sh_passes_no_secret_on_the_command_line(tmp_path):
 # Row 6: where nodes may be
 # ------------------------------------------------------------------------------------------------
 
-def node_doc(kg, node_id):
-    for n in kg.get_json("/api/node-status")["nodes"]:
-        if n["node_id"] == node_id:
-            return n
-    return None
 
 
 def test_nodes_outside_the_allowed_networks_are_never_probed_or_sent_the_key(tmp_path, sqlite,
@@ -499,7 +494,7 @@ def test_nodes_outside_the_allowed_networks_are_never_probed_or_sent_the_key(tmp
     assert kg.post("/api/update-loads")[0] == 200
 
     def refused(node_id, text):
-        n = node_doc(kg, node_id)
+        n = kg.node(node_id)
         return n and text in (n.get("last_failure_reason") or "") and n
 
     n = wait_until(lambda: refused("outside", "outside KUMAGUARD_NODE_NETWORKS"), timeout=15,
@@ -610,9 +605,9 @@ def test_a_node_on_the_databases_own_address_is_refused(tmp_path, procs):
         # it goes offline through failed probes (fall = 2) instead of at once
         wait_until(lambda: (lambda n: n and "cluster database's own address" in
                             (n.get("last_failure_reason") or "") and not n["routable"])(
-                                node_doc(kg, node)), timeout=15,
+                                kg.node(node)), timeout=15,
                    what="%s refused as the database's own address" % node)
-    assert node_doc(kg, "sneaky")["host_valid"] is False
+    assert kg.node("sneaky")["host_valid"] is False
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,11 +25,6 @@ def quiet_minute(need_s):
         time.sleep(0.5)
 
 
-def node(kg, node_id):
-    for n in kg.get_json("/api/node-status")["nodes"]:
-        if n["node_id"] == node_id:
-            return n
-    raise AssertionError("no node " + node_id)
 
 
 def failed_events(kg):
@@ -58,18 +53,18 @@ def test_a_rate_limited_node_is_left_to_its_cron_and_the_fix_is_named(tmp_path, 
     sims[1].set_rate_limit(limit=1)  # node2: one call per window, then 429
     quiet_minute(20)
     assert kg.post("/api/nodes/node1/drain")[0] == 200   # 6 starts on node2: call 1 (allowed)
-    wait_until(lambda: node(kg, "node2")["reconcile"]["calls"] >= 1 and
-               not node(kg, "node2")["reconcile"]["in_flight"], timeout=20, what="first call")
+    wait_until(lambda: kg.node("node2")["reconcile"]["calls"] >= 1 and
+               not kg.node("node2")["reconcile"]["in_flight"], timeout=20, what="first call")
     assert kg.post("/api/nodes/node1/enable")[0] == 200  # back home: 6 stops on node2: call 2
-    r = wait_until(lambda: node(kg, "node2")["reconcile"]["rate_limited"] >= 1 and
-                   node(kg, "node2")["reconcile"], timeout=20, what="a 429")
+    r = wait_until(lambda: kg.node("node2")["reconcile"]["rate_limited"] >= 1 and
+                   kg.node("node2")["reconcile"], timeout=20, what="a 429")
     assert r["last_result"] == "rate_limited" and r["last_http_status"] == 429, r
     ev = wait_until(lambda: failed_events(kg), timeout=5, what="the event")
     assert any("API_RATE_LIMIT" in e["reason"] and e["node"] == "node2" for e in ev), ev
     # left to the node's cron: not retried (retrying spends the node's budget)
     time.sleep(3)
     assert sims[1].stats()["reconcile_rate_limited"] == 1, sims[1].stats()
-    r = node(kg, "node2")["reconcile"]
+    r = kg.node("node2")["reconcile"]
     assert r["waiting"] in ("left to the node's cron after a refused call", None), r
     metrics = kg.request("GET", "/metrics")[2].decode()
     assert 'kumaguard_node_reconcile_failures_total{node="node2",cause="rate_limited"} 1' \
@@ -84,8 +79,8 @@ def test_a_bearer_key_is_refused_and_the_cause_is_named(tmp_path, procs):
     assert kg.post("/api/update-loads")[0] == 200
     quiet_minute(15)
     assert kg.post("/api/nodes/node1/drain")[0] == 200
-    r = wait_until(lambda: node(kg, "node2")["reconcile"]["unauthorized"] >= 1 and
-                   node(kg, "node2")["reconcile"], timeout=20, what="a 401")
+    r = wait_until(lambda: kg.node("node2")["reconcile"]["unauthorized"] >= 1 and
+                   kg.node("node2")["reconcile"], timeout=20, what="a 401")
     assert r["last_result"] == "unauthorized" and r["last_http_status"] == 401, r
     ev = wait_until(lambda: failed_events(kg), timeout=5, what="the event")
     assert any("Bearer" in e["reason"] for e in ev), ev
@@ -105,8 +100,8 @@ def test_a_call_past_its_deadline_is_not_repeated_while_it_may_run(tmp_path, pro
     assert kg.post("/api/update-loads")[0] == 200
     quiet_minute(30)
     assert kg.post("/api/nodes/node1/drain")[0] == 200
-    r = wait_until(lambda: node(kg, "node2")["reconcile"]["timeouts"] >= 1 and
-                   node(kg, "node2")["reconcile"], timeout=30, what="a timeout")
+    r = wait_until(lambda: kg.node("node2")["reconcile"]["timeouts"] >= 1 and
+                   kg.node("node2")["reconcile"], timeout=30, what="a timeout")
     assert r["last_result"] == "timeout", r
     ev = wait_until(lambda: failed_events(kg), timeout=5, what="the event")
     assert any("may still be running" in e["reason"] for e in ev), ev
